@@ -1,0 +1,74 @@
+"""tomochunk: out-of-core cryo-ET and TIRF segmentation and particle picking.
+
+Arrays are indexed ``[z, y, x]`` (``[t, y, x]`` for movies, ``[c, z, y, x]``
+for score maps); object lists carry ``x, y, z`` in voxels plus
+``attrs["voxel_size"]`` in Å. See the README for the full conventions.
+
+The public functions are imported lazily so that ``import tomochunk`` stays
+cheap and TensorFlow is only loaded by what needs it.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from .errors import (ExistsError, FormatError, IncompleteError, MissingError,
+                     ShapeError, TomochunkError, ValueProblem)
+
+__version__ = "0.1.0"
+
+_API = {
+    # io
+    "open_volume": "tomochunk.io.volume",
+    "write_volume": "tomochunk.io.volume",
+    "convert": "tomochunk.io.convert",
+    "read_objects": "tomochunk.io.objects",
+    "write_objects": "tomochunk.io.objects",
+    # data generation
+    "phantom_tomogram": "tomochunk.phantom",
+    "phantom_movie": "tomochunk.phantom",
+    # object-list operations and evaluation
+    "select_classes": "tomochunk.ops.objects",
+    "remove_classes": "tomochunk.ops.objects",
+    "scale_coordinates": "tomochunk.ops.objects",
+    "filter_objects": "tomochunk.ops.objects",
+    "merge_objects": "tomochunk.ops.objects",
+    "split_by_tomogram": "tomochunk.ops.objects",
+    "nms_objects": "tomochunk.ops.objects",
+    "evaluate": "tomochunk.ops.evaluate",
+    "plot_threshold_curve": "tomochunk.ops.evaluate",
+    # maps to objects
+    "label": "tomochunk.ops.label",
+    "regionprops": "tomochunk.ops.label",
+    "cluster": "tomochunk.ops.cluster",
+    "pick": "tomochunk.ops.pick",
+    "compete": "tomochunk.ops.interactions",
+    "interact": "tomochunk.ops.interactions",
+    # network
+    "deepfinder_unet": "tomochunk.nn.models",
+    "load_model": "tomochunk.nn.models",
+    "save_model": "tomochunk.nn.models",
+    "train": "tomochunk.nn.train",
+    "segment": "tomochunk.nn.segment",
+    "labelmap": "tomochunk.nn.segment",
+    # misc
+    "get_client": "tomochunk.parallel",
+    "normalize": "tomochunk.ops.normalize",
+}
+
+__all__ = sorted(_API) + ["TomochunkError", "FormatError", "ShapeError", "MissingError",
+                          "ExistsError", "IncompleteError", "ValueProblem", "targets"]
+
+
+def __getattr__(name: str):
+    if name == "targets":
+        return importlib.import_module("tomochunk.targets")
+    try:
+        module = _API[name]
+    except KeyError:
+        raise AttributeError(f"module 'tomochunk' has no attribute {name!r}") from None
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__():
+    return __all__

@@ -1,0 +1,65 @@
+"""One way to get a Dask client: an address, an existing client, or an embedded LocalCluster."""
+
+from __future__ import annotations
+
+import contextlib
+
+from ._log import get_logger
+
+log = get_logger(__name__)
+
+
+def get_client(client=None, *, scheduler: str | None = None, n_workers: int | None = None,
+               threads_per_worker: int = 1, memory_limit: str | None = "auto", processes: bool = True):
+    """Return ``(client, owned)``: a Dask client and whether the caller must close it.
+
+    Parameters
+    ----------
+    client : distributed.Client, optional
+        Used as is when given.
+    scheduler : str, optional
+        Address of a running scheduler (``tcp://host:8786``), for SLURM or
+        Kubernetes clusters. The same code then runs there unchanged.
+    n_workers : int, optional
+        Worker processes of the embedded LocalCluster (default: the number of cores).
+
+    Examples
+    --------
+    >>> client, owned = get_client(n_workers=2)  # doctest: +SKIP
+    >>> if owned: client.close()  # doctest: +SKIP
+    """
+    from distributed import Client, LocalCluster
+
+    if client is not None:
+        return client, False
+    if scheduler:
+        return Client(scheduler), True
+    import os
+
+    n = n_workers or max(1, min(os.cpu_count() or 1, 8))
+    cluster = LocalCluster(n_workers=n, threads_per_worker=threads_per_worker, processes=processes,
+                           memory_limit=memory_limit, dashboard_address=":0")
+    c = Client(cluster)
+    c._tomochunk_cluster = cluster  # closed together with the client
+    log.info("started LocalCluster with %d workers, dashboard %s", n, c.dashboard_link)
+    return c, True
+
+
+def close_client(client, owned: bool) -> None:
+    """Close a client obtained from :func:`get_client` if we started it."""
+    if not owned:
+        return
+    cluster = getattr(client, "_tomochunk_cluster", None)
+    client.close()
+    if cluster is not None:
+        cluster.close()
+
+
+@contextlib.contextmanager
+def client_context(client=None, *, scheduler=None, n_workers=None, **kw):
+    """Context-manager form of :func:`get_client`."""
+    c, owned = get_client(client, scheduler=scheduler, n_workers=n_workers, **kw)
+    try:
+        yield c
+    finally:
+        close_client(c, owned)
