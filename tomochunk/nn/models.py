@@ -377,8 +377,8 @@ def _write_legacy_h5(model, path: Path):
                 wname = f"{lname}/{kind}:0"
                 g.create_dataset(wname, data=np.asarray(w, dtype=np.float32))
                 wnames.append(wname.encode("utf8"))
-            g.attrs["weight_names"] = wnames
-        f.attrs["layer_names"] = [n.encode("utf8") for n in names]
+            g.attrs["weight_names"] = np.array(wnames, dtype="S")
+        f.attrs["layer_names"] = np.array([n.encode("utf8") for n in names], dtype="S")
         f.attrs["backend"] = "tensorflow".encode("utf8")
         f.attrs["keras_version"] = "2.13.1".encode("utf8")
         f.attrs["tomochunk"] = json.dumps({"anisotropic": info["anisotropic"],
