@@ -290,3 +290,20 @@ def test_missing_file_and_bad_xlsx(tmp_path):
     _write(tmp_path, "x.xlsx", "not a zip")
     with pytest.raises(FormatError, match="xlsx"):
         read_objects(tmp_path / "x.xlsx")
+
+
+def test_csv_with_pandas_index_column(tmp_path):
+    df = _objects().drop(columns="tomo")
+    out = df.rename(columns={"size": "cluster_size"})
+    out.insert(0, "tomo_idx", 3)
+    out.to_csv(tmp_path / "pd.csv")  # pandas adds an unnamed index column
+    back = read_objects(tmp_path / "pd.csv")
+    assert list(back.columns) == ["tomo"] + list(df.columns)
+    np.testing.assert_array_equal(back["x"], df["x"])
+
+
+def test_xml_refuses_bad_attribute_names(tmp_path):
+    df = _objects()
+    df["bad name"] = 1
+    with pytest.raises(ValueProblem, match="XML attributes"):
+        write_objects(df, tmp_path / "a.xml")

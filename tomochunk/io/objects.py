@@ -447,6 +447,12 @@ def _write_xml(df, p, **kw):
     # DeepFinder's attribute order; score and other columns follow.
     order = ["tomo", "obj_id", "class_label", "x", "y", "z", "psi", "phi", "the", "size", "score"]
     cols = [c for c in order if c in df.columns] + [c for c in df.columns if c not in order]
+    import re
+
+    bad = [str(c) for c in cols if not re.fullmatch(r"[A-Za-z_][\w.-]*", str(c))]
+    if bad:
+        raise ValueProblem(f"{os.fspath(p)}: column name(s) {', '.join(map(repr, bad))} cannot be XML attributes; "
+                           "rename them or write CSV")
     for rec in df[cols].itertuples(index=False, name=None):
         el = ET.SubElement(root, "object")
         for c, v in zip(cols, rec):
@@ -465,6 +471,10 @@ def _read_csv(p, **kw):
         raise FormatError("empty file (expected a header line tomo_idx,class_label,x,y,z)", p)
     reader = csv.reader(io.StringIO(text))
     header = [h.strip() for h in next(reader)]
+    # pandas' to_csv without index=False adds a first, unnamed index column: not data.
+    skip_index = bool(header) and header[0] in ("", "Unnamed: 0")
+    if skip_index:
+        header = header[1:]
     miss = [c for c in ("class_label", "x", "y", "z") if c not in header]
     if miss:
         raise FormatError(f"header lacks column(s) {', '.join(miss)}", p, line=1)
@@ -472,6 +482,8 @@ def _read_csv(p, **kw):
     for n, rec in enumerate(reader, start=2):
         if not rec or all(not c.strip() for c in rec):
             continue
+        if skip_index:
+            rec = rec[1:]
         if len(rec) != len(header):
             raise FormatError(f"{len(rec)} fields, the header has {len(header)}", p, line=n)
         rows.append((n, rec))
