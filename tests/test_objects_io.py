@@ -307,3 +307,19 @@ def test_xml_refuses_bad_attribute_names(tmp_path):
     df["bad name"] = 1
     with pytest.raises(ValueProblem, match="XML attributes"):
         write_objects(df, tmp_path / "a.xml")
+
+
+def test_star_pytom_style_and_foreign_optics(tmp_path):
+    import starfile
+
+    t = pd.DataFrame({"rlnCoordinateX": [10.0], "rlnCoordinateY": [1.0], "rlnCoordinateZ": [5.0],
+                      "rlnAngleRot": [0.0], "rlnAngleTilt": [0.0], "rlnAnglePsi": [0.0],
+                      "rlnLCCmax": [0.31], "rlnOpticsGroup": [1]})
+    optics = pd.DataFrame({"rlnOpticsGroup": [1], "rlnImagePixelSize": [2.7], "rlnTomoTiltSeriesPixelSize": [1.35]})
+    starfile.write({"optics": optics, "particles": t}, tmp_path / "p.star")
+    with pytest.warns(UserWarning, match="rlnOpticsGroup"):
+        df = read_objects(tmp_path / "p.star")
+    assert df["score"].tolist() == [0.31]
+    assert "voxel_size" not in df.attrs  # RELION's image pixel size is not the tomogram's
+    with pytest.warns(UserWarning, match="rlnOpticsGroup"):
+        assert read_objects(tmp_path / "p.star", voxel_size=13.5).attrs["voxel_size"] == 13.5

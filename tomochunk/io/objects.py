@@ -573,11 +573,20 @@ def _read_star(p, *, shape=None, voxel_size=None, **kw):
     cols = set(df.columns)
     vs = voxel_size
     optics = tables.get("optics")
-    if vs is None and optics is not None and "rlnImagePixelSize" in optics.columns and len(optics) == 1:
-        vs = float(optics["rlnImagePixelSize"].iloc[0])
-    if "rlnOpticsGroup" in cols and optics is not None and len(optics) == 1 \
-            and df["rlnOpticsGroup"].nunique() <= 1 and set(optics.columns) <= {"rlnOpticsGroup", "rlnImagePixelSize"}:
-        df = df.drop(columns="rlnOpticsGroup")  # the group this module writes itself
+    # Only the optics block this module writes says what the voxel size of the
+    # coordinates is; RELION's own rlnImagePixelSize is the subtomogram's.
+    own = optics is not None and len(optics) == 1 and set(optics.columns) == {"rlnOpticsGroup", "rlnImagePixelSize"}
+    if own:
+        if vs is None:
+            vs = float(optics["rlnImagePixelSize"].iloc[0])
+        if "rlnOpticsGroup" in cols:
+            df = df.drop(columns="rlnOpticsGroup")
+    if any(c in cols for c in ("rlnOriginXAngst", "rlnOriginX")):
+        msg = f"{os.fspath(p)}: origin shifts (rlnOrigin*) are kept as columns, not applied to the coordinates"
+        log.warning(msg)
+        warnings.warn(msg, stacklevel=3)
+    if "rlnAutopickFigureOfMerit" not in cols and "rlnLCCmax" in cols:
+        df = df.rename(columns={"rlnLCCmax": "rlnAutopickFigureOfMerit"})  # pytom-match-pick's score
     if all(c in cols for c in ("rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ")):
         pass
     elif all(c in cols for c in _STAR_CENTRED):
