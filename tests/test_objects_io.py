@@ -72,6 +72,11 @@ def test_euler_conventions_invert():
     rot, tilt, rpsi = tom_to_relion(phi, psi, the)
     m_rel = Rotation.from_euler("ZYZ", np.stack([rot, tilt, rpsi], -1), degrees=True).as_matrix()
     np.testing.assert_allclose(m_rel, euler_to_matrix(phi, psi, the), atol=1e-12)
+    # the known equivalent Dynamo (= TOM) / RELION pair
+    np.testing.assert_allclose(tom_to_relion(-47.273, -132.3, 1.1777), [137.7, 1.1777, 42.727], atol=1e-9)
+    # Dynamo's matrix for (tdrot, tilt, narot) = (30, 60, 75), as published with eulerangles
+    np.testing.assert_allclose(euler_to_matrix(30, 75, 60), [[-0.0173, -0.5477, 0.8365], [0.9012, -0.3709, -0.2241],
+                                                             [0.4330, 0.7500, 0.5000]], atol=1e-4)
     # phi is applied first: a pure phi rotation turns x towards y about z
     np.testing.assert_allclose(euler_to_matrix(90, 0, 0) @ [1, 0, 0], [0, 1, 0], atol=1e-12)
 

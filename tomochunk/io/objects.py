@@ -63,9 +63,14 @@ FORMATS = {".xml": "xml", ".csv": "csv", ".star": "star", ".tsv": "tsv",
 def euler_to_matrix(phi, psi, the):
     """Rotation matrix for DeepFinder (TOM/PyTOM ZXZ) Euler angles in degrees.
 
-    The convention used everywhere in tomochunk: the active rotation that
-    turns the reference into the particle, applied to column vectors
-    ``(x, y, z)``, is ``R = Rz(psi) @ Rx(the) @ Rz(phi)`` (``phi`` first).
+    The one rotation convention used everywhere in tomochunk:
+    ``R = Rz(psi) @ Rx(the) @ Rz(phi)`` acting on column vectors
+    ``(x, y, z)`` (``phi`` first, about z; then ``the`` about x; then
+    ``psi`` about z, all about fixed axes). It is the matrix Dynamo builds
+    from ``(tdrot, tilt, narot) = (phi, the, psi)`` (Dynamo shares TOM's
+    convention) and RELION from ``(rot, tilt, psi)`` as intrinsic ZYZ
+    ``Rz(rot) Ry(tilt) Rz(psi)``, see :func:`tom_to_relion`. copick's
+    ``transformation_`` stores this matrix.
 
     Parameters
     ----------
@@ -114,10 +119,12 @@ def _wrap(a):
 def tom_to_relion(phi, psi, the):
     """DeepFinder ZXZ angles to RELION ``(rot, tilt, psi)`` (ZYZ), degrees.
 
-    RELION's matrix ``A(rot, tilt, psi)`` is the transpose of the active
-    rotation ``Rz(rot) Ry(tilt) Rz(psi)``; equating that with
+    Equating RELION's intrinsic ZYZ matrix ``Rz(rot) Ry(tilt) Rz(psi)`` with
     :func:`euler_to_matrix` and using ``Rx(t) = Rz(-90) Ry(t) Rz(90)`` gives
-    ``rot = psi_tom - 90``, ``tilt = the``, ``psi = phi_tom + 90``.
+    ``rot = psi_tom - 90``, ``tilt = the``, ``psi = phi_tom + 90``. This
+    reproduces the known equivalent Dynamo/RELION pair (tdrot, tilt, narot)
+    = (-47.273, 1.1777, -132.3) ↔ (rot, tilt, psi) = (137.7, 1.1777, 42.727)
+    used as a reference by the ``eulerangles`` package.
 
     Examples
     --------
@@ -814,7 +821,15 @@ def _write_json(df, p, *, user_id=None, session_id=None, voxel_size=None, pickab
 
 
 # --------------------------------------------------------------------------- Excel
+def _need_openpyxl():
+    try:
+        import openpyxl  # noqa: F401
+    except ImportError:
+        raise ValueProblem(".xlsx object lists need openpyxl: pip install openpyxl") from None
+
+
 def _read_xlsx(p, **kw):
+    _need_openpyxl()
     try:
         raw = pd.read_excel(p, sheet_name=0, engine="openpyxl", dtype=object)
     except Exception as e:
@@ -838,6 +853,7 @@ def _read_xlsx(p, **kw):
 
 
 def _write_xlsx(df, p, **kw):
+    _need_openpyxl()
     inv = {v: k for k, v in _XLSX_MAP.items()}
     order = ["tomo", "obj_id", "class_label", "x", "y", "z", "psi", "phi", "the", "size"]
     out = pd.DataFrame({inv[c]: (df[c] if c in df.columns else pd.Series([None] * len(df), dtype=object))
