@@ -281,10 +281,17 @@ def test_star_without_coordinates(tmp_path):
     starfile.write({"particles": pd.DataFrame({"rlnTomoName": ["a"], "rlnAngleRot": [1.0]})}, tmp_path / "s.star")
     with pytest.raises(FormatError, match="no .*coordinate"):
         read_objects(tmp_path / "s.star")
-    starfile.write({"particles": pd.DataFrame({"rlnCoordinateX": [1.0], "rlnCoordinateY": [1.0],
-                                               "rlnCoordinateZ": ["oops"]})}, tmp_path / "t.star")
-    with pytest.raises(FormatError, match="rlnCoordinateZ is not numeric"):
+    starfile.write({"particles": pd.DataFrame({"rlnCoordinateX": [1.0, 2.0], "rlnCoordinateY": [1.0, 2.0],
+                                               "rlnCoordinateZ": ["3", "oops"]})}, tmp_path / "t.star")
+    with pytest.raises(FormatError, match="rlnCoordinateZ='oops' is not a number") as e:
         read_objects(tmp_path / "t.star")
+    lines = (tmp_path / "t.star").read_text().splitlines()
+    assert "oops" in lines[e.value.line - 1]
+    starfile.write({"particles": pd.DataFrame({"rlnCoordinateX": [1.0], "rlnCoordinateY": [1.0],
+                                               "rlnCoordinateZ": [1.0], "rlnAngleRot": [3.0]})}, tmp_path / "u.star")
+    with pytest.raises(FormatError, match="not all of rlnAngleRot") as e:
+        read_objects(tmp_path / "u.star")
+    assert (tmp_path / "u.star").read_text().splitlines()[e.value.line - 1] == "data_particles"
 
 
 def test_missing_file_and_bad_xlsx(tmp_path):

@@ -557,6 +557,27 @@ def _write_csv(df, p, **kw):
 
 
 # --------------------------------------------------------------------------- STAR
+def _star_line(text, block, row=None):
+    """1-based file line of ``data_<block>`` (row None) or of its data row ``row`` (0-based)."""
+    lines = text.splitlines()
+    start = next((i for i, l in enumerate(lines) if l.strip() == f"data_{block}"), None)
+    if start is None or row is None:
+        return None if start is None else start + 1
+    n = -1
+    for i in range(start + 1, len(lines)):
+        t = lines[i].strip()
+        if t.startswith("data_"):
+            break
+        if not t or t.startswith("#"):
+            continue
+        if t == "loop_" or t.startswith("_"):
+            continue
+        n += 1
+        if n == row:
+            return i + 1
+    return None
+
+
 def _read_star(p, *, shape=None, voxel_size=None, **kw):
     import starfile
 
@@ -607,7 +628,8 @@ def _read_star(p, *, shape=None, voxel_size=None, **kw):
         for cc, n, col in zip(_STAR_CENTRED, (nx, ny, nz), ("x", "y", "z")):
             v = pd.to_numeric(df[cc], errors="coerce")
             if v.isna().any():
-                raise FormatError(f"{cc} is not numeric (row {int(np.flatnonzero(v.isna())[0]) + 1})", p)
+                i = int(np.flatnonzero(v.isna())[0])
+                raise FormatError(f"{cc}={df[cc].iloc[i]!r} is not a number", p, line=_star_line(text, name, i))
             # RELION 5: centred Å = (voxel - size / 2) * voxel size
             df[col] = v / vs + n / 2.0
         df = df.drop(columns=list(_STAR_CENTRED))
@@ -615,12 +637,14 @@ def _read_star(p, *, shape=None, voxel_size=None, **kw):
         raise FormatError("no coordinate columns (rlnCoordinateX/Y/Z or rlnCenteredCoordinateX/Y/ZAngst)", p)
     ang = [c for c in _STAR_ANGLES if c in df.columns]
     if 0 < len(ang) < 3:
-        raise FormatError(f"has {', '.join(ang)} but not all of rlnAngleRot, rlnAngleTilt, rlnAnglePsi", p)
+        raise FormatError(f"has {', '.join(ang)} but not all of rlnAngleRot, rlnAngleTilt, rlnAnglePsi", p,
+                          line=_star_line(text, name))
     for c in ("rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ") + _STAR_ANGLES:
         if c in df.columns:
             v = pd.to_numeric(df[c], errors="coerce")
             if v.isna().any():
-                raise FormatError(f"{c} is not numeric (row {int(np.flatnonzero(v.isna())[0]) + 1})", p)
+                i = int(np.flatnonzero(v.isna())[0])
+                raise FormatError(f"{c}={df[c].iloc[i]!r} is not a number", p, line=_star_line(text, name, i))
             df[c] = v
     if ang:
         phi, psi, the = relion_to_tom(df["rlnAngleRot"], df["rlnAngleTilt"], df["rlnAnglePsi"])
