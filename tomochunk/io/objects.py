@@ -32,7 +32,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import os
 import warnings
 from pathlib import Path
@@ -523,8 +522,6 @@ def _parse_columns(df, p, lines_no):
             if bad.any():
                 i = int(np.flatnonzero(bad.to_numpy())[0])
                 raise FormatError(f"{c}={s.iloc[i]!r} is not a number", p, line=lines_no[i])
-            if c in _ANGLES:
-                pass
             df[c] = num
         else:
             df[c] = num if not bad.any() else s
