@@ -335,3 +335,9 @@ def test_star_pytom_style_and_foreign_optics(tmp_path):
     assert "voxel_size" not in df.attrs  # RELION's image pixel size is not the tomogram's
     with pytest.warns(UserWarning, match="rlnOpticsGroup"):
         assert read_objects(tmp_path / "p.star", voxel_size=13.5).attrs["voxel_size"] == 13.5
+
+
+def test_csv_without_class_label_is_class_1(tmp_path):
+    p = _write(tmp_path, "xyz.csv", "x,y,z\n1,2,3\n")
+    df = read_objects(p)
+    assert df["class_label"].tolist() == [1] and list(df.columns) == ["class_label", "x", "y", "z"]

@@ -481,7 +481,7 @@ def _read_csv(p, **kw):
     skip_index = bool(header) and header[0] in ("", "Unnamed: 0")
     if skip_index:
         header = header[1:]
-    miss = [c for c in ("class_label", "x", "y", "z") if c not in header]
+    miss = [c for c in ("x", "y", "z") if c not in header]
     if miss:
         raise FormatError(f"header lacks column(s) {', '.join(miss)}", p, line=1)
     rows = []
@@ -859,7 +859,7 @@ def _read_xlsx(p, **kw):
     raw.columns = [str(c).strip() for c in raw.columns]
     # DeepFinder reads columns A-J by position; accept our header names or schema names.
     df = _rename_known(raw, {**_XLSX_MAP, **_CSV_MAP}, p)
-    miss = [c for c in ("class_label", "x", "y", "z") if c not in df.columns]
+    miss = [c for c in ("x", "y", "z") if c not in df.columns]
     if miss:
         raise FormatError(f"sheet lacks column(s) {', '.join(miss)}", p, line=1)
     lines_no = [int(i) + 2 for i in raw.index]  # spreadsheet row numbers
