@@ -160,3 +160,69 @@ def test_chunked_with_distributed_client(client):
     v, l = client.compute([vol, lab], sync=True)
     np.testing.assert_array_equal(l, eager_lab)
     assert v.shape == (32, 64, 64)
+
+
+# --- movie -------------------------------------------------------------------------------------
+
+MSHAPE = (60, 64, 80)
+
+
+@pytest.fixture(scope="module")
+def movie():
+    from tomochunk.phantom import phantom_movie
+
+    return phantom_movie(MSHAPE, n_spots=6, n_events=3, seed=2, return_tracks=True)
+
+
+def test_movie_outputs(movie):
+    m, obj, lab, tracks = movie
+    assert m.shape == MSHAPE and m.dtype == np.float32 and lab.dtype == np.uint8
+    assert obj.attrs["classes"] == {1: "spot", 2: "exocytosis"}
+    assert (obj.class_label == 2).sum() == 3 and (obj.class_label == 1).sum() == 6
+    assert obj.obj_id.is_unique
+    assert set(tracks.track_id) == set(obj.obj_id[obj.class_label == 1])
+    assert set(np.unique(lab)) == {0, 1, 2}
+
+
+def test_movie_events_present(movie):
+    m, obj, lab, _ = movie
+    clean = __import__("tomochunk.phantom", fromlist=["x"]).phantom_movie(MSHAPE, n_spots=6, n_events=3, seed=2,
+                                                                         snr=None)[0]
+    for _, ev in obj[obj.class_label == 2].iterrows():
+        t, y, x = int(ev.z), int(round(ev.y)), int(round(ev.x))
+        assert lab[t, y, x] == 2
+        # brightens to a peak at t, then fades
+        trace = clean[:, y, x]
+        if t >= 3:
+            assert trace[t] > trace[t - 3] + 1.5
+        assert trace[t] > trace[min(t + 8, MSHAPE[0] - 1)] + 1.0
+        # labelled voxels of this event match its size
+        box = lab[max(t - 3, 0):t + 10, max(y - 8, 0):y + 9, max(x - 8, 0):x + 9]
+        assert abs(int((box == 2).sum()) - ev["size"]) <= 0.1 * ev["size"]
+    # spots: labelled 1 at each track position
+    _, _, _, tracks = movie
+    t = tracks.t.to_numpy()
+    vals = lab[t, np.round(tracks.y).astype(int), np.round(tracks.x).astype(int)]
+    assert np.isin(vals, [1, 2]).all()
+
+
+def test_movie_deterministic_and_chunked(movie):
+    from tomochunk.phantom import phantom_movie
+
+    m, obj, lab, _ = movie
+    again = phantom_movie(MSHAPE, n_spots=6, n_events=3, seed=2)
+    np.testing.assert_array_equal(again[0], m)
+    assert again[1].equals(obj)
+    lazy = phantom_movie(MSHAPE, n_spots=6, n_events=3, seed=2, chunks=(16, 40, 48))
+    np.testing.assert_array_equal(lazy[2].compute(), lab)
+    np.testing.assert_allclose(lazy[0].compute(), m, atol=1e-4)
+    other = phantom_movie(MSHAPE, n_spots=6, n_events=3, seed=3)
+    assert not np.array_equal(other[0], m)
+
+
+def test_movie_snr():
+    from tomochunk.phantom import phantom_movie
+
+    clean = phantom_movie((20, 64, 64), seed=1, snr=None)[0]
+    noisy = phantom_movie((20, 64, 64), seed=1, snr=5.0)[0]
+    assert abs((noisy - clean).std() - 0.2) < 0.01
