@@ -830,7 +830,7 @@ def phantom_movie(shape=(300, 256, 256), *, n_spots=None, n_events=None, seed=0,
     Examples
     --------
     >>> movie, obj, lab = phantom_movie((40, 64, 64), n_events=2, seed=0)
-    >>> movie.shape, sorted(obj.class_label.unique())
+    >>> movie.shape, sorted(obj.class_label.unique().tolist())
     ((40, 64, 64), [1, 2])
     """
     shape = tuple(int(s) for s in shape)
