@@ -377,13 +377,13 @@ class _TomoPlan:
         return o[oi], mb[mi]
 
 
-def _render_block(plan_small, offset, bshape):
-    """Density (float32, particles and membranes, before contrast) and labels (uint8) of one block."""
+def _render_block(plan_small, offset, bshape, *, density=True, labels=True):
+    """Particle and membrane density (float32, times the contrasts) and labels (uint8) of one block."""
     specs, contrast, membrane_contrast, objs, mems = plan_small
     offset = np.asarray(offset, int)
     bshape = tuple(int(s) for s in bshape)
-    dens = np.zeros(bshape, np.float32)
-    lab = np.zeros(bshape, np.uint8)
+    dens = np.zeros(bshape if density else (1, 1, 1), np.float32)
+    lab = np.zeros(bshape if labels else (1, 1, 1), np.uint8)
     for row in objs:
         k = int(row[0])
         name, size = specs[k - 1]
@@ -400,9 +400,11 @@ def _render_block(plan_small, offset, bshape):
             src.append(slice(a - lo, b - lo))
         else:
             piece = rot[tuple(src)]
-            dens[tuple(dst)] += contrast * piece
-            lab[tuple(dst)][piece >= 0.5] = k
-    for zc, yc, xc, r in mems:
+            if density:
+                dens[tuple(dst)] += contrast * piece
+            if labels:
+                lab[tuple(dst)][piece >= 0.5] = k
+    for zc, yc, xc, r in (mems if density else ()):
         c = np.array([zc, yc, xc]) - offset
         ext = int(math.ceil(r + _MEMBRANE_THICK + 1))
         lo = np.maximum(np.floor(c - ext).astype(int), 0)
@@ -485,7 +487,9 @@ def phantom_tomogram(shape=(128, 256, 256), classes=None, *, n_objects=None, den
         are exactly the same as without chunks; the background and noise too
         (they are drawn per fixed 64-voxel tile, so independent of chunking).
         Only the missing-wedge filter is approximate: each block is filtered
-        with an overlap of 16 voxels, not the whole volume at once.
+        with a margin of 16 voxels, not the whole volume at once. Every block is
+        one task with no dependencies (it renders its own margin), so computing
+        or writing one chunk costs one task.
     tomo : str or int
         Value of the ``tomo`` column.
 
@@ -587,42 +591,77 @@ def phantom_tomogram(shape=(128, 256, 256), classes=None, *, n_objects=None, den
              var_signal, noise_std)
 
     plan = _TomoPlan(shape, specs, objects, mem, contrast, mcon)
-    bg_scale = background * _gauss_scale(background_sigma)
     tilt = None if missing_wedge is None or missing_wedge >= 90 else float(missing_wedge)
-
+    params = _VolumeParams(seed, background * _gauss_scale(background_sigma) if background else 0.0,
+                           float(background_sigma), noise_std, tilt, shape)
     if chunks is None:
-        dens, lab = _render_block((specs, contrast, mcon, objects, mem), (0, 0, 0), shape)
-        vol = dens
-        if background:
-            vol += bg_scale * _gaussian(_tiled_normal(seed, 1, (0, 0, 0), shape), background_sigma)
-        if noise_std:
-            vol += noise_std * _tiled_normal(seed, 2, (0, 0, 0), shape)
-        if tilt is not None:
-            vol = missing_wedge_filter(vol, tilt)
+        o, m = plan.subset((0, 0, 0), shape)
+        vol = _tomo_volume_block((plan.specs, contrast, mcon, o, m, params), (0, 0, 0), shape)
+        lab = _tomo_label_block((plan.specs, o), (0, 0, 0), shape)
         return vol, df, lab
-    vol, lab = _lazy_tomogram(plan, shape, chunks, seed, bg_scale, background_sigma, noise_std, tilt)
-    return vol, df, lab
-
-
-def _lazy_tomogram(plan, shape, chunks, seed, bg_scale, bg_sigma, noise_std, tilt):
     import dask.array as da
 
     chunks = da.core.normalize_chunks(chunks, shape, dtype=np.float32)
-    dens, lab = _blockwise_pair(
-        _render_block, lambda off, bsh: (plan.specs, plan.contrast, plan.membrane_contrast) + plan.subset(off, bsh),
-        chunks, (plan.shape, plan.specs, plan.objects, plan.membranes, plan.contrast))
-    vol = dens
-    if bg_scale:
-        noise = _lazy_normal(seed, 1, chunks)
-        depth = int(math.ceil(4 * bg_sigma))  # dask rechunks if a chunk is smaller
-        vol = vol + bg_scale * noise.map_overlap(_gaussian, depth=depth, boundary="none", sigma=bg_sigma,
-                                                 dtype=np.float32)
-    if noise_std:
-        vol = vol + noise_std * _lazy_normal(seed, 2, chunks)
-    if tilt is not None:
-        depth = tuple(min(16, s) for s in shape)
-        vol = vol.map_overlap(missing_wedge_filter, depth=depth, boundary="none", tilt=tilt, dtype=np.float32)
-    return vol, lab
+    token = (plan.shape, plan.specs, plan.objects, plan.membranes, contrast, params.__dict__)
+
+    def vol_args(off, bsh):
+        lo, hi = params.extended(off, bsh)
+        return (plan.specs, contrast, mcon) + plan.subset(lo, hi - lo) + (params,)
+
+    vol = _blockwise(_tomo_volume_block, vol_args, chunks, ("volume",) + token, np.float32)
+    lab = _blockwise(_tomo_label_block, lambda off, bsh: (plan.specs, plan.subset(off, bsh)[0]), chunks,
+                     ("labels",) + token, np.uint8)
+    return vol, df, lab
+
+
+_WEDGE_MARGIN = 16  # overlap (voxels) of the blockwise missing-wedge filter
+
+
+class _VolumeParams:
+    """Background, noise and wedge settings, and the margin a block needs around it."""
+
+    def __init__(self, seed, bg_scale, bg_sigma, noise_std, tilt, shape):
+        self.seed, self.bg_scale, self.bg_sigma = int(seed), float(bg_scale), float(bg_sigma)
+        self.noise_std, self.tilt, self.shape = float(noise_std), tilt, tuple(shape)
+        m = int(math.ceil(4 * bg_sigma)) if bg_scale else 0
+        if tilt is not None:
+            m += _WEDGE_MARGIN
+        self.margin = m
+
+    def extended(self, offset, bshape):
+        lo = np.maximum(np.asarray(offset) - self.margin, 0)
+        hi = np.minimum(np.asarray(offset) + np.asarray(bshape) + self.margin, self.shape)
+        return lo, hi
+
+
+def _tomo_volume_block(args, offset, bshape):
+    """One block of the phantom volume, computed on its own from a margin around it.
+
+    Particles, membranes, background and noise are exact (the background filter
+    sees 4 sigma of margin, so it matches filtering the whole volume); the
+    missing wedge is applied to the block plus ``_WEDGE_MARGIN`` voxels and
+    cropped, which approximates filtering the whole volume.
+    """
+    specs, contrast, mcon, objs, mems, p = args
+    offset = np.asarray(offset, int)
+    bshape = np.asarray(bshape, int)
+    lo, hi = p.extended(offset, bshape)
+    ext = tuple(int(v) for v in hi - lo)
+    vol, _ = _render_block((specs, contrast, mcon, objs, mems), lo, ext, labels=False)
+    if p.bg_scale:
+        noise = _tiled_normal(p.seed, 1, lo, ext)
+        vol += p.bg_scale * _gaussian(noise, p.bg_sigma)
+    if p.noise_std:
+        vol += p.noise_std * _tiled_normal(p.seed, 2, lo, ext)
+    if p.tilt is not None:
+        vol = missing_wedge_filter(vol, p.tilt)
+    crop = tuple(slice(int(a), int(a + n)) for a, n in zip(offset - lo, bshape))
+    return np.ascontiguousarray(vol[crop])
+
+
+def _tomo_label_block(args, offset, bshape):
+    specs, objs = args
+    return _render_block((specs, 0.0, 0.0, objs, np.zeros((0, 4))), offset, bshape, density=False)[1]
 
 
 def _offsets(chunks):
@@ -640,32 +679,26 @@ def _call_opaque(func, args, offset, bshape):
     return func(args.value, offset, bshape)
 
 
-def _blockwise_pair(render, block_args, chunks, token, dtypes=(np.float32, np.uint8)):
-    """Two dask arrays from one ``render(args, offset, shape) -> (a, b)`` task per block.
+def _blockwise(render, block_args, chunks, token, dtype):
+    """A dask array with one independent ``render(args, offset, shape)`` task per block.
 
     ``block_args(offset, shape)`` is called here, at graph construction, so that every
-    task carries only what its block needs (the objects that touch it).
+    task carries only what its block needs (the objects that touch it). Tasks have no
+    dependencies, so computing one block (``array[region].compute()``) runs one task.
     """
-    import operator
-
     import dask.array as da
     from dask.base import tokenize
     from dask.highlevelgraph import HighLevelGraph
 
-    tok = tokenize(token, chunks)
-    rname, dname, lname = f"phantom-render-{tok}", f"phantom-data-{tok}", f"phantom-labels-{tok}"
+    name = f"phantom-{tokenize(token, chunks)}"
     offs = _offsets(chunks)
-    rdsk, ddsk, ldsk = {}, {}, {}
+    dsk = {}
     for idx in product(*[range(len(c)) for c in chunks]):
         off = [int(offs[a][i]) for a, i in enumerate(idx)]
         bsh = [int(chunks[a][i]) for a, i in enumerate(idx)]
-        rdsk[(rname,) + idx] = (_call_opaque, render, _Opaque(block_args(off, bsh)), off, bsh)
-        ddsk[(dname,) + idx] = (operator.getitem, (rname,) + idx, 0)
-        ldsk[(lname,) + idx] = (operator.getitem, (rname,) + idx, 1)
-    graph_d = HighLevelGraph({rname: rdsk, dname: ddsk}, {rname: set(), dname: {rname}})
-    graph_l = HighLevelGraph({rname: rdsk, lname: ldsk}, {rname: set(), lname: {rname}})
-    meta = [np.empty((0,) * len(chunks), dt) for dt in dtypes]
-    return (da.Array(graph_d, dname, chunks, meta=meta[0]), da.Array(graph_l, lname, chunks, meta=meta[1]))
+        dsk[(name,) + idx] = (_call_opaque, render, _Opaque(block_args(off, bsh)), off, bsh)
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=())
+    return da.Array(graph, name, chunks, meta=np.empty((0,) * len(chunks), dtype))
 
 
 def _normal_block(seed, stream, block_info=None):
@@ -716,7 +749,7 @@ def _footprint(cell, y, x):
     return (f * (1.0 + tex)).astype(np.float32)
 
 
-def _render_movie_block(args, offset, bshape):
+def _render_movie_block(args, offset, bshape, *, intensity=True, labels=True):
     """Noise-free intensity (float32) and labels (uint8) of one [t, y, x] block."""
     emit, cell, bleach, nt = args
     t0, y0, x0 = (int(o) for o in offset)
@@ -724,9 +757,11 @@ def _render_movie_block(args, offset, bshape):
     yy = np.arange(y0, y0 + by, dtype=np.float32)
     xx = np.arange(x0, x0 + bx, dtype=np.float32)
     tt = np.arange(t0, t0 + bt, dtype=np.float32)
-    fp = _footprint(cell, yy[:, None], xx[None, :])
-    img = 0.1 + 0.4 * fp[None] * np.exp(-tt / bleach)[:, None, None]
-    img = img.astype(np.float32)
+    if intensity:
+        fp = _footprint(cell, yy[:, None], xx[None, :])
+        img = (0.1 + 0.4 * fp[None] * np.exp(-tt / bleach)[:, None, None]).astype(np.float32)
+    else:
+        img = np.zeros((1, 1, 1), np.float32)
     lab = np.zeros((bt, by, bx), np.uint8)
     if len(emit):
         order = np.argsort(emit[:, 0], kind="stable")
@@ -737,9 +772,12 @@ def _render_movie_block(args, offset, bshape):
             e = emit[starts[f]:starts[f + 1]]
             if not len(e):
                 continue
-            gy = np.exp(-(yy[None, :] - e[:, 1:2]) ** 2 / (2 * e[:, 4:5] ** 2)).astype(np.float32)
-            gx = np.exp(-(xx[None, :] - e[:, 2:3]) ** 2 / (2 * e[:, 4:5] ** 2)).astype(np.float32)
-            img[f] += (gy * e[:, 3:4].astype(np.float32)).T @ gx
+            if intensity:
+                gy = np.exp(-(yy[None, :] - e[:, 1:2]) ** 2 / (2 * e[:, 4:5] ** 2)).astype(np.float32)
+                gx = np.exp(-(xx[None, :] - e[:, 2:3]) ** 2 / (2 * e[:, 4:5] ** 2)).astype(np.float32)
+                img[f] += (gy * e[:, 3:4].astype(np.float32)).T @ gx
+            if not labels:
+                continue
             # labels: discs of radius e[:, 5], events (2) drawn after spots (1) so they win
             for row in e[np.argsort(e[:, 6], kind="stable")]:
                 r = row[5]
@@ -754,6 +792,18 @@ def _render_movie_block(args, offset, bshape):
                 dx = np.arange(b0, b1)[None, :] - cx
                 lab[f, a0:a1, b0:b1][dy * dy + dx * dx <= r * r] = int(row[6])
     return img, lab
+
+
+def _movie_block(args, offset, bshape):
+    sub, seed, noise_std = args
+    img = _render_movie_block(sub, offset, bshape, labels=False)[0]
+    if noise_std:
+        img += noise_std * _tiled_normal(seed, 11, offset, bshape)
+    return img
+
+
+def _movie_label_block(args, offset, bshape):
+    return _render_movie_block(args[0], offset, bshape, intensity=False)[1]
 
 
 def _brownian(rng, n, start, y, x, step, shape):
@@ -926,17 +976,18 @@ def phantom_movie(shape=(300, 256, 256), *, n_spots=None, n_events=None, seed=0,
     plan = _MoviePlan(shape, emit, cell, bleach)
     noise_std = 0.0 if snr is None or not np.isfinite(snr) else 1.0 / snr
     if chunks is None:
-        movie, lab = _render_movie_block(plan.subset((0, 0, 0), shape), (0, 0, 0), shape)
-        if noise_std:
-            movie += noise_std * _tiled_normal(seed, 11, (0, 0, 0), shape)
+        sub = plan.subset((0, 0, 0), shape)
+        movie = _movie_block((sub, seed, noise_std), (0, 0, 0), shape)
+        lab = _movie_label_block((sub, seed, noise_std), (0, 0, 0), shape)
     else:
         import dask.array as da
 
         chunks = da.core.normalize_chunks(chunks, shape, dtype=np.float32)
-        movie, lab = _blockwise_pair(_render_movie_block, plan.subset, chunks,
-                                     ("movie", shape, emit, cell, bleach))
-        if noise_std:
-            movie = movie + noise_std * _lazy_normal(seed, 11, chunks)
+        token = ("movie", shape, emit, cell, bleach, seed, noise_std)
+        movie = _blockwise(_movie_block, lambda o, b: (plan.subset(o, b), seed, noise_std), chunks,
+                           token, np.float32)
+        lab = _blockwise(_movie_label_block, lambda o, b: (plan.subset(o, b), seed, noise_std), chunks,
+                         token + ("labels",), np.uint8)
     out = (movie, df, lab)
     if return_tracks:
         tr = pd.concat(tracks, ignore_index=True) if tracks else pd.DataFrame(
