@@ -226,3 +226,30 @@ def test_movie_snr():
     clean = phantom_movie((20, 64, 64), seed=1, snr=None)[0]
     noisy = phantom_movie((20, 64, 64), seed=1, snr=5.0)[0]
     assert abs((noisy - clean).std() - 0.2) < 0.01
+
+
+# --- CLI ---------------------------------------------------------------------------------------
+
+def test_cli_phantom(tmp_path, capsys):
+    pytest.importorskip("tomochunk.io.objects")
+    from tomochunk.cli import main
+    from tomochunk.io.objects import read_objects
+    from tomochunk.io.volume import open_volume
+
+    out = tmp_path / "tomo.zarr"
+    truth = tmp_path / "truth.csv"
+    rc = main(["phantom", str(out), "--shape", "32,64,64", "--classes", "sphere,rod:6", "--seed", "3",
+               "--n-objects", "6", "--objects", str(truth), "--levels", "1"])
+    assert rc == 0
+    assert "tomo.zarr" in capsys.readouterr().out
+    vol, obj, lab = phantom_tomogram((32, 64, 64), ["sphere", ("rod", 6)], n_objects=6, seed=3)
+    v = open_volume(out)
+    np.testing.assert_allclose(np.asarray(v), vol, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(open_volume(tmp_path / "tomo_labels.zarr")), lab)
+    back = read_objects(truth)
+    np.testing.assert_allclose(back[["x", "y", "z"]].to_numpy(), obj[["x", "y", "z"]].to_numpy())
+    np.testing.assert_array_equal(back.class_label.to_numpy(), obj.class_label.to_numpy())
+    # refuses to overwrite; a movie as MRC
+    assert main(["phantom", str(out), "--shape", "32,64,64", "--objects", str(truth)]) == 2
+    assert main(["phantom", str(tmp_path / "m.mrc"), "--movie", "--shape", "20,48,48", "--n-events", "2"]) == 0
+    assert (tmp_path / "m_labels.mrc").exists() and (tmp_path / "m_objects.csv").exists()
