@@ -54,8 +54,8 @@ def test_objects_inside_and_not_overlapping(tomo):
     d = cdist(c, c)
     np.fill_diagonal(d, np.inf)
     assert (d >= r[:, None] + r[None, :] + 1).all()
-    h = np.ceil(r) + 1
-    assert (c - h[:, None] >= 0).all() and (c + h[:, None] < np.array(SHAPE)).all()
+    h = np.ceil(r) + 2  # template half-side
+    assert (c - h[:, None] >= 0).all() and (c + h[:, None] <= np.array(SHAPE)).all()
 
 
 def test_labels_agree_with_objects(tomo):
@@ -99,12 +99,12 @@ def test_missing_wedge_zeroes_the_wedge(tomo):
 
 def test_templates_and_rotation():
     t = class_templates(["rod", ("sphere", 4)])
-    assert sorted(t) == [1, 2] and t[2].shape == (11, 11, 11)
+    assert sorted(t) == [1, 2] and t[2].shape == (12, 12, 12)
     rod = t[1]
     for m in t.values():
-        assert m.dtype == bool and all(s % 2 == 1 for s in m.shape)
+        assert m.dtype == bool and len(set(m.shape)) == 1 and m.shape[0] % 2 == 0
         c = m.shape[0] // 2
-        assert m[c, c, c]
+        assert m[c, c, c] and not m[0].any() and not m[:, :, 0].any()
     # the rod lies along z; the=90 turns z onto -y (R @ (0,0,1) = (0,-1,0))
     r = euler_matrix(0, 0, 90)
     np.testing.assert_allclose(r @ [0, 0, 1], [0, -1, 0], atol=1e-12)
@@ -117,6 +117,25 @@ def test_templates_and_rotation():
     np.testing.assert_allclose(euler_matrix(30, 40, 50), euler_matrix(0, 40, 0) @ euler_matrix(0, 0, 50)
                                @ euler_matrix(30, 0, 0), atol=1e-12)
     np.testing.assert_array_equal(rotate_template(rod, 0, 0, 0), rod)
+
+
+def test_rotation_matches_deepfinder_convention():
+    """euler_matrix equals the matrix DeepFinder applies (scipy 'YZY' on (axis1, axis0, axis2) positions)."""
+    from scipy.spatial.transform import Rotation
+
+    p = np.array([[0, 1, 0], [0, 0, 1], [1, 0, 0]])  # (y, z, x) = p @ (x, y, z)
+    for phi, psi, the in np.random.default_rng(0).uniform(0, 360, (5, 3)):
+        m = Rotation.from_euler("YZY", [-phi, -the, -psi], degrees=True).as_matrix()
+        np.testing.assert_allclose(p.T @ m.T @ p, euler_matrix(phi, psi, the), atol=1e-12)
+
+
+def test_labels_rebuilt_by_targets(tomo):
+    """tomochunk.targets.shapes(objects, shape, class_templates()) gives the phantom's label map."""
+    from tomochunk.ops.targets import shapes
+
+    vol, obj, lab = tomo
+    rebuilt = shapes(obj, lab.shape, class_templates(5), chunks=32).compute()
+    np.testing.assert_array_equal(rebuilt, lab)
 
 
 def test_bad_arguments():

@@ -15,9 +15,15 @@ used by DeepFinder. The rotation matrix, acting on column vectors ``(x, y, z)``,
 (first ``phi`` about z, then ``the`` about x, then ``psi`` about z; this is
 TOM's ``tom_rotmatrix``). It is an *active* rotation: a point ``b`` of an
 object's body frame (its unrotated template, centred on the origin) appears at
-``centre + R @ b`` in the tomogram. :func:`euler_matrix` builds ``R`` and
-:func:`rotate_template` applies it; every rotation in this package goes
-through these two functions.
+``centre + R @ b`` in the tomogram. :func:`euler_matrix` builds ``R``.
+
+Templates are cubes of even side ``D`` whose centre is voxel ``D // 2``
+(DeepFinder's template convention), and :func:`rotate_template` rotates them
+about that voxel with :func:`tomochunk.ops.targets.rotate_template_deepfinder`
+(linear interpolation, ``round(value) == 1`` is inside), the one implementation
+of DeepFinder's rotation in this package, whose matrix equals ``R`` (tested).
+So ``tomochunk.targets.shapes(objects, shape, class_templates(classes))``
+rebuilds a phantom's label map voxel for voxel.
 """
 
 from __future__ import annotations
@@ -129,21 +135,21 @@ def _class_specs(classes) -> tuple[tuple[str, float], ...]:
 
 
 def _half(size: float) -> int:
-    """Half-width of the odd template cube holding a shape of this size, with room to rotate."""
-    return int(math.ceil(size)) + 1
+    """Half-side of the even template cube holding a shape of this size, with room to rotate."""
+    return int(math.ceil(size)) + 2
 
 
 @lru_cache(maxsize=64)
 def _template(name: str, size: float) -> np.ndarray:
     h = _half(size)
-    z, y, x = np.mgrid[-h:h + 1, -h:h + 1, -h:h + 1].astype(np.float32)
+    z, y, x = np.mgrid[-h:h, -h:h, -h:h].astype(np.float32)
     mask = SHAPES[name][0](x, y, z, size) <= 0
     mask.setflags(write=False)
     return mask
 
 
 def class_templates(classes=None) -> dict[int, np.ndarray]:
-    """Unrotated boolean masks of the phantom classes, centred in odd cubes.
+    """Unrotated boolean masks of the phantom classes, centred in even cubes.
 
     Parameters
     ----------
@@ -155,14 +161,16 @@ def class_templates(classes=None) -> dict[int, np.ndarray]:
     Returns
     -------
     dict
-        ``{label: mask}``, labels from 1, each mask ``[z, y, x]`` of odd side
-        ``2 * (ceil(size) + 1) + 1`` with the shape centred on the middle voxel.
+        ``{label: mask}``, labels from 1, each mask ``[z, y, x]`` a cube of even
+        side ``D = 2 * (ceil(size) + 2)`` with the shape centred on voxel
+        ``D // 2`` (DeepFinder's convention: that voxel lands on the object's
+        coordinates), leaving room to rotate it.
 
     Examples
     --------
     >>> t = class_templates(["sphere", ("rod", 6)])
     >>> sorted(t), t[1].shape
-    ([1, 2], (13, 13, 13))
+    ([1, 2], (14, 14, 14))
     """
     return {k: _template(name, size).copy() for k, (name, size) in enumerate(_class_specs(classes), 1)}
 
@@ -186,41 +194,37 @@ def euler_matrix(phi: float, psi: float, the: float) -> np.ndarray:
     return rz(s) @ rx @ rz(p)
 
 
-def _rotate_float(vol: np.ndarray, phi: float, psi: float, the: float, order: int = 1) -> np.ndarray:
-    from scipy import ndimage
+def _rotate_float(vol: np.ndarray, phi: float, psi: float, the: float) -> np.ndarray:
+    """Linear-interpolated rotation about voxel ``D / 2`` (float32); see the module doc."""
+    from .ops.targets import rotate_template_deepfinder
 
     vol = np.asarray(vol, dtype=np.float32)
     if phi == 0 and psi == 0 and the == 0:
         return vol.copy()
-    r = euler_matrix(phi, psi, the)
-    # affine_transform maps output index o to input index M @ o + offset, in (z, y, x) order:
-    # the input point of output voxel o is R^T (o - c) + c, with the axes reversed.
-    m = r.T[::-1, ::-1]
-    c = (np.array(vol.shape, dtype=float) - 1) / 2
-    return ndimage.affine_transform(vol, m, offset=c - m @ c, order=order, mode="constant", cval=0.0,
-                                    prefilter=order > 1)
+    return rotate_template_deepfinder(vol, phi, psi, the).astype(np.float32)
 
 
-def rotate_template(mask: np.ndarray, phi: float, psi: float, the: float, *, order: int = 1) -> np.ndarray:
-    """Rotate a template about its centre voxel by the Euler angles (degrees, ZXZ; see the module doc).
+def rotate_template(mask: np.ndarray, phi: float, psi: float, the: float) -> np.ndarray:
+    """Rotate a cubic template about voxel ``D / 2`` by Euler angles (degrees, ZXZ; see the module doc).
 
-    Boolean masks are interpolated linearly and thresholded at 0.5, which is
-    exactly how :func:`phantom_tomogram` draws its label maps; other arrays are
-    interpolated with ``order`` and returned as float32.
+    Boolean masks are interpolated linearly and ``round(value) == 1`` is kept,
+    exactly as :func:`phantom_tomogram` draws its label maps and
+    :mod:`tomochunk.targets` its targets; other arrays are returned
+    interpolated (float32).
 
     Examples
     --------
     >>> rod = class_templates(["rod"])[1]
     >>> flat = rotate_template(rod, 0, 0, 90)   # the rod's z axis turned onto -y
-    >>> flat.shape == rod.shape, int(flat[:, :, 9].sum()) > 0
+    >>> flat.shape == rod.shape, bool(flat[10, :, 10].sum() > 8)
     (True, True)
     """
     mask = np.asarray(mask)
-    if mask.ndim != 3:
-        raise ValueProblem(f"rotate_template needs a 3D array, got {mask.ndim}D")
+    if mask.ndim != 3 or len(set(mask.shape)) != 1:
+        raise ValueProblem(f"rotate_template needs a cubic 3D array, got shape {mask.shape}")
     if mask.dtype == bool:
-        return _rotate_float(mask, phi, psi, the, order=1) >= 0.5
-    return _rotate_float(mask, phi, psi, the, order=order)
+        return np.round(_rotate_float(mask, phi, psi, the)) == 1
+    return _rotate_float(mask, phi, psi, the)
 
 
 def _random_angles(rng, n):
@@ -388,11 +392,11 @@ def _render_block(plan_small, offset, bshape, *, density=True, labels=True):
         k = int(row[0])
         name, size = specs[k - 1]
         rot = _rotate_float(_template(name, size), row[4], row[5], row[6])
-        h = rot.shape[0] // 2
+        h = rot.shape[0] // 2  # template voxel D // 2 lands on the object's voxel
         c = row[1:4].astype(int) - offset
         dst, src = [], []
         for ax in range(3):
-            lo, hi = c[ax] - h, c[ax] + h + 1
+            lo, hi = c[ax] - h, c[ax] - h + rot.shape[ax]
             a, b = max(lo, 0), min(hi, bshape[ax])
             if a >= b:
                 break
@@ -403,7 +407,7 @@ def _render_block(plan_small, offset, bshape, *, density=True, labels=True):
             if density:
                 dens[tuple(dst)] += contrast * piece
             if labels:
-                lab[tuple(dst)][piece >= 0.5] = k
+                lab[tuple(dst)][np.round(piece) == 1] = k
     for zc, yc, xc, r in (mems if density else ()):
         c = np.array([zc, yc, xc]) - offset
         ext = int(math.ceil(r + _MEMBRANE_THICK + 1))
