@@ -430,7 +430,10 @@ def _gauss_scale(sigma: float) -> float:
 def _gaussian(block, sigma):
     from scipy import ndimage
 
-    return ndimage.gaussian_filter(block, sigma, mode="reflect", truncate=4.0)
+    return ndimage.gaussian_filter(block, sigma, mode="reflect", truncate=_TRUNCATE)
+
+
+_TRUNCATE = 3.0  # gaussian kernel radius in sigmas (the blockwise margin depends on it)
 
 
 def phantom_tomogram(shape=(128, 256, 256), classes=None, *, n_objects=None, density=0.15, snr=1.0,
@@ -489,7 +492,8 @@ def phantom_tomogram(shape=(128, 256, 256), classes=None, *, n_objects=None, den
         Return dask arrays with these chunks, generated block by block; nothing
         ever holds the whole volume. Labels and the noise-free particle density
         are exactly the same as without chunks; the background and noise too
-        (they are drawn per fixed 64-voxel tile, so independent of chunking).
+        (they are drawn per fixed 64-voxel tile, so independent of chunking,
+        and each block filters the background with a 3-sigma margin).
         Only the missing-wedge filter is approximate: each block is filtered
         with a margin of 16 voxels, not the whole volume at once. Every block is
         one task with no dependencies (it renders its own margin), so computing
@@ -600,9 +604,8 @@ def phantom_tomogram(shape=(128, 256, 256), classes=None, *, n_objects=None, den
                            float(background_sigma), noise_std, tilt, shape)
     if chunks is None:
         o, m = plan.subset((0, 0, 0), shape)
-        vol = _tomo_volume_block((plan.specs, contrast, mcon, o, m, params), (0, 0, 0), shape)
-        lab = _tomo_label_block((plan.specs, o), (0, 0, 0), shape)
-        return vol, df, lab
+        dens, lab = _render_block((plan.specs, contrast, mcon, o, m), (0, 0, 0), shape)
+        return _finish_volume(dens, (0, 0, 0), params), df, lab
     import dask.array as da
 
     chunks = da.core.normalize_chunks(chunks, shape, dtype=np.float32)
@@ -627,7 +630,7 @@ class _VolumeParams:
     def __init__(self, seed, bg_scale, bg_sigma, noise_std, tilt, shape):
         self.seed, self.bg_scale, self.bg_sigma = int(seed), float(bg_scale), float(bg_sigma)
         self.noise_std, self.tilt, self.shape = float(noise_std), tilt, tuple(shape)
-        m = int(math.ceil(4 * bg_sigma)) if bg_scale else 0
+        m = int(math.ceil(_TRUNCATE * bg_sigma)) if bg_scale else 0
         if tilt is not None:
             m += _WEDGE_MARGIN
         self.margin = m
@@ -652,15 +655,20 @@ def _tomo_volume_block(args, offset, bshape):
     lo, hi = p.extended(offset, bshape)
     ext = tuple(int(v) for v in hi - lo)
     vol, _ = _render_block((specs, contrast, mcon, objs, mems), lo, ext, labels=False)
-    if p.bg_scale:
-        noise = _tiled_normal(p.seed, 1, lo, ext)
-        vol += p.bg_scale * _gaussian(noise, p.bg_sigma)
-    if p.noise_std:
-        vol += p.noise_std * _tiled_normal(p.seed, 2, lo, ext)
-    if p.tilt is not None:
-        vol = missing_wedge_filter(vol, p.tilt)
+    vol = _finish_volume(vol, lo, p)
     crop = tuple(slice(int(a), int(a + n)) for a, n in zip(offset - lo, bshape))
     return np.ascontiguousarray(vol[crop])
+
+
+def _finish_volume(vol, lo, p):
+    """Add background and noise to the particle density of the region at ``lo``, then the wedge."""
+    if p.bg_scale:
+        vol += p.bg_scale * _gaussian(_tiled_normal(p.seed, 1, lo, vol.shape), p.bg_sigma)
+    if p.noise_std:
+        vol += p.noise_std * _tiled_normal(p.seed, 2, lo, vol.shape)
+    if p.tilt is not None:
+        vol = missing_wedge_filter(vol, p.tilt)
+    return vol
 
 
 def _tomo_label_block(args, offset, bshape):
