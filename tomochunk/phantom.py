@@ -285,12 +285,14 @@ def missing_wedge_filter(volume: np.ndarray, tilt: float = 60.0) -> np.ndarray:
     >>> v.shape, v.dtype
     ((16, 16, 16), dtype('float32'))
     """
+    from scipy import fft
+
     v = np.asarray(volume, dtype=np.float32)
     if tilt is None or tilt >= 90:
         return v.copy()
-    f = np.fft.rfftn(v)
+    f = fft.rfftn(v)  # complex64 for float32 input: half numpy's memory
     f *= _wedge_keep(v.shape, tilt)
-    return np.fft.irfftn(f, s=v.shape).astype(np.float32)
+    return fft.irfftn(f, s=v.shape, overwrite_x=True).astype(np.float32, copy=False)
 
 
 # --- tomogram -----------------------------------------------------------------------------------
