@@ -11,7 +11,7 @@ import logging
 import sys
 import textwrap
 
-from .errors import TomochunkError
+from .errors import TomochunkError, ValueProblem
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -70,6 +70,106 @@ def _run_convert(args):
         print(f"{src} -> {dst}")
 
 
+# --- phantom -----------------------------------------------------------------
+
+def _add_phantom(sub):
+    p = _command(sub, "phantom", "generate a synthetic tomogram (or TIRF movie) with its labels and object list",
+                 "tomochunk phantom tomo.zarr --shape 128,256,256 --classes 4 --snr 0.5 --seed 0 "
+                 "--objects truth.csv\n"
+                 "tomochunk phantom movie.zarr --movie --shape 300,256,256 --objects events.csv")
+    p.add_argument("out", metavar="OUT", help="output volume: .mrc, .h5 or .zarr")
+    p.add_argument("--labels", default=None, help="label map output (default: OUT with a _labels suffix)")
+    p.add_argument("--objects", default=None, help="object list output (default: OUT_objects.csv)")
+    p.add_argument("--movie", action="store_true", help="a TIRF-like [t,y,x] movie instead of a tomogram")
+    p.add_argument("--shape", type=_ints, default=None,
+                   help="z,y,x (or t,y,x) size (default 128,256,256; movies 300,256,256)")
+    p.add_argument("--classes", type=_classes, default=None,
+                   help="number of shape classes, or names such as sphere,rod:6 (name:size in voxels)")
+    p.add_argument("--n-objects", type=int, default=None, help="number of particles (default: from --density)")
+    p.add_argument("--density", type=float, default=0.15, help="fraction of the volume the particles fill")
+    p.add_argument("--snr", type=_float_or_none, default=None,
+                   help="signal-to-noise ratio, or 'none' (default 1 for tomograms, 4 for movies)")
+    p.add_argument("--missing-wedge", type=_float_or_none, default=60.0,
+                   help="tilt range in ± degrees, or 'none' (default 60)")
+    p.add_argument("--n-spots", type=int, default=None, help="movies: diffusing spots")
+    p.add_argument("--n-events", type=int, default=None, help="movies: exocytosis events")
+    p.add_argument("--voxel-size", type=float, default=None, help="Å per voxel (default 10; movies 100)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--chunks", type=_ints, default=None,
+                   help="generate and store by blocks of this size (automatic above 512 MB)")
+    p.add_argument("--levels", type=int, default=3, help="multiscale levels of Zarr outputs")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(run=_run_phantom)
+
+
+def _run_phantom(args):
+    from pathlib import Path
+
+    import numpy as np
+    import xarray as xr
+
+    from .errors import ExistsError
+    from .io.objects import write_objects
+    from .io.volume import write_volume
+    from .phantom import phantom_movie, phantom_tomogram
+
+    out = Path(args.out)
+    suffix = ".zarr" if out.suffix.lower() == ".zarr" else out.suffix
+    labels = Path(args.labels) if args.labels else out.with_name(out.stem + "_labels" + suffix)
+    objects = Path(args.objects) if args.objects else out.with_name(out.stem + "_objects.csv")
+    for path in (out, labels, objects):
+        if path.exists() and not args.overwrite:
+            raise ExistsError("output exists; pass --overwrite to replace it", path)
+    shape = args.shape or ((300, 256, 256) if args.movie else (128, 256, 256))
+    if isinstance(shape, int) or len(shape) != 3:
+        raise ValueProblem(f"--shape needs three sizes, got {args.shape}")
+    chunks = args.chunks
+    if chunks is None and np.prod(shape, dtype=np.int64) * 4 > 512 * 2**20:
+        chunks = (64, 512, 512) if args.movie else 256
+    snr = args.snr if args.snr is not None else (4.0 if args.movie else 1.0)
+    if args.snr is not None and args.snr == "none":
+        snr = None
+    if args.movie:
+        vs = args.voxel_size or 100.0
+        vol, obj, lab = phantom_movie(shape, n_spots=args.n_spots, n_events=args.n_events, seed=args.seed,
+                                      snr=snr, voxel_size=vs, chunks=chunks)
+        dims = ("t", "y", "x")
+    else:
+        vs = args.voxel_size or 10.0
+        wedge = None if args.missing_wedge == "none" else args.missing_wedge
+        vol, obj, lab = phantom_tomogram(shape, args.classes, n_objects=args.n_objects, density=args.density,
+                                         snr=snr, missing_wedge=wedge, voxel_size=vs, seed=args.seed,
+                                         chunks=chunks)
+        dims = ("z", "y", "x")
+    vol = xr.DataArray(vol, dims=dims, attrs={"voxel_size": vs})
+    lab = xr.DataArray(lab, dims=dims, attrs={"voxel_size": vs})
+    kw = dict(voxel_size=vs, overwrite=args.overwrite)
+    if suffix == ".zarr":
+        kw.update(levels=args.levels, chunks=chunks)
+    with _progress():
+        write_volume(vol, out, **kw)
+        write_volume(lab, labels, label=True, **kw)
+    write_objects(obj, objects)
+    counts = ", ".join(f"{obj.attrs['classes'].get(k, k)}: {n}"
+                       for k, n in sorted(obj.class_label.value_counts().items()))
+    print(f"{out}: {'x'.join(map(str, shape))}, {len(obj)} objects ({counts})")
+    print(f"labels -> {labels}, objects -> {objects}")
+
+
+def _classes(text: str):
+    if text.isdigit():
+        return int(text)
+    out = []
+    for item in text.split(","):
+        name, _, size = item.partition(":")
+        out.append((name.strip(), float(size)) if size else name.strip())
+    return out
+
+
+def _float_or_none(text: str):
+    return "none" if text.lower() in ("none", "off", "inf") else float(text)
+
+
 def _ints(text: str):
     vals = tuple(int(v) for v in text.split(","))
     return vals[0] if len(vals) == 1 else vals
@@ -77,6 +177,7 @@ def _ints(text: str):
 
 _COMMANDS = [
     _add_convert,
+    _add_phantom,
 ]
 
 
