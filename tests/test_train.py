@@ -102,3 +102,21 @@ def test_errors(data, tmp_path):
               out_dir=tmp_path, **KW)
     with pytest.raises(ShapeError):
         train(vols, {k: np.zeros((8, 8, 8)) for k in tgts}, otrain, ovalid, epochs=1, out_dir=tmp_path, **KW)
+
+
+def test_cli_train_bad_patch(data, tmp_path, capsys):
+    from tomochunk.cli import main
+
+    vols, tgts, otrain, ovalid = data
+    tomochunk.write_objects(otrain, tmp_path / "tr.csv")
+    tomochunk.write_objects(ovalid, tmp_path / "va.csv")
+    paths = []
+    for k in ("a", "b"):
+        tomochunk.write_volume(vols[k], tmp_path / f"{k}.zarr", levels=1)
+        tomochunk.write_volume(np.asarray(tgts[k][:]), tmp_path / f"{k}_t.zarr", levels=1)
+        paths.append(k)
+    rc = main(["train", "--volumes", *[str(tmp_path / f"{k}.zarr") for k in paths],
+               "--targets", *[str(tmp_path / f"{k}_t.zarr") for k in paths],
+               "--train", str(tmp_path / "tr.csv"), "--valid", str(tmp_path / "va.csv"),
+               "--n-classes", "3", "--patch", "18", "-o", str(tmp_path / "run")])
+    assert rc == 2 and "multiple of 4" in capsys.readouterr().err
