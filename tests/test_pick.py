@@ -80,3 +80,32 @@ def test_bad_input_and_empty():
         pick(np.zeros((4, 4, 4)), units="angstrom")
     assert len(pick(np.zeros((8, 8, 8)))) == 0
     assert len(pick(np.zeros((8, 8, 8)), mode="centroid")) == 0
+
+
+def test_cli_pick_many_inputs(tmp_path):
+    import mrcfile
+    import zarr
+
+    from tomochunk.cli import main
+    from tomochunk.io.objects import read_objects
+
+    lm = np.zeros((20, 30, 30), np.uint8)
+    lm[3:7, 3:7, 3:7] = 1
+    lm[10:14, 20:24, 20:24] = 2
+    for name in ("t1", "t2"):
+        with mrcfile.new(tmp_path / f"{name}.mrc") as m:
+            m.set_data(lm)
+            m.voxel_size = 10
+    assert main(["pick", str(tmp_path / "t1.mrc"), str(tmp_path / "t2.mrc"), "--method", "meanshift",
+                 "--radius", "3", "-o", str(tmp_path / "o.xml")]) == 0
+    df = read_objects(tmp_path / "o.xml")
+    assert len(df) == 4 and sorted(df["class_label"]) == [1, 1, 2, 2]
+    s = (lm == 1).astype(np.float32) * 0.9
+    z = zarr.create_array(tmp_path / "s.zarr", shape=s.shape, dtype=s.dtype, chunks=(10, 15, 15))
+    z[:] = s
+    assert main(["pick", str(tmp_path / "s.zarr"), "--method", "peaks", "--min-spacing", "3",
+                 "-o", str(tmp_path / "p.csv")]) == 0
+    p = read_objects(tmp_path / "p.csv")
+    assert len(p) == 1
+    # a score map is not a label map: clear one-line error, exit status 2
+    assert main(["pick", str(tmp_path / "s.zarr"), "--method", "cc", "-o", str(tmp_path / "q.csv")]) == 2
