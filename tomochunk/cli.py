@@ -280,6 +280,57 @@ def _float_or_none(text: str):
     return "none" if text.lower() in ("none", "off", "inf") else float(text)
 
 
+# --- pick --------------------------------------------------------------------
+
+_PICK_METHODS = {"cc": "cc", "meanshift": "meanshift", "peaks": "peaks", "centroid": "centroid",
+                 "heatmap": "nms", "nms": "nms"}
+
+
+def _add_pick(sub):
+    p = _command(sub, "pick", "turn label maps (cc, meanshift) or score maps (peaks, centroid, heatmap) "
+                 "into one object list",
+                 "tomochunk pick seg/tomo1.zarr seg/tomo2.zarr --method meanshift --radius 5 -o objects.xml\n"
+                 "tomochunk pick scores.zarr --method peaks --threshold 0.5 --min-spacing 80 "
+                 "--units angstrom -o picks.star")
+    p.add_argument("inputs", nargs="+", metavar="LABELS_OR_SCORES",
+                   help="segmentation stores (labels/classes, labels/scores inside), zarr arrays or MRC files")
+    p.add_argument("-o", "--output", required=True, help="objects.{xml,star,csv,json,...}")
+    p.add_argument("--method", choices=sorted(_PICK_METHODS), default="meanshift")
+    p.add_argument("--radius", type=float, default=5.0, help="mean-shift bandwidth in voxels (cc/meanshift)")
+    p.add_argument("--threshold", type=float, default=0.5, help="score threshold (score maps)")
+    p.add_argument("--min-size", type=float, default=1, help="smallest object (voxels, or A^3 with --units angstrom)")
+    p.add_argument("--min-spacing", type=float, default=5.0, help="smallest distance between picks")
+    p.add_argument("--margin", type=float, default=0.0, help="drop picks this close to the border")
+    p.add_argument("--top-k", type=int, default=None, help="keep the K best picks per class and tomogram")
+    p.add_argument("--classes", type=_ints, default=None, help="classes to keep, e.g. 1,3")
+    p.add_argument("--units", choices=("voxel", "angstrom"), default="voxel")
+    p.add_argument("--voxel-size", type=float, default=None, help="A per voxel (default: from the input)")
+    p.add_argument("--level", type=int, default=0, help="multiscale level of OME-Zarr inputs")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(run=_run_pick)
+
+
+def _run_pick(args):
+    import pandas as pd
+
+    from .io.objects import write_objects
+    from .ops.pick import pick_inputs
+
+    frames = []
+    for src in args.inputs:
+        df = pick_inputs(src, method=_PICK_METHODS[args.method], radius=args.radius, threshold=args.threshold,
+                         min_size=args.min_size, min_spacing=args.min_spacing, margin=args.margin,
+                         top_k=args.top_k, classes=args.classes, units=args.units,
+                         voxel_size=args.voxel_size, level=args.level)
+        print(f"{src}: {len(df)} objects")
+        frames.append(df)
+    out = pd.concat(frames, ignore_index=True)
+    out.attrs = dict(frames[0].attrs)
+    out["obj_id"] = range(1, len(out) + 1)
+    write_objects(out, args.output, overwrite=args.overwrite)
+    print(f"{len(out)} objects -> {args.output}")
+
+
 def _ints(text: str):
     vals = tuple(int(v) for v in text.split(","))
     return vals[0] if len(vals) == 1 else vals
@@ -290,6 +341,7 @@ _COMMANDS = [
     _add_phantom,
     _add_target,
     _add_train,
+    _add_pick,
 ]
 
 
