@@ -416,3 +416,218 @@ def labelmap(scores):
 
 def _argmax(block, axis):
     return np.argmax(block, axis=axis).astype(np.uint8)
+
+
+# --- writing ----------------------------------------------------------------------------
+
+PROGRESS_DIR = ".tomochunk_progress.d"
+
+
+def _create_or_resume(group_path, name, shape, chunks_per_level, dtype, dims, voxel_size, label, layout,
+                      overwrite):
+    """Open (resume) or create the multiscale group ``group_path/name``; True if it already is complete."""
+    import zarr
+
+    from ..io.omezarr import default_compressor, is_complete, multiscales_metadata
+
+    path = Path(group_path) / name
+    if path.exists():
+        old = zarr.open_group(str(path), mode="r").attrs.asdict().get("tomochunk", {})
+        if old.get("layout") != layout:
+            raise _exists("an output with another layout exists; pass overwrite=True (--overwrite)", path)
+        return zarr.open_group(str(path), mode="r+"), is_complete(path)
+    g = zarr.open_group(str(path), mode="w", zarr_format=2)
+    comp = default_compressor(dtype, 2)
+    for k, ch in enumerate(chunks_per_level):
+        shp = tuple(s if d == "c" else math.ceil(s / 2 ** k) for s, d in zip(shape, dims))
+        g.create_array(str(k), shape=shp, chunks=ch, dtype=dtype, fill_value=0, compressors=comp,
+                       chunk_key_encoding={"name": "v2", "separator": "/"}, overwrite=True)
+    ms = multiscales_metadata(dims, voxel_size, len(chunks_per_level), name=name, label=label)
+    ms["version"] = "0.4"
+    attrs = {"multiscales": [ms], "tomochunk": {"complete": False, "layout": layout}}
+    if label:
+        attrs["image-label"] = {"version": "0.4", "source": {"image": "../../"}}
+    g.attrs.update(attrs)
+    return g, False
+
+
+def _exists(msg, path):
+    from ..errors import ExistsError
+
+    return ExistsError(msg, path)
+
+
+def _write_block(block, labels_path, region, levels, dtype, marker):
+    """Write one storage-aligned region of scores (and class levels); then record it."""
+    import zarr
+
+    block = np.asarray(block, dtype=np.float32)
+    z0, y0, x0 = (r.start for r in region)
+    root = Path(labels_path)
+    scores = zarr.open_array(str(root / "scores" / "0"), mode="r+")
+    scores[(slice(None),) + tuple(region)] = block.astype(dtype)
+    if levels:
+        lab = np.argmax(block, axis=0).astype(np.uint8)
+        for k in range(levels):
+            f = 2 ** k
+            arr = zarr.open_array(str(root / "classes" / str(k)), mode="r+")
+            sub = lab[::f, ::f, ::f]
+            arr[z0 // f:z0 // f + sub.shape[0], y0 // f:y0 // f + sub.shape[1], x0 // f:x0 // f + sub.shape[2]] = sub
+    tmp = Path(str(marker) + ".tmp")
+    tmp.write_text("done\n")
+    os.replace(tmp, marker)  # the record appears only once the data is on disk
+    return np.zeros((1, 1, 1, 1), np.uint8)
+
+
+def write_segmentation(scores, store, *, labels=True, dtype="float16", chunks=256, levels=3, overwrite=False,
+                       client=None, progress=False):
+    """Write score maps and the label map into an OME-Zarr store, chunk by chunk, resumably.
+
+    Layout (NGFF 0.4, Zarr 2)::
+
+        store/labels/            {"labels": ["classes"]}
+        store/labels/classes/    uint8 label image, levels 1x, 2x, 4x (striding), "image-label"
+        store/labels/scores/     [c, z, y, x] class scores (float16 by default), one level
+
+    Each Dask block owns whole storage chunks; after writing one, it leaves a record in
+    ``labels/.tomochunk_progress.d``. A rerun after an interruption computes only the
+    missing regions. The completion markers (``attrs["tomochunk"]["complete"]``) are written
+    last, so a store that was never finished is never marked complete.
+
+    Parameters
+    ----------
+    scores : xarray.DataArray
+        ``[c, z, y, x]`` from :func:`segment` (lazy; never gathered on the client).
+    store : str or Path
+        The tomogram's OME-Zarr store (created if missing).
+    labels : bool
+        Also write the label map (argmax over classes).
+    dtype : str
+        Score storage dtype.
+    chunks : int
+        Spatial storage chunk side (even; the label levels use chunk/2, chunk/4).
+    levels : int
+        Levels of the label pyramid.
+    overwrite : bool
+        Replace a complete (or differently laid out) output.
+    client : distributed.Client, optional
+        Where to compute (default: the current Dask scheduler).
+    progress : bool
+        Show a progress bar (on stderr).
+
+    Returns
+    -------
+    Path
+        ``store/labels``.
+
+    Examples
+    --------
+    >>> write_segmentation(segment(vol, "unet.keras"), "tomo.zarr")  # doctest: +SKIP
+    """
+    import dask
+    import xarray as xr
+    import zarr
+
+    from ..io.omezarr import is_complete, mark_complete
+
+    if not isinstance(scores, xr.DataArray):
+        scores = xr.DataArray(scores, dims=("c", "z", "y", "x"))
+    if scores.ndim != 4:
+        raise ShapeError(f"expected [c, z, y, x] scores, got {scores.ndim}D", store)
+    data = scores.data
+    if not hasattr(data, "rechunk"):
+        import dask.array as da
+
+        data = da.from_array(np.asarray(data))
+    store = Path(store)
+    lpath = store / "labels"
+    n_classes, shape = int(data.shape[0]), tuple(int(s) for s in data.shape[1:])
+    levels = max(1, int(levels)) if labels else 0
+    f = 2 ** max(levels - 1, 0)
+    chunks = -(-int(chunks) // f) * f  # label levels need chunk edges aligned at every level
+    voxel_size = float(scores.attrs.get("voxel_size") or 1.0)
+    layout = {"shape": [n_classes, *shape], "chunks": chunks, "dtype": np.dtype(dtype).str, "levels": levels,
+              "segment": _jsonable({k: v for k, v in scores.attrs.get("segment", {}).items() if k != "model"})}
+
+    if lpath.exists() and (store / "labels" / "scores").exists():
+        if overwrite:
+            for sub in ("scores", "classes", PROGRESS_DIR):
+                shutil.rmtree(lpath / sub, ignore_errors=True)
+        elif is_complete(lpath / "scores") and (not labels or is_complete(lpath / "classes")):
+            raise _exists("segmentation output exists; pass overwrite=True (--overwrite) to replace it", lpath)
+    if not store.exists():
+        zarr.open_group(str(store), mode="w", zarr_format=2)
+    lg = zarr.open_group(str(lpath), mode="a", zarr_format=2)
+    lg.attrs.update({"labels": ["classes"] if labels else []})
+
+    sc = (1,) + tuple(min(chunks, s) for s in shape)
+    _create_or_resume(lpath, "scores", (n_classes, *shape), [sc], np.dtype(dtype), ("c", "z", "y", "x"),
+                      voxel_size, False, layout, overwrite)
+    if labels:
+        cl = [tuple(max(1, min(chunks // 2 ** k, math.ceil(s / 2 ** k))) for s in shape) for k in range(levels)]
+        _create_or_resume(lpath, "classes", shape, cl, np.uint8, ("z", "y", "x"), voxel_size, True, layout,
+                          overwrite)
+    prog = lpath / PROGRESS_DIR
+    prog.mkdir(exist_ok=True)
+    done = {p.name for p in prog.iterdir() if not p.name.endswith(".tmp")}
+
+    # every write task owns whole storage chunks of every array
+    aligned = data.rechunk(((n_classes,),) + tuple(_even_chunks(s, chunks) for s in shape))
+    grid = [range(len(c)) for c in aligned.chunks[1:]]
+    offsets = [np.cumsum((0,) + c) for c in aligned.chunks[1:]]
+    todo = [idx for idx in product(*grid) if ".".join(map(str, idx)) not in done]
+    log.info("%s: %d of %d regions to write", lpath, len(todo), math.prod(len(g) for g in grid))
+
+    with dask.config.set({"optimization.fuse.active": False}):  # keeps GPU annotations (see PITFALLS)
+        blocks = aligned.to_delayed(optimize_graph=False)
+        tasks = []
+        for idx in todo:
+            region = tuple(slice(int(o[i]), int(o[i + 1])) for o, i in zip(offsets, idx))
+            marker = prog / ".".join(map(str, idx))
+            tasks.append(dask.delayed(_write_block, pure=False)(blocks[(0,) + idx], str(lpath), region, levels,
+                                                               np.dtype(dtype), str(marker)))
+        if tasks:
+            _compute(tasks, client, progress)
+    # completion markers last: arrays first, then the labels group
+    mark_complete(lpath / "scores")
+    if labels:
+        mark_complete(lpath / "classes")
+    shutil.rmtree(prog, ignore_errors=True)
+    return lpath
+
+
+def _even_chunks(n, c):
+    return tuple(min(c, n - i) for i in range(0, n, c)) or (n,)
+
+
+def _compute(tasks, client, progress):
+    import dask
+
+    if client is None:
+        try:
+            from distributed import default_client
+
+            client = default_client()
+        except (ImportError, ValueError):
+            client = None
+    if client is not None:
+        futures = client.compute(tasks)
+        if progress:
+            from distributed.diagnostics.progressbar import progress as bar
+
+            bar(futures)
+        client.gather(futures)  # tiny placeholders only
+        return
+    if progress:
+        from dask.diagnostics import ProgressBar
+
+        with ProgressBar():
+            dask.compute(*tasks)
+    else:
+        dask.compute(*tasks)
+
+
+def _jsonable(obj):
+    import json
+
+    return json.loads(json.dumps(obj, default=str))
