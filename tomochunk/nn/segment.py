@@ -75,12 +75,8 @@ def get_model(path):
 
 
 def _load(path):
-    try:
-        from .models import load_model
-    except ImportError:  # pragma: no cover - until the network module lands
-        import keras
+    from .models import load_model
 
-        return keras.saving.load_model(path, compile=False)
     return load_model(path)
 
 
@@ -101,12 +97,9 @@ def _model_path(model) -> str:
         atexit.register(lambda: [shutil.rmtree(x, ignore_errors=True) for x in _TMP_DIRS])
     _TMP_DIRS.append(d)
     path = os.path.join(d, "model.keras")
-    try:
-        from .models import save_model
-    except ImportError:  # pragma: no cover
-        model.save(path)
-    else:
-        save_model(model, path)
+    from .models import save_model
+
+    save_model(model, path)
     _MODELS[(os.path.abspath(path), os.path.getmtime(path))] = model  # this process already has it
     return path
 
