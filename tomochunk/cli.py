@@ -331,6 +331,75 @@ def _run_pick(args):
     print(f"{len(out)} objects -> {args.output}")
 
 
+# --- segment -----------------------------------------------------------------
+
+def _add_segment(sub):
+    p = _command(sub, "segment", "segment tomograms with a 3D U-Net on a Dask cluster; write score and "
+                 "label maps into each tomogram's OME-Zarr store (labels/scores, labels/classes)",
+                 "tomochunk segment tomo1.mrc tomo2.zarr -m net_weights_FINAL.h5 -o zarr/ --patch 160 --workers 2\n"
+                 "tomochunk segment zarr/*.zarr -m unet.keras -o zarr/ --scheduler tcp://head:8786")
+    p.add_argument("inputs", nargs="+", metavar="TOMO", help="tomograms (MRC, HDF5, TIFF, Zarr)")
+    p.add_argument("-m", "--model", required=True, help="network: .keras, or DeepFinder .h5 weights")
+    p.add_argument("-o", "--outdir", required=True, help="folder of OME-Zarr stores (<name>.zarr)")
+    p.add_argument("--patch", type=int, default=160, help="patch side in voxels (default 160)")
+    p.add_argument("--crop", type=int, default=25, help="voxels discarded per patch side (default 25)")
+    p.add_argument("--batch", type=int, default=None, help="patches per network call (default: auto)")
+    p.add_argument("--blend", choices=("crop", "gaussian"), default="crop",
+                   help="average overlapping cores (DeepFinder) or Gaussian-weight them")
+    p.add_argument("--normalize", choices=("meanstd", "percentile", "none"), default="meanstd",
+                   help="intensity normalisation before segmenting (default: global mean/std)")
+    p.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="score storage dtype")
+    p.add_argument("--chunks", type=int, default=256, help="storage chunk side of the outputs")
+    p.add_argument("--scheduler", default=None, help="address of a running Dask scheduler")
+    p.add_argument("--workers", type=int, default=None, help="worker processes of the embedded cluster")
+    p.add_argument("--dataset", default=None, help="HDF5 dataset name")
+    p.add_argument("--overwrite", action="store_true", help="redo tomograms that are already segmented")
+    p.set_defaults(run=_run_segment)
+
+
+def _run_segment(args):
+    from pathlib import Path
+
+    from .io.convert import convert, output_name
+    from .io.omezarr import is_complete
+    from .io.volume import open_volume
+    from .nn.segment import segment, write_segmentation
+    from .parallel import client_context
+
+    out = Path(args.outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = str(Path(args.model).resolve())
+    if not Path(model).exists():
+        from .errors import MissingError
+
+        raise MissingError("no such model file", args.model)
+    todo = []
+    for src in args.inputs:
+        dst = out / output_name(src)
+        labels = dst / "labels"
+        if not args.overwrite and all((labels / n).exists() and is_complete(labels / n)
+                                      for n in ("scores", "classes")):
+            print(f"{src}: already segmented in {labels}, skipped")
+            continue
+        todo.append((src, dst))
+    if not todo:
+        return 0
+    with client_context(scheduler=args.scheduler, n_workers=args.workers) as client:
+        print(f"Dask dashboard: {client.dashboard_link}")
+        for src, dst in todo:
+            if Path(src).resolve() != dst.resolve() and not (dst.exists() and is_complete(dst)):
+                convert(src, dst, dataset=args.dataset, progress=True)
+            vol = open_volume(dst)
+            scores = segment(vol, model, patch_size=args.patch, crop=args.crop, batch_size=args.batch,
+                             blend=args.blend, normalize=None if args.normalize == "none" else args.normalize,
+                             client=client)
+            print(f"{src}: segmenting {dict(zip(vol.dims, vol.shape))} into {dst / 'labels'}")
+            write_segmentation(scores, dst, dtype=args.dtype, chunks=args.chunks, overwrite=args.overwrite,
+                               client=client, progress=True)
+            print(f"\n{src} -> {dst / 'labels'}")
+    return 0
+
+
 def _ints(text: str):
     vals = tuple(int(v) for v in text.split(","))
     return vals[0] if len(vals) == 1 else vals
@@ -342,6 +411,7 @@ _COMMANDS = [
     _add_target,
     _add_train,
     _add_pick,
+    _add_segment,
 ]
 
 
