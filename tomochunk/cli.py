@@ -405,6 +405,41 @@ def _ints(text: str):
     return vals[0] if len(vals) == 1 else vals
 
 
+# --- run ---------------------------------------------------------------------
+
+_RUN_EXAMPLE = """
+# pipeline.yaml
+inputs: ["tomograms/*.mrc"]
+outdir: out
+workers: 2
+segment: {model: phantom, patch_size: 48, crop: 8}
+pick: {method: meanshift, radius: 5, min_size: 20, formats: [xml, star]}
+
+tomochunk run pipeline.yaml      # rerun to resume: finished stages are skipped
+"""
+
+
+def _add_run(sub):
+    p = _command(sub, "run", "run convert -> segment -> pick (-> evaluate) over many tomograms from a YAML config",
+                 _RUN_EXAMPLE)
+    p.add_argument("config", help="YAML config (see tomochunk.pipeline)")
+    p.add_argument("--scheduler", default=None, help="address of a running Dask scheduler")
+    p.add_argument("--workers", type=int, default=None, help="workers of the embedded LocalCluster")
+    p.set_defaults(run=_run_run)
+
+
+def _run_run(args):
+    from .pipeline import load_config, run
+
+    cfg = load_config(args.config)
+    if args.scheduler:
+        cfg["scheduler"] = args.scheduler
+    if args.workers:
+        cfg["workers"] = args.workers
+    table = run(cfg, progress=True)
+    print(table.to_string(index=False))
+
+
 _COMMANDS = [
     _add_convert,
     _add_phantom,
@@ -412,6 +447,7 @@ _COMMANDS = [
     _add_train,
     _add_pick,
     _add_segment,
+    _add_run,
 ]
 
 
