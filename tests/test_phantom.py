@@ -270,7 +270,8 @@ def test_cli_phantom(tmp_path, capsys):
     np.testing.assert_array_equal(back.class_label.to_numpy(), obj.class_label.to_numpy())
     # refuses to overwrite; a movie as MRC
     assert main(["phantom", str(out), "--shape", "32,64,64", "--objects", str(truth)]) == 2
-    assert main(["phantom", str(tmp_path / "m.mrc"), "--movie", "--shape", "20,48,48", "--n-events", "2"]) == 0
+    assert main(["phantom", str(tmp_path / "m.mrc"), "--movie", "--shape", "20,48,48", "--n-events", "2",
+                 "--chunks", "10,48,48"]) == 0
     assert (tmp_path / "m_labels.mrc").exists() and (tmp_path / "m_objects.csv").exists()
 
 
