@@ -24,7 +24,7 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--model", default=None, help="a .keras model (default: the shipped phantom model)")
-    ap.add_argument("--patch", type=int, default=64)
+    ap.add_argument("--patch", type=int, default=96)
     ap.add_argument("--crop", type=int, default=12)
     ap.add_argument("--radius", type=float, default=6.0, help="mean-shift bandwidth, voxels")
     ap.add_argument("--min-size", type=int, default=40, help="smallest object kept, voxels")
