@@ -2,7 +2,7 @@
 
 It is trained on generated phantoms only, so that ``make demo`` needs no download:
 
-    .venv/bin/python examples/train_phantom_model.py            # ~20 min on 2 CPU cores
+    .venv/bin/python examples/train_phantom_model.py            # ~30 min on 2 idle CPU cores
     .venv/bin/python examples/train_phantom_model.py --install  # also replace the shipped model
 
 The network is DeepFinder's U-Net with a quarter of its filters (16/24/32): the demo phantom's
@@ -39,11 +39,11 @@ def make_data(n, shape, seed0):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-o", "--outdir", default="train_out/phantom_model")
-    ap.add_argument("--tomograms", type=int, default=4)
+    ap.add_argument("--tomograms", type=int, default=5)
     ap.add_argument("--shape", default="96,192,192")
-    ap.add_argument("--epochs", type=int, default=30)
-    ap.add_argument("--steps", type=int, default=40)
-    ap.add_argument("--patch", type=int, default=48)
+    ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--steps", type=int, default=25)
+    ap.add_argument("--patch", type=int, default=32)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--install", action="store_true", help="copy the result into tomochunk/models/")
