@@ -128,3 +128,19 @@ def test_same_predictions_under_jax(model, patch, tmp_path):
     subprocess.run([sys.executable, "-c", _JAX_SCRIPT, str(tmp_path / "m.keras"), str(tmp_path / "x.npy"),
                     str(tmp_path / "y.npy")], check=True, env=env)
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), model.predict(patch, verbose=0), atol=1e-4)
+
+
+def test_bfloat16_policy_same_weights(model, patch):
+    from tomochunk.nn.models import with_dtype
+
+    fast = with_dtype(model, "mixed_bfloat16")
+    assert fast.layers[1].dtype_policy.name == "mixed_bfloat16"
+    assert str(fast.layers[-1].dtype_policy.name) == "float32"      # softmax stays float32
+    for a, b in zip(fast.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    y = fast.predict(patch, verbose=0)
+    assert y.dtype == np.float32
+    # saturated random weights: bfloat16 flips a few voxels, most agree
+    assert np.mean(np.abs(y - model.predict(patch, verbose=0))) < 0.05
+    back = with_dtype(fast)
+    np.testing.assert_array_equal(back.predict(patch, verbose=0), model.predict(patch, verbose=0))
