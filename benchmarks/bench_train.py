@@ -59,7 +59,7 @@ print(json.dumps({"patches_per_s": (len(ends) - 1) * batch / (ends[-1] - ends[0]
 """
 
 
-def make_data(d: Path, shape, seed=0):
+def make_data(d: Path, shape, seed=0, snr=1.0):
     import h5py
 
     import tomochunk
@@ -67,7 +67,7 @@ def make_data(d: Path, shape, seed=0):
     out = {}
     for i, name in enumerate(("train", "valid")):
         vol, objs, lab = tomochunk.phantom_tomogram(shape, classes=CLASSES, seed=seed + i, tomo=name,
-                                                    density=0.2)
+                                                    density=0.2, snr=snr)
         tomochunk.write_volume(vol, d / f"{name}.zarr", levels=1, overwrite=True)
         tomochunk.write_volume(lab, d / f"{name}_lab.zarr", levels=1, overwrite=True)
         with h5py.File(d / f"{name}.h5", "w") as f:
@@ -88,13 +88,15 @@ def part_f1(d, objs, args):
     vols = {"train": str(d / "train.zarr"), "valid": str(d / "valid.zarr")}
     tgts = {"train": str(d / "train_lab.zarr"), "valid": str(d / "valid_lab.zarr")}
     print(f"\n== F1 over time: filters {args.filters}, patch {args.patch}, batch {args.batch}, "
-          f"{args.steps_per_epoch} steps/epoch, lr {args.lr}, {args.precision}, budget {args.minutes} min")
+          f"{args.steps_per_epoch} steps/epoch, lr {args.lr}, {args.precision}, shift {args.shift}, "
+          f"cross-entropy weight {args.ce_weight}, budget {args.minutes} min")
     _, hist = tomochunk.train(vols, tgts, objs["train"], objs["valid"], n_classes=len(CLASSES) + 1,
                               patch_size=args.patch, batch_size=args.batch, epochs=10_000,
                               steps_per_epoch=args.steps_per_epoch, valid_steps=args.valid_steps,
                               lr=args.lr, out_dir=d / "run_f1", filters=args.filters,
                               precision=args.precision, time_limit=args.minutes * 60,
-                              checkpoint_every=1000, progress=False, workers=2)
+                              checkpoint_every=1000, progress=False, workers=2,
+                              ce_weight=args.ce_weight, shift=args.shift)
     names = " ".join(f"F1_{c}({n})" for c, n in enumerate(CLASSES, 1))
     print(f"{'epoch':>5} {'min':>6} {'loss':>7} {'val_loss':>8}  {names}  patches/s")
     for r in hist.itertuples():
@@ -156,6 +158,9 @@ def main():
     ap.add_argument("--filters", default="default")
     ap.add_argument("--precision", default="bfloat16")
     ap.add_argument("--speed-steps", type=int, default=5)
+    ap.add_argument("--ce-weight", type=float, default=0.0, help="F1 part: cross-entropy term weight")
+    ap.add_argument("--shift", type=int, default=13, help="F1 part: random shift of patch centres")
+    ap.add_argument("--snr", type=float, default=1.0, help="phantom signal-to-noise ratio")
     ap.add_argument("--workdir", default=None, help="keep the data here (default: a temporary folder)")
     args = ap.parse_args()
     if args.filters not in ("default", "small"):
@@ -165,7 +170,7 @@ def main():
         d = Path(args.workdir or tmp)
         d.mkdir(parents=True, exist_ok=True)
         t = time.perf_counter()
-        objs = make_data(d, shape)
+        objs = make_data(d, shape, snr=args.snr)
         print(f"phantoms written in {time.perf_counter() - t:.1f} s")
         if args.part in ("all", "speed"):
             part_speed(d, objs, args)

@@ -235,7 +235,8 @@ def _latest_checkpoint(out_dir: Path):
 def train(volumes, targets, objects_train, objects_valid, *, n_classes, patch_size=48,
           batch_size=8, epochs=10, steps_per_epoch=50, valid_steps=4, lr=1e-4, out_dir,
           model=None, filters=DEFAULT_FILTERS, anisotropic=False, augment=None, shift=13,
-          bootstrap=True, loss_alpha=0.5, loss_beta=0.5, checkpoint_every=10, resume=False,
+          bootstrap=True, loss_alpha=0.5, loss_beta=0.5, ce_weight=0.0, checkpoint_every=10,
+          resume=False,
           workers=2, prefetch=4, seed=0, precision="float32", time_limit=None, legacy_h5=True,
           progress=True):
     """Train DeepFinder's U-Net on patches read lazily around annotated objects.
@@ -279,6 +280,8 @@ def train(volumes, targets, objects_train, objects_valid, *, n_classes, patch_si
         Class-balanced sampling (uniform over classes, then over objects).
     loss_alpha, loss_beta : float
         Tversky weights of false positives and false negatives (0.5: Dice).
+    ce_weight : float
+        Weight of an added cross-entropy term (0: DeepFinder's pure Tversky loss).
     checkpoint_every : int
         Save ``checkpoint_epochNNNN.keras`` (with the optimiser state) every N epochs.
     resume : bool or path
@@ -369,7 +372,7 @@ def train(volumes, targets, objects_train, objects_valid, *, n_classes, patch_si
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     start, history = 0, []
-    loss_fn = TverskyLoss(loss_alpha, loss_beta)
+    loss_fn = TverskyLoss(loss_alpha, loss_beta, ce_weight)
     if resume:
         if resume is True:
             start, ckpt = _latest_checkpoint(out_dir)
