@@ -138,3 +138,14 @@ def test_train_movie_anisotropic(tmp_path):
     with pytest.raises(ValueProblem, match="multiple of 4"):
         train(movie, lab, objs, objs, n_classes=2, patch_size=(3, 18, 16), anisotropic=True,
               epochs=1, out_dir=tmp_path)
+
+
+def test_tversky_loss_matches_numpy():
+    from tomochunk.nn.losses import TverskyLoss, tversky_loss, tversky_numpy
+
+    rng = np.random.default_rng(0)
+    y = np.eye(3, dtype="float32")[rng.integers(0, 3, (2, 8, 8, 8))]
+    p = rng.dirichlet(np.ones(3), size=(2, 8, 8, 8)).astype("float32")
+    assert float(tversky_loss(y, p)) == pytest.approx(tversky_numpy(y, p), rel=1e-5)
+    assert float(tversky_loss(y, y)) == pytest.approx(0, abs=1e-6)
+    assert float(TverskyLoss(ce_weight=1.0)(y, p)) > float(TverskyLoss()(y, p))
