@@ -149,6 +149,10 @@ def _add_train(sub):
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in OUTDIR")
     p.add_argument("--workers", type=int, default=2, help="threads preparing patches")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ce-weight", type=float, default=0.0,
+                   help="add cross-entropy with this weight to the Tversky loss (default 0)")
+    p.add_argument("--bf16", action="store_true",
+                   help="mixed bfloat16 precision (3-4x faster on CPUs with AMX/AVX512-BF16)")
     p.set_defaults(run=_run_train)
 
 
@@ -174,7 +178,8 @@ def _run_train(args):
                     epochs=args.epochs, steps_per_epoch=args.steps, valid_steps=args.valid_steps,
                     lr=args.lr, out_dir=args.outdir, model=args.model, filters=filters,
                     anisotropic=args.anisotropic, checkpoint_every=args.checkpoint_every,
-                    resume=args.resume, workers=args.workers, seed=args.seed)
+                    resume=args.resume, workers=args.workers, seed=args.seed,
+                    precision="bfloat16" if args.bf16 else "float32", ce_weight=args.ce_weight)
     last = hist.iloc[-1]
     f1 = ", ".join(f"{c}: {last[f'val_f1_{c}']:.3f}" for c in range(1, args.n_classes))
     print(f"trained {int(last['epoch'])} epochs -> {args.outdir}/model_final.keras; validation F1 {f1}")
