@@ -54,16 +54,11 @@ def main(argv=None):
     volumes, targets, objs = make_data(args.tomograms, shape, seed0=1000)
     valid = objs[objs.tomo == args.tomograms - 1]
     train_objs = objs[objs.tomo != args.tomograms - 1]
-    import keras
-
-    from tomochunk.nn.losses import DiceCrossEntropyLoss
-
-    # Dice + cross-entropy: Dice alone stays on "all background" for hundreds of steps here
-    net = tc.deepfinder_unet(CLASSES + 1, filters=FILTERS)
-    net.compile(optimizer=keras.optimizers.Adam(learning_rate=args.lr), loss=DiceCrossEntropyLoss())
+    # Tversky (Dice) + cross-entropy: Dice alone stays on "all background" for hundreds of steps here
     model, hist = tc.train(volumes, targets, train_objs, valid, n_classes=CLASSES + 1, patch_size=args.patch,
                            batch_size=args.batch, epochs=args.epochs, steps_per_epoch=args.steps, lr=args.lr,
-                           model=net, out_dir=args.outdir, checkpoint_every=10, legacy_h5=False, seed=0)
+                           filters=FILTERS, ce_weight=1.0, out_dir=args.outdir, checkpoint_every=10,
+                           legacy_h5=False, seed=0)
     print(hist.tail(3).to_string())
     out = Path(args.outdir)
     meta = {"title": "DeepFinder U-Net (16/24/32 filters) trained on tomochunk phantoms",
