@@ -41,7 +41,7 @@ def main(argv=None):
     ap.add_argument("-o", "--outdir", default="train_out/phantom_model")
     ap.add_argument("--tomograms", type=int, default=5)
     ap.add_argument("--shape", default="96,192,192")
-    ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--patch", type=int, default=32)
     ap.add_argument("--batch", type=int, default=8)
