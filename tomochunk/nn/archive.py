@@ -41,6 +41,7 @@ class ModelInfo:
 
     title: str = "model"
     architecture: str = ""
+    origin: str = ""                  # where a user architecture comes from (see registry.ensure_registered)
     options: dict = field(default_factory=dict)
     input_shape: tuple | None = None
     n_classes: int = 1
@@ -106,6 +107,7 @@ def new_model(architecture: str, *, box_size=64, n_classes=1, channels=None, tit
     from .registry import create_model, get_architecture
 
     arch = get_architecture(architecture)
+    origin = "" if arch.origin.startswith("tomochunk.") else arch.origin
     if arch.dims == 3:
         shape = (box_size,) * 3 + (1,)
     else:
@@ -114,7 +116,7 @@ def new_model(architecture: str, *, box_size=64, n_classes=1, channels=None, tit
         shape = (box_size, box_size, int(channels))
     model = create_model(architecture, shape, n_classes, **options)
     title = title or architecture
-    info = ModelInfo(title=title, architecture=architecture, options=_plain(options), input_shape=shape,
+    info = ModelInfo(title=title, architecture=architecture, origin=origin, options=_plain(options), input_shape=shape,
                      n_classes=int(n_classes), pixel_size=pixel_size, box_size=int(box_size),
                      threshold=float(threshold), overlap=float(overlap), emit=bool(emit), absorb=bool(absorb),
                      classes=dict(classes or ({1: title} if n_classes == 1 else {})))
@@ -223,8 +225,9 @@ def _open(path, *, build, compile=False):
                 return FeatureModel(None, info)
             if WEIGHTS_NAME not in names:
                 raise FormatError(f"archive has no {WEIGHTS_NAME}", path)
-            from .registry import create_model
+            from .registry import create_model, ensure_registered
 
+            ensure_registered(info.architecture, info.origin)
             model = create_model(info.architecture, info.input_shape, info.n_classes, **info.options)
             w = Path(tmp) / WEIGHTS_NAME
             w.write_bytes(tar.extractfile(names[WEIGHTS_NAME]).read())

@@ -43,6 +43,13 @@ class Architecture:
     title: str
     dims: int = 2            # 2: slice-wise (channels = neighbouring slices); 3: volumetric
     defaults: dict = field(default_factory=dict)
+    origin: str = ""         # "path/to/file.py" or "module:function": lets other processes rebuild it
+
+    def __post_init__(self):
+        if not self.origin:
+            mod, qual = getattr(self.create, "__module__", ""), getattr(self.create, "__qualname__", "")
+            if mod and qual and "<" not in qual and mod != "__main__":
+                self.origin = f"{mod}:{qual}"
 
 
 _REGISTRY: dict[str, Architecture] = {}
@@ -97,7 +104,10 @@ def register_module(module, name: str | None = None, *, overwrite: bool = False)
                           getattr(module, "__file__", None))
     title = getattr(module, "TITLE", None) or getattr(module, "title", None)
     name = name or module.__name__.rsplit(".", 1)[-1]
-    return register(name, create, title, dims=int(getattr(module, "DIMS", 2)), overwrite=overwrite)
+    arch = register(name, create, title, dims=int(getattr(module, "DIMS", 2)), overwrite=overwrite)
+    if getattr(module, "__file__", None) and module.__name__.startswith("tomochunk_user_model_"):
+        arch.origin = str(Path(module.__file__).resolve())
+    return arch
 
 
 def register_file(path, name: str | None = None, *, overwrite: bool = False) -> Architecture:
@@ -137,6 +147,22 @@ def _load_builtins():
     # the 3D network lives in tomochunk.nn.models; it is imported only when built
     if importlib.util.find_spec("tomochunk.nn.models") is not None:
         _REGISTRY["deepfinder"] = Architecture("deepfinder", _deepfinder_create, "DeepFinder 3D U-Net", 3)
+
+
+def ensure_registered(name: str, origin: str = "") -> Architecture:
+    """The entry of ``name``, registering it from ``origin`` (a ``.py`` file or ``module:function``)
+    when this process has not seen it: how workers rebuild user architectures named in archives."""
+    _load_builtins()
+    if name not in _REGISTRY and origin:
+        if origin.endswith(".py"):
+            register_file(origin, name)
+        else:
+            mod, _, qual = origin.partition(":")
+            obj = importlib.import_module(mod)
+            for part in qual.split("."):
+                obj = getattr(obj, part)
+            register(name, obj)
+    return get_architecture(name)
 
 
 def get_architecture(name: str) -> Architecture:

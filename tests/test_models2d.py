@@ -1,0 +1,116 @@
+"""Slice-wise inference (tiling, resampling, 2.5D halo, distributed) and training from sparse tiles."""
+
+import numpy as np
+import pytest
+
+from tomochunk.nn.archive import FeatureModel, ModelInfo, load_archive, new_model, save_archive
+from tomochunk.nn.registry import available_models, get_architecture, register_file
+from tomochunk.nn.slices import (augment_tiles, predict_block, sample_tiles, segment_slices,
+                                 train_slices)
+
+
+_TAP = """
+import numpy as np
+import keras
+TITLE = "test: sigmoid of one input channel"
+def create(input_shape, n_classes=1, tap=0):
+    inp = keras.Input(input_shape)
+    out = keras.layers.Conv2D(1, 1, activation="sigmoid", name="tap")(inp)
+    m = keras.Model(inp, out)
+    w = np.zeros((1, 1, input_shape[-1], 1), np.float32)
+    w[0, 0, tap, 0] = 1.0
+    m.get_layer("tap").set_weights([w, np.zeros(1, np.float32)])
+    return m
+"""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tap_arch(tmp_path_factory):
+    """A one-file architecture: workers rebuild it from the file named in the archive."""
+    f = tmp_path_factory.mktemp("arch") / "tap_test.py"
+    f.write_text(_TAP)
+    if "tap_test" not in available_models():
+        register_file(f)
+
+
+def _sig(x):
+    return 1 / (1 + np.exp(-x))
+
+
+def _tap_model(channels=1, tap=0, box=32, pixel_size=None):
+    from tomochunk.nn.registry import create_model
+
+    shape = (box, box, channels)
+    m = create_model("tap_test", shape, tap=tap)
+    return FeatureModel(m, ModelInfo(title="tap", architecture="tap_test",
+                                     origin=get_architecture("tap_test").origin, options={"tap": tap},
+                                     input_shape=shape, box_size=box, pixel_size=pixel_size, overlap=0.25,
+                                     normalize="none"))
+
+
+def test_tiling_is_seamless(rng):
+    vol = rng.normal(size=(3, 50, 77)).astype(np.float32)
+    out = predict_block(vol, _tap_model(), batch_size=5)
+    assert out.shape == (1, 3, 50, 77)
+    np.testing.assert_allclose(out[0], _sig(vol), atol=1e-5)
+
+
+def test_resampling_to_model_pixel_size():
+    zz, yy, xx = np.mgrid[0:2, 0:64, 0:96].astype(np.float32)
+    vol = np.sin(xx / 9.0) + np.cos(yy / 7.0)               # smooth, so resampling is near-lossless
+    out = predict_block(vol, _tap_model(pixel_size=20.0), pixel_size=10.0)
+    assert out.shape == (1, 2, 64, 96)
+    np.testing.assert_allclose(out[0, :, 2:-2, 2:-2], _sig(vol)[:, 2:-2, 2:-2], atol=0.02)
+
+
+def test_25d_halo_distributed_matches_local(client, tmp_path, rng):
+    import dask.array as da
+
+    vol = rng.normal(size=(11, 40, 40)).astype(np.float32)
+    fm = _tap_model(channels=3, tap=0)                     # output[z] = sigmoid(vol[z - 1])
+    assert fm.info.context == 1
+    path = save_archive(fm, tmp_path / "tap.tcm")
+    local = predict_block(vol, fm, trim=0)
+    np.testing.assert_allclose(local[0, 1:], _sig(vol[:-1]), atol=1e-5)
+    np.testing.assert_allclose(local[0, 0], _sig(vol[0]), atol=1e-5)    # mirrored at the end
+    lazy = segment_slices(da.from_array(vol, chunks=(4, 40, 40)), path, slab=4)
+    assert lazy.numblocks[1] == 3
+    got = client.compute(lazy).result()
+    np.testing.assert_allclose(got, local, atol=1e-5)
+
+
+def test_sample_and_augment(rng):
+    vol = rng.normal(size=(4, 64, 64)).astype(np.float32)
+    mask = np.zeros(vol.shape, np.uint8)
+    mask[:, 20:30, 20:30] = 1
+    tiles, masks = sample_tiles(vol, mask, box=32, n=10, slices=[1, 2], context=1, rng=1)
+    assert tiles.shape == (10, 32, 32, 3) and masks.shape == (10, 32, 32, 1)
+    x, y = augment_tiles(tiles, masks, n_copies=3, excess_negative=0.5, rng=0)
+    n_pos = int((masks.reshape(10, -1).max(1) > 0).sum())
+    assert len(x) == 3 * n_pos + (round(3 * n_pos * 1.5) if n_pos < 10 else 0)
+    np.testing.assert_allclose(x.mean(axis=(1, 2)), 0, atol=1e-4)
+    assert set(np.unique(y)) <= {0.0, 1.0}
+
+
+def test_train_from_tiles_and_predict(tmp_path, rng):
+    # feature: bright disks on noise
+    n, box = 24, 32
+    yy, xx = np.mgrid[0:box, 0:box]
+    tiles, masks = [], []
+    for i in range(n):
+        cy, cx = rng.integers(8, 24, size=2)
+        m = (yy - cy) ** 2 + (xx - cx) ** 2 < 25
+        tiles.append(rng.normal(size=(box, box)) + 2.5 * m)
+        masks.append(m)
+    negatives = rng.normal(size=(8, box, box))
+    fm = new_model("unet2d", box_size=box, title="disk", filters=(8, 8, 16))
+    hist = train_slices(fm, np.array(tiles), np.array(masks), negatives=negatives, n_copies=2, epochs=6,
+                        batch_size=8, learning_rate=3e-3, pixel_size=10.0)
+    assert hist.history["loss"][-1] < hist.history["loss"][0]
+    save_archive(fm, tmp_path / "disk.tcm")
+    fm2 = load_archive(tmp_path / "disk.tcm")
+    assert fm2.info.pixel_size == 10.0
+    vol = rng.normal(size=(1, 48, 48)).astype(np.float32)
+    vol[0, 10:20, 10:20] += 2.5
+    p = predict_block(vol, fm2, pixel_size=10.0)[0, 0]
+    assert p[12:18, 12:18].mean() > p[30:, 30:].mean() + 0.2
