@@ -114,3 +114,45 @@ def test_train_from_tiles_and_predict(tmp_path, rng):
     vol[0, 10:20, 10:20] += 2.5
     p = predict_block(vol, fm2, pixel_size=10.0)[0, 0]
     assert p[12:18, 12:18].mean() > p[30:, 30:].mean() + 0.2
+
+
+def test_compete_maps_emit_absorb():
+    from tomochunk.nn.features import compete_maps
+
+    p = np.array([[0.9, 0.2, 0.6, 0.7], [0.7, 0.1, 0.8, 0.6], [0.0, 0.0, 0.0, 0.65]])
+    assert compete_maps(p, [0.5, 0.5, 0.5]).tolist() == [1, 0, 2, 1]
+    # model 0 absorbs, model 1 emits: model 0 loses where model 1 is higher, model 2 keeps its own
+    got = compete_maps(p, [0.5, 0.5, 0.5], emit=[False, True, False], absorb=[True, False, True])
+    assert got.tolist() == [1, 0, 2, 1]
+    p2 = np.array([[0.9, 0.6], [0.95, 0.1]])
+    assert compete_maps(p2, [0.5, 0.99], emit=[0, 1], absorb=[1, 0]).tolist() == [0, 1]
+
+
+def test_segment_features_many_models_many_tomograms(client, tmp_path, rng):
+    from tomochunk import open_volume, write_volume
+    from tomochunk.nn.features import compete_maps, segment_features
+
+    models = []
+    for title, gain, bias, thr in (("bright", 3.0, -3.0, 0.5), ("dark", -3.0, -3.0, 0.5), ("mid", 1.0, 0.0, 0.6)):
+        fm = _tap_model(box=32)
+        w = np.full((1, 1, 1, 1), gain, np.float32)
+        fm.model.get_layer("tap").set_weights([w, np.array([bias], np.float32)])
+        fm.info.title, fm.info.threshold = title, thr
+        models.append(save_archive(fm, tmp_path / f"{title}.tcm"))
+    tomos = []
+    for i in range(4):
+        v = rng.normal(scale=1.5, size=(6, 40, 40 + 8 * i)).astype(np.float32)
+        tomos.append(write_volume(v, tmp_path / f"t{i}.mrc", voxel_size=10.0))
+    out = tmp_path / "labels"
+    status = segment_features(tomos, models, out, client=client, slab=3)
+    assert set(status.values()) == {"done"}
+    for t in tomos:
+        v = open_volume(t).values
+        expect = compete_maps(_sig(np.stack([3 * v - 3, -3 * v - 3, v])), [0.5, 0.5, 0.6])
+        lab = open_volume(out / f"{t.stem}.zarr")
+        np.testing.assert_array_equal(lab.values, expect)
+        assert {int(k): n for k, n in lab.attrs["classes"].items()} == {1: "bright", 2: "dark", 3: "mid"}
+        assert set(np.unique(lab.values)) == {0, 1, 2, 3}
+    before = (out / "t0.zarr" / "0" / "0" / "0" / "0").stat().st_mtime_ns
+    assert set(segment_features(tomos, models, out, client=client).values()) == {"skipped"}
+    assert (out / "t0.zarr" / "0" / "0" / "0" / "0").stat().st_mtime_ns == before

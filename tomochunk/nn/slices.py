@@ -241,7 +241,7 @@ def segment_slices(volume, model, *, pixel_size=None, slab=None, batch_size=32):
     return data.map_blocks(predict_block, ref, pixel_size=pixel_size, trim=k, batch_size=batch_size,
                            new_axis=0, chunks=((n_out,),) + _unhalo(data.chunks, k, nz, ny, nx),
                            dtype=np.float32, meta=np.empty((0, 0, 0, 0), np.float32),
-                           name=f"slices-{Path(ref).stem}")
+                           token=f"slices-{Path(ref).stem}")
 
 
 def _unhalo(chunks, k, nz, ny, nx):
