@@ -81,3 +81,16 @@ def test_scoremap_dask_xarray(tmp_path):
     write_volume((s1 >= 0.5).astype(np.uint8), tmp_path / "lab.zarr", voxel_size=5.0, levels=1)
     df2 = export_meshes(tmp_path / "lab.zarr", tmp_path / "l.obj")
     assert len(df2) == 1 and df2.attrs["voxel_size"] == 5.0
+
+
+def test_cli(tmp_path, labelmap, capsys):
+    from tomochunk import write_volume
+    from tomochunk.cli import main
+
+    write_volume(labelmap, tmp_path / "lab.mrc", voxel_size=10.0)
+    assert main(["export-meshes", str(tmp_path / "lab.mrc"), "-o", str(tmp_path / "m"), "--classes", "2",
+                 "--min-volume", "10"]) == 0
+    assert "2 meshes" in capsys.readouterr().out
+    assert len(list((tmp_path / "m").glob("class2_*.obj"))) == 2
+    assert main(["export-meshes", str(tmp_path / "lab.mrc"), "-o", str(tmp_path / "m"), "--classes", "2",
+                 "--min-volume", "10"]) == 2
