@@ -29,7 +29,7 @@ from scipy import ndimage as ndi
 FEATURES = ("membrane", "filament", "particle")
 
 
-def phantom(shape, seed, *, n_vesicles=4, n_filaments=30, n_particles=80, noise=0.8):
+def phantom(shape, seed, *, n_vesicles=4, n_filaments=30, n_particles=80, noise=0.6):
     """(tomogram, labels): shells (1), filaments (2), particles (3), all of density 1, blurred, noisy."""
     rng = np.random.default_rng(seed)
     zz, yy, xx = np.indices(shape, dtype=np.float32)
@@ -103,7 +103,7 @@ def main(argv=None):
               f"{time.perf_counter() - t0:.1f} s")
 
     t0 = time.perf_counter()
-    lazy = [segment_slices(test_vol, fm, pixel_size=10.0, slab=8) for fm in models]
+    lazy = [segment_slices(test_vol, fm, pixel_size=10.0, slab=8).data for fm in models]
     probs = np.stack([p[0] for p in dask.compute(*lazy, scheduler="synchronous")])
     print(f"slice-wise inference of 3 models on {shape}: {time.perf_counter() - t0:.1f} s")
     labels = compete_maps(probs, [0.5] * 3)

@@ -74,8 +74,9 @@ def test_25d_halo_distributed_matches_local(client, tmp_path, rng):
     np.testing.assert_allclose(local[0, 1:], _sig(vol[:-1]), atol=1e-5)
     np.testing.assert_allclose(local[0, 0], _sig(vol[0]), atol=1e-5)    # mirrored at the end
     lazy = segment_slices(da.from_array(vol, chunks=(4, 40, 40)), path, slab=4)
-    assert lazy.numblocks[1] == 3
-    got = client.compute(lazy).result()
+    assert lazy.dims == ("c", "z", "y", "x") and list(lazy.c.values) == ["tap"]
+    assert lazy.data.numblocks[1] == 3
+    got = client.compute(lazy.data).result()
     np.testing.assert_allclose(got, local, atol=1e-5)
 
 
@@ -155,4 +156,9 @@ def test_segment_features_many_models_many_tomograms(client, tmp_path, rng):
         assert set(np.unique(lab.values)) == {0, 1, 2, 3}
     before = (out / "t0.zarr" / "0" / "0" / "0" / "0").stat().st_mtime_ns
     assert set(segment_features(tomos, models, out, client=client).values()) == {"skipped"}
+    from tomochunk.cli import main
+
+    argv = ["segment-features", *map(str, tomos), "-m", *map(str, models), "-o", str(out),
+            "--scheduler", client.scheduler.address]
+    assert main(argv) == 0
     assert (out / "t0.zarr" / "0" / "0" / "0" / "0").stat().st_mtime_ns == before

@@ -146,7 +146,7 @@ def segment_features(tomograms, models, outdir, *, client=None, slab=None, level
             status[str(t)] = "skipped"
             continue
         vol = open_volume(t)
-        maps = [segment_slices(vol, r, slab=slab, batch_size=batch_size) for r in refs]
+        maps = [segment_slices(vol, r, slab=slab, batch_size=batch_size).data for r in refs]
         labels = da.map_blocks(_compete_block, *maps, thresholds=thresholds, emit=emit, absorb=absorb,
                                drop_axis=0, dtype=np.uint8, meta=np.empty((0, 0, 0), np.uint8),
                                token=f"compete-{out.stem}")

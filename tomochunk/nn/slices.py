@@ -219,12 +219,19 @@ def segment_slices(volume, model, *, pixel_size=None, slab=None, batch_size=32):
     slab : int, optional
         Slices per task (default: about 64 MB of float32 per slab).
 
+    Returns
+    -------
+    xarray.DataArray
+        Lazy ``[c, z, y, x]`` float32 probabilities, one channel per foreground
+        class (``c`` holds the class names), like :func:`tomochunk.nn.segment.segment`.
+
     Examples
     --------
     >>> probs = segment_slices(open_volume("t.mrc"), "membrane.tcm")  # doctest: +SKIP
     >>> probs[0].max().compute()  # doctest: +SKIP
     """
     import dask.array as da
+    import xarray as xr
 
     data, vs = _volume(volume)
     pixel_size = pixel_size or vs
@@ -238,10 +245,16 @@ def segment_slices(volume, model, *, pixel_size=None, slab=None, batch_size=32):
     n_out = info.n_classes if info.n_classes == 1 else info.n_classes - 1
     if k:
         data = da.overlap.overlap(data, depth={0: k, 1: 0, 2: 0}, boundary="reflect")
-    return data.map_blocks(predict_block, ref, pixel_size=pixel_size, trim=k, batch_size=batch_size,
-                           new_axis=0, chunks=((n_out,),) + _unhalo(data.chunks, k, nz, ny, nx),
-                           dtype=np.float32, meta=np.empty((0, 0, 0, 0), np.float32),
-                           token=f"slices-{Path(ref).stem}")
+    probs = data.map_blocks(predict_block, ref, pixel_size=pixel_size, trim=k, batch_size=batch_size,
+                            new_axis=0, chunks=((n_out,),) + _unhalo(data.chunks, k, nz, ny, nx),
+                            dtype=np.float32, meta=np.empty((0, 0, 0, 0), np.float32),
+                            token=f"slices-{Path(ref).stem}")
+    vs = float(pixel_size or 1.0)
+    names = [info.classes.get(i + 1, info.title if n_out == 1 else f"class{i + 1}") for i in range(n_out)]
+    return xr.DataArray(probs, dims=("c", "z", "y", "x"),
+                        coords={"c": names, "z": np.arange(nz) * vs, "y": np.arange(ny) * vs,
+                                "x": np.arange(nx) * vs},
+                        attrs={"voxel_size": vs, "model": ref, "threshold": info.threshold})
 
 
 def _unhalo(chunks, k, nz, ny, nx):
@@ -358,9 +371,23 @@ def augment_tiles(tiles, masks, *, negatives=None, n_copies=4, excess_negative=0
     return _norm_tiles(np.stack(xs)), (np.stack(ys) > 0.5).astype(np.float32)
 
 
+def dice_bce(y_true, y_pred):
+    """Binary cross-entropy plus soft Dice (over the batch): thin, sparse features still pull the
+    network towards predicting them, which plain cross-entropy does not in a brief training."""
+    from keras import ops
+
+    y_true = ops.cast(y_true, y_pred.dtype)
+    eps = 1e-6
+    p = ops.clip(y_pred, eps, 1 - eps)
+    bce = -ops.mean(y_true * ops.log(p) + (1 - y_true) * ops.log(1 - p))
+    inter = ops.sum(y_true * y_pred)
+    dice = 1 - (2 * inter + 1) / (ops.sum(y_true) + ops.sum(y_pred) + 1)
+    return bce + dice
+
+
 def train_slices(model, tiles, masks, *, negatives=None, n_copies=4, excess_negative=0.3, epochs=10,
-                 batch_size=16, learning_rate=1e-3, pixel_size=None, validation_split=0.0, seed=0,
-                 verbose=0):
+                 batch_size=16, learning_rate=1e-3, loss="dice_bce", pixel_size=None, validation_split=0.0,
+                 seed=0, verbose=0):
     """Train a 2D/2.5D model from sparse tile annotations (positive tiles with masks, negative tiles).
 
     Parameters
@@ -378,6 +405,9 @@ def train_slices(model, tiles, masks, *, negatives=None, n_copies=4, excess_nega
         Randomly rotated and flipped copies of each positive tile.
     excess_negative : float
         Negatives per positive copy, minus one (0.3: 30 % more negatives).
+    loss : {"dice_bce", "bce"} or callable
+        One-feature (sigmoid) models: cross-entropy plus soft Dice (default), or
+        plain cross-entropy. Softmax models use sparse categorical cross-entropy.
     pixel_size : float, optional
         Å per pixel of the tiles; recorded in ``model.info.pixel_size``.
 
@@ -402,7 +432,10 @@ def train_slices(model, tiles, masks, *, negatives=None, n_copies=4, excess_nega
     if ch is not None and x.shape[-1] != ch:
         raise ShapeError(f"tiles have {x.shape[-1]} channels, the model takes {ch}")
     if info.n_classes == 1:
-        loss = "binary_crossentropy"
+        loss = {"dice_bce": dice_bce, "bce": "binary_crossentropy"}.get(loss, loss) if isinstance(loss, str) \
+            else loss
+        if isinstance(loss, str) and loss != "binary_crossentropy":
+            raise ValueProblem(f"loss must be 'dice_bce', 'bce' or a callable, not {loss!r}")
     else:
         y = y[..., 0].astype("int32")
         loss = "sparse_categorical_crossentropy"
