@@ -4,7 +4,10 @@ A phantom with membrane-like sheets (vesicle shells), filaments and particles
 of the same density is generated twice (a training and a test tomogram).
 Three 2D U-Nets (membrane, filament, particle) are trained briefly on CPU from
 sparse tiles of a few annotated slices (positive tiles with masks, negative
-tiles, random rotations and copies). On the test tomogram each model is
+tiles, random rotations and copies). As in Ais, positive tiles are centred on
+the feature and masked for it only, and negative tiles are the emptiest places
+of the annotated slices, so each model learns its feature against background,
+not against the other features. On the test tomogram each model is
 applied slice-wise through the Dask path (``segment_slices``) and
   * thresholded alone (0.5, and its best threshold in hindsight), and
   * in competition (``compete_maps``: thresholded argmax over the three maps).
@@ -30,16 +33,18 @@ FEATURES = ("membrane", "filament", "particle")
 
 
 def phantom(shape, seed, *, n_vesicles=4, n_filaments=30, n_particles=80, noise=0.6):
-    """(tomogram, labels): shells (1), filaments (2), particles (3), all of density 1, blurred, noisy."""
+    """(tomogram, labels): bilayer shells (1), filaments (2), particles (3), all of density 1, blurred, noisy."""
     rng = np.random.default_rng(seed)
     zz, yy, xx = np.indices(shape, dtype=np.float32)
     lab = np.zeros(shape, np.uint8)
     nz, ny, nx = shape
-    for _ in range(n_vesicles):  # sheets: shells of large spheres, 3 voxels thick
+    dens = np.zeros(shape, np.float32)
+    for _ in range(n_vesicles):  # sheets: vesicle bilayers, two dense leaflets 4 voxels apart
         r = rng.uniform(0.25, 0.45) * min(ny, nx)
         c = rng.uniform([0, r * 0.5, r * 0.5], [nz, ny - r * 0.5, nx - r * 0.5])
-        d = np.sqrt((zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2)
-        lab[np.abs(d - r) <= 1.5] = 1
+        d = np.abs(np.sqrt((zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2) - r)
+        lab[d <= 3.0] = 1
+        dens[(d >= 1.2) & (d <= 2.8)] = 1.0
     for _ in range(n_filaments):  # straight filaments of radius 2 in random directions
         p = rng.uniform([0, 0, 0], shape)
         u = rng.normal(size=3)
@@ -48,16 +53,29 @@ def phantom(shape, seed, *, n_vesicles=4, n_filaments=30, n_particles=80, noise=
         v = np.stack([zz - p[0], yy - p[1], xx - p[2]])
         t = np.tensordot(u, v, axes=1)
         d2 = (v ** 2).sum(0) - t ** 2
-        lab[(d2 <= 4.0) & (np.abs(t) < 0.4 * max(shape)) & (lab == 0)] = 2
+        lab[(d2 <= 6.25) & (np.abs(t) < 0.4 * max(shape)) & (lab == 0)] = 2
     for _ in range(n_particles):  # ribosome-like balls of radius 4-5
         r = rng.uniform(3.5, 5.0)
         c = rng.uniform([r, r, r], np.array(shape) - r)
         sl = tuple(slice(int(max(0, ci - r - 1)), int(min(s, ci + r + 2))) for ci, s in zip(c, shape))
         ball = (zz[sl] - c[0]) ** 2 + (yy[sl] - c[1]) ** 2 + (xx[sl] - c[2]) ** 2 <= r * r
         lab[sl][ball] = 3
-    vol = ndi.gaussian_filter((lab > 0).astype(np.float32), 1.0)
+    dens[lab >= 2] = 1.0
+    vol = ndi.gaussian_filter(dens, 0.8)
     vol = vol / vol.max() + rng.normal(scale=noise, size=shape).astype(np.float32)
     return vol.astype(np.float32), lab
+
+
+def background_tiles(vol, lab, box, slices, n, rng):
+    """Negative tiles as a user annotates them: the emptiest places (cytosol, ice) of annotated slices."""
+    rng = np.random.default_rng(rng)
+    cands = []
+    for _ in range(20 * n):
+        z = slices[rng.integers(len(slices))]
+        y, x = rng.integers(0, vol.shape[1] - box + 1), rng.integers(0, vol.shape[2] - box + 1)
+        cands.append((np.count_nonzero(lab[z, y:y + box, x:x + box]), z, y, x))
+    cands.sort()
+    return np.stack([vol[z, y:y + box, x:x + box] for _, z, y, x in cands[:n]])
 
 
 def f1(pred, truth):
@@ -74,6 +92,8 @@ def main(argv=None):
     ap.add_argument("--tiles", type=int, default=240, help="training tiles per model")
     ap.add_argument("--box", type=int, default=32)
     ap.add_argument("--arch", default="unet2d")
+    ap.add_argument("--noise", type=float, default=0.6)
+    ap.add_argument("--dump", default=None, help="save probabilities and truth to this .npz")
     args = ap.parse_args(argv)
 
     import dask
@@ -84,19 +104,20 @@ def main(argv=None):
 
     shape = tuple(args.size)
     t0 = time.perf_counter()
-    train_vol, train_lab = phantom(shape, 1)
-    test_vol, test_lab = phantom(shape, 2)
+    train_vol, train_lab = phantom(shape, 1, noise=args.noise)
+    test_vol, test_lab = phantom(shape, 2, noise=args.noise)
     print(f"phantom {shape}: {time.perf_counter() - t0:.1f} s; test voxels per feature: "
           + ", ".join(f"{n} {np.count_nonzero(test_lab == i + 1)}" for i, n in enumerate(FEATURES)))
     annotated = list(range(2, shape[0] - 2, 6))  # sparse annotation: every 6th slice
     models = []
+    negatives = background_tiles(train_vol, train_lab, args.box, annotated, args.tiles // 3, rng=5)
     for i, name in enumerate(FEATURES):
         t0 = time.perf_counter()
         tiles, masks = sample_tiles(train_vol, train_lab == i + 1, box=args.box, n=args.tiles, slices=annotated,
-                                    positive_fraction=0.6, rng=10 + i)
+                                    positive_fraction=1.0, rng=10 + i)
         fm = new_model(args.arch, box_size=args.box, title=name, pixel_size=10.0, filters=(8, 16, 32))
-        hist = train_slices(fm, tiles, masks, n_copies=2, excess_negative=0.3, epochs=args.epochs,
-                            batch_size=16, learning_rate=2e-3, pixel_size=10.0, seed=i)
+        hist = train_slices(fm, tiles, masks, negatives=negatives, n_copies=2, excess_negative=0.3,
+                            epochs=args.epochs, batch_size=16, learning_rate=2e-3, pixel_size=10.0, seed=i)
         models.append(fm)
         print(f"trained {name:9s} on {len(tiles)} tiles ({int((masks.reshape(len(masks), -1).max(1) > 0).sum())} "
               f"positive): loss {hist.history['loss'][0]:.3f} -> {hist.history['loss'][-1]:.3f}, "
@@ -107,6 +128,8 @@ def main(argv=None):
     probs = np.stack([p[0] for p in dask.compute(*lazy, scheduler="synchronous")])
     print(f"slice-wise inference of 3 models on {shape}: {time.perf_counter() - t0:.1f} s")
     labels = compete_maps(probs, [0.5] * 3)
+    if args.dump:
+        np.savez_compressed(args.dump, probs=probs, truth=test_lab)
 
     rows = []
     for i, name in enumerate(FEATURES):

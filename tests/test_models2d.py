@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from scipy import ndimage as ndi
 
 from tomochunk.nn.archive import FeatureModel, ModelInfo, load_archive, new_model, save_archive
 from tomochunk.nn.registry import available_models, get_architecture, register_file
@@ -134,22 +135,29 @@ def test_segment_features_many_models_many_tomograms(client, tmp_path, rng):
     from tomochunk.nn.features import compete_maps, segment_features
 
     models = []
-    for title, gain, bias, thr in (("bright", 3.0, -3.0, 0.5), ("dark", -3.0, -3.0, 0.5), ("mid", 1.0, 0.0, 0.6)):
+    for title, gain, bias, thr, emit, absorb in (("bright", 3.0, -3.0, 0.5, False, False),
+                                                 ("dark", -3.0, -3.0, 0.5, False, True),
+                                                 ("mid", 1.0, 0.0, 0.6, True, False)):
         fm = _tap_model(box=32)
         w = np.full((1, 1, 1, 1), gain, np.float32)
         fm.model.get_layer("tap").set_weights([w, np.array([bias], np.float32)])
-        fm.info.title, fm.info.threshold = title, thr
+        fm.info.title, fm.info.threshold, fm.info.emit, fm.info.absorb = title, thr, emit, absorb
         models.append(save_archive(fm, tmp_path / f"{title}.tcm"))
     tomos = []
     for i in range(4):
         v = rng.normal(scale=1.5, size=(6, 40, 40 + 8 * i)).astype(np.float32)
         tomos.append(write_volume(v, tmp_path / f"t{i}.mrc", voxel_size=10.0))
     out = tmp_path / "labels"
-    status = segment_features(tomos, models, out, client=client, slab=3)
+    # "mid" may not come within 10 Å (1 voxel) of "bright"
+    inter = [{"child": "mid", "parent": "bright", "mode": "avoid", "radius": 10.0}]
+    status = segment_features(tomos, models, out, interactions=inter, client=client, slab=3)
     assert set(status.values()) == {"done"}
     for t in tomos:
         v = open_volume(t).values
-        expect = compete_maps(_sig(np.stack([3 * v - 3, -3 * v - 3, v])), [0.5, 0.5, 0.6])
+        p = _sig(np.stack([3 * v - 3, -3 * v - 3, v]))
+        p[1][p[2] > p[1]] = 0                                   # mid emits, dark absorbs
+        p[2][ndi.distance_transform_edt(p[0] < 0.5) <= 1.0] = 0  # mid avoids bright
+        expect = compete_maps(p, [0.5, 0.5, 0.6])
         lab = open_volume(out / f"{t.stem}.zarr")
         np.testing.assert_array_equal(lab.values, expect)
         assert {int(k): n for k, n in lab.attrs["classes"].items()} == {1: "bright", 2: "dark", 3: "mid"}

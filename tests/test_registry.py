@@ -87,3 +87,11 @@ def test_bad_archives(tmp_path):
         pass
     with pytest.raises(FormatError, match="not a model archive"):
         load_archive(empty)
+
+
+def test_deepfinder_by_name(tmp_path):
+    m = create_model("deepfinder", (16, 16, 16, 1), 3, filters="small")
+    assert m.output_shape == (None, 16, 16, 16, 3)
+    fm = new_model("deepfinder", box_size=16, n_classes=3, title="ribosome", filters="small")
+    back = load_archive(save_archive(fm, tmp_path / "df.tcm"))
+    assert back.model.output_shape == (None, 16, 16, 16, 3)

@@ -461,6 +461,9 @@ def _add_segment_features(sub):
     p.add_argument("-m", "--models", nargs="+", required=True, metavar="MODEL",
                    help="model archives; label i is the i-th model")
     p.add_argument("-o", "--outdir", required=True, help="receives <tomogram>.zarr label stores")
+    p.add_argument("--interaction", action="append", default=[], metavar="CHILD:MODE:PARENT:RADIUS",
+                   help="keep a model's map near (colocalize) or away from (avoid) another's, radius in Å, "
+                        "e.g. ribosome:colocalize:membrane:100 (repeatable)")
     p.add_argument("--slab", type=int, default=None, help="slices per task (default: ~64 MB)")
     p.add_argument("--levels", type=int, default=2, help="multiscale levels of the label stores")
     p.add_argument("--overwrite", action="store_true", help="redo tomograms already done")
@@ -470,12 +473,20 @@ def _add_segment_features(sub):
 
 
 def _run_segment_features(args):
+    from .errors import ValueProblem
     from .nn.features import segment_features
     from .parallel import client_context
 
+    inter = []
+    for text in args.interaction:
+        parts = text.split(":")
+        if len(parts) != 4:
+            raise ValueProblem(f"--interaction {text!r}: expected CHILD:MODE:PARENT:RADIUS")
+        child, mode, parent, radius = parts
+        inter.append({"child": child, "mode": mode, "parent": parent, "radius": float(radius)})
     with client_context(scheduler=args.scheduler, n_workers=args.workers) as client:
-        status = segment_features(args.tomograms, args.models, args.outdir, client=client, slab=args.slab,
-                                  levels=args.levels, overwrite=args.overwrite)
+        status = segment_features(args.tomograms, args.models, args.outdir, interactions=inter, client=client,
+                                  slab=args.slab, levels=args.levels, overwrite=args.overwrite)
     for tomo, state in status.items():
         print(f"{tomo}: {state}")
 

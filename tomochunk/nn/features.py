@@ -11,9 +11,13 @@ labels are then written as an OME-Zarr label store (levels 1x, 2x, ...) with
 skipped, so a rerun after an interruption only does what is missing.
 
 Competition (per voxel, models ``i = 1..N`` with maps ``p_i``)
-    1. Ais' emit/absorb: where a model marked ``emit`` has a higher value than
-       a model marked ``absorb``, the absorbing model's value is set to 0.
-    2. EMAN2's argmax against a background threshold: the voxel gets label
+    1. Ais' emit/absorb (:func:`tomochunk.ops.interactions.compete`): where a
+       model marked ``emit`` has a higher value than a model marked ``absorb``,
+       the absorbing model's value is set to 0.
+    2. Interactions (:func:`tomochunk.ops.interactions.interact`), optional:
+       a child map is kept only near (``colocalize``) or away from (``avoid``)
+       its thresholded parent map.
+    3. EMAN2's argmax against a background threshold: the voxel gets label
        ``1 + argmax_i p_i`` over the models with ``p_i >= threshold_i``, else 0.
 """
 
@@ -67,8 +71,35 @@ def compete_maps(probs, thresholds, *, emit=None, absorb=None):
     return lab
 
 
-def _compete_block(*blocks, thresholds, emit, absorb):
-    return compete_maps(np.stack([b[0] for b in blocks]), thresholds, emit=emit, absorb=absorb)
+def _argmax_block(*blocks, thresholds):
+    return compete_maps(np.stack(blocks), thresholds)
+
+
+def _combine(maps, infos, interactions, voxel_size):
+    """Steps 1 and 2 of the competition on lazy ``[z, y, x]`` maps (step 3 is blockwise)."""
+    from ..ops.interactions import compete, interact
+
+    emit = [i for i, info in enumerate(infos) if info.emit]
+    absorb = [i for i, info in enumerate(infos) if info.absorb]
+    if emit and absorb:
+        maps = compete(list(maps), emit=emit, absorb=absorb)
+    maps = list(maps)
+    titles = [info.title for info in infos]
+    for spec in interactions or ():
+        spec = dict(spec)
+        c, p = (_index(spec.get(k), titles) for k in ("child", "parent"))
+        radius = float(spec.get("radius", 0.0)) / float(voxel_size or 1.0)   # Å -> voxels
+        maps[c] = interact(maps[c], maps[p], mode=spec.get("mode", "colocalize"), radius=radius,
+                           threshold=float(spec.get("threshold", infos[p].threshold)))
+    return maps
+
+
+def _index(key, titles):
+    if isinstance(key, (int, np.integer)) and 0 <= int(key) < len(titles):
+        return int(key)
+    if key in titles:
+        return titles.index(key)
+    raise ValueProblem(f"interaction names model {key!r}; models are {titles} (or indices 0..{len(titles) - 1})")
 
 
 def output_path(outdir, tomogram) -> Path:
@@ -81,8 +112,8 @@ def output_path(outdir, tomogram) -> Path:
     return Path(outdir) / f"{name}.zarr"
 
 
-def segment_features(tomograms, models, outdir, *, client=None, slab=None, levels=2, overwrite=False,
-                     batch_size=32):
+def segment_features(tomograms, models, outdir, *, interactions=None, client=None, slab=None, levels=2,
+                     overwrite=False, batch_size=32):
     """Apply N one-feature models to M tomograms in one distributed call; write one label map each.
 
     Parameters
@@ -95,6 +126,10 @@ def segment_features(tomograms, models, outdir, *, client=None, slab=None, level
         ``absorb`` and ``pixel_size`` come from its metadata.
     outdir : str or Path
         Receives ``<tomogram stem>.zarr`` label stores (OME-Zarr, uint8).
+    interactions : list of dict, optional
+        ``{"child": title or index, "parent": title or index, "mode": "colocalize" | "avoid",
+        "radius": Å, "threshold": parent threshold (default: the parent model's)}``,
+        applied in order after emit/absorb, e.g. ribosomes kept only within 100 Å of membranes.
     client : distributed.Client, optional
         Default: the current client, else an embedded LocalCluster.
     slab : int, optional
@@ -134,8 +169,6 @@ def segment_features(tomograms, models, outdir, *, client=None, slab=None, level
             raise ValueProblem(f"model {info.title!r} ({r}) has {info.n_classes} outputs; segment_features "
                                "takes one-feature (sigmoid) models")
     thresholds = [i.threshold for i in infos]
-    emit = [i.emit for i in infos]
-    absorb = [i.absorb for i in infos]
     classes = {str(i + 1): info.title for i, info in enumerate(infos)}
 
     status, jobs = {}, []
@@ -146,10 +179,11 @@ def segment_features(tomograms, models, outdir, *, client=None, slab=None, level
             status[str(t)] = "skipped"
             continue
         vol = open_volume(t)
-        maps = [segment_slices(vol, r, slab=slab, batch_size=batch_size).data for r in refs]
-        labels = da.map_blocks(_compete_block, *maps, thresholds=thresholds, emit=emit, absorb=absorb,
-                               drop_axis=0, dtype=np.uint8, meta=np.empty((0, 0, 0), np.uint8),
-                               token=f"compete-{out.stem}")
+        maps = [segment_slices(vol, r, slab=slab, batch_size=batch_size).data[0] for r in refs]
+        maps = _combine(maps, infos, interactions, vol.attrs.get("voxel_size"))
+        maps = [m.rechunk(maps[0].chunks) for m in maps]
+        labels = da.map_blocks(_argmax_block, *maps, thresholds=thresholds, dtype=np.uint8,
+                               meta=np.empty((0, 0, 0), np.uint8), token=f"compete-{out.stem}")
         tmp = outdir / f".{out.stem}.labels.tmp.zarr"
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -178,7 +212,8 @@ def segment_features(tomograms, models, outdir, *, client=None, slab=None, level
                           label=True, overwrite=True, name=out.stem,
                           attrs={"classes": classes,
                                  "models": [{"title": i.title, "source": str(r), "threshold": i.threshold,
-                                             "emit": i.emit, "absorb": i.absorb} for r, i in zip(refs, infos)]})
+                                             "emit": i.emit, "absorb": i.absorb} for r, i in zip(refs, infos)],
+                                 "interactions": list(interactions or [])})
         w.write(lambda region: np.asarray(src[region]))
         w.finish(source=str(t))
         shutil.rmtree(tmp, ignore_errors=True)
