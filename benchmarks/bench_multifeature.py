@@ -4,10 +4,10 @@ A phantom with membrane-like sheets (vesicle shells), filaments and particles
 of the same density is generated twice (a training and a test tomogram).
 Three 2D U-Nets (membrane, filament, particle) are trained briefly on CPU from
 sparse tiles of a few annotated slices (positive tiles with masks, negative
-tiles, random rotations and copies). As in Ais, positive tiles are centred on
-the feature and masked for it only, and negative tiles are the emptiest places
-of the annotated slices, so each model learns its feature against background,
-not against the other features. On the test tomogram each model is
+tiles, random rotations and copies). As in Ais, each model's tiles are masked
+for its own feature only: half are centred on the feature, half are random
+places of the annotated slices (where the other features appear unlabelled),
+plus negative tiles from the emptiest places. On the test tomogram each model is
 applied slice-wise through the Dask path (``segment_slices``) and
   * thresholded alone (0.5, and its best threshold in hindsight), and
   * in competition (``compete_maps``: thresholded argmax over the three maps).
@@ -32,7 +32,7 @@ from scipy import ndimage as ndi
 FEATURES = ("membrane", "filament", "particle")
 
 
-def phantom(shape, seed, *, n_vesicles=4, n_filaments=30, n_particles=80, noise=0.6):
+def phantom(shape, seed, *, n_vesicles=3, n_filaments=30, n_particles=80, noise=0.4):
     """(tomogram, labels): bilayer shells (1), filaments (2), particles (3), all of density 1, blurred, noisy."""
     rng = np.random.default_rng(seed)
     zz, yy, xx = np.indices(shape, dtype=np.float32)
@@ -43,12 +43,12 @@ def phantom(shape, seed, *, n_vesicles=4, n_filaments=30, n_particles=80, noise=
         r = rng.uniform(0.25, 0.45) * min(ny, nx)
         c = rng.uniform([0, r * 0.5, r * 0.5], [nz, ny - r * 0.5, nx - r * 0.5])
         d = np.abs(np.sqrt((zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2) - r)
-        lab[d <= 3.0] = 1
+        lab[d <= 2.5] = 1
         dens[(d >= 1.2) & (d <= 2.8)] = 1.0
     for _ in range(n_filaments):  # straight filaments of radius 2 in random directions
         p = rng.uniform([0, 0, 0], shape)
         u = rng.normal(size=3)
-        u[0] *= 0.5          # mostly in-plane, as actin in a thin lamella
+        u[0] *= 0.3          # mostly in-plane, as actin in a thin lamella
         u /= np.linalg.norm(u)
         v = np.stack([zz - p[0], yy - p[1], xx - p[2]])
         t = np.tensordot(u, v, axes=1)
@@ -88,11 +88,14 @@ def f1(pred, truth):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, nargs=3, default=(48, 128, 128))
-    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--tiles", type=int, default=240, help="training tiles per model")
     ap.add_argument("--box", type=int, default=32)
     ap.add_argument("--arch", default="unet2d")
-    ap.add_argument("--noise", type=float, default=0.6)
+    ap.add_argument("--noise", type=float, default=0.4)
+    ap.add_argument("--positive-fraction", type=float, default=0.5,
+                    help="share of tiles centred on the feature; the rest are random tiles of the annotated "
+                         "slices, where the other features appear unlabelled (negatives for this model)")
     ap.add_argument("--dump", default=None, help="save probabilities and truth to this .npz")
     args = ap.parse_args(argv)
 
@@ -114,7 +117,7 @@ def main(argv=None):
     for i, name in enumerate(FEATURES):
         t0 = time.perf_counter()
         tiles, masks = sample_tiles(train_vol, train_lab == i + 1, box=args.box, n=args.tiles, slices=annotated,
-                                    positive_fraction=1.0, rng=10 + i)
+                                    positive_fraction=args.positive_fraction, rng=10 + i)
         fm = new_model(args.arch, box_size=args.box, title=name, pixel_size=10.0, filters=(8, 16, 32))
         hist = train_slices(fm, tiles, masks, negatives=negatives, n_copies=2, excess_negative=0.3,
                             epochs=args.epochs, batch_size=16, learning_rate=2e-3, pixel_size=10.0, seed=i)

@@ -121,8 +121,9 @@ def segment_features(tomograms, models, outdir, *, interactions=None, client=Non
     tomograms : list of str or Path
         Tomograms in any format :func:`tomochunk.open_volume` reads.
     models : list of str, Path or FeatureModel
-        Model archives (ours ``.tcm`` or Ais ``.scnm``) or loaded models; label
-        ``i + 1`` is ``models[i]``. Each model's ``threshold``, ``emit``,
+        Model archives (ours ``.tcm`` or Ais ``.scnm``) or loaded models (saved to
+        temporary archives that workers load by path; on a multi-machine
+        cluster pass archives on a shared file system); label ``i + 1`` is ``models[i]``. Each model's ``threshold``, ``emit``,
         ``absorb`` and ``pixel_size`` come from its metadata.
     outdir : str or Path
         Receives ``<tomogram stem>.zarr`` label stores (OME-Zarr, uint8).
