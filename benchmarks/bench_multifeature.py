@@ -32,7 +32,7 @@ from scipy import ndimage as ndi
 FEATURES = ("membrane", "filament", "particle")
 
 
-def phantom(shape, seed, *, n_vesicles=3, n_filaments=30, n_particles=80, noise=0.4):
+def phantom(shape, seed, *, n_vesicles=3, n_filaments=60, n_particles=80, noise=0.4):
     """(tomogram, labels): bilayer shells (1), filaments (2), particles (3), all of density 1, blurred, noisy."""
     rng = np.random.default_rng(seed)
     zz, yy, xx = np.indices(shape, dtype=np.float32)
@@ -53,13 +53,22 @@ def phantom(shape, seed, *, n_vesicles=3, n_filaments=30, n_particles=80, noise=
         v = np.stack([zz - p[0], yy - p[1], xx - p[2]])
         t = np.tensordot(u, v, axes=1)
         d2 = (v ** 2).sum(0) - t ** 2
-        lab[(d2 <= 6.25) & (np.abs(t) < 0.4 * max(shape)) & (lab == 0)] = 2
-    for _ in range(n_particles):  # ribosome-like balls of radius 4-5
+        rod = (d2 <= 6.25) & (np.abs(t) < 0.4 * max(shape))
+        if not (rod & (lab > 0)).any():  # each voxel has one unambiguous owner
+            lab[rod] = 2
+    placed = 0
+    for _ in range(20 * n_particles):  # ribosome-like balls of radius 3.5-5, not overlapping other objects
+        if placed == n_particles:
+            break
         r = rng.uniform(3.5, 5.0)
         c = rng.uniform([r, r, r], np.array(shape) - r)
-        sl = tuple(slice(int(max(0, ci - r - 1)), int(min(s, ci + r + 2))) for ci, s in zip(c, shape))
-        ball = (zz[sl] - c[0]) ** 2 + (yy[sl] - c[1]) ** 2 + (xx[sl] - c[2]) ** 2 <= r * r
-        lab[sl][ball] = 3
+        sl = tuple(slice(int(max(0, ci - r - 2)), int(min(s, ci + r + 3))) for ci, s in zip(c, shape))
+        ball = (zz[sl] - c[0]) ** 2 + (yy[sl] - c[1]) ** 2 + (xx[sl] - c[2]) ** 2 <= (r + 1) ** 2
+        if lab[sl][ball].any():
+            continue
+        core = (zz[sl] - c[0]) ** 2 + (yy[sl] - c[1]) ** 2 + (xx[sl] - c[2]) ** 2 <= r * r
+        lab[sl][core] = 3
+        placed += 1
     dens[lab >= 2] = 1.0
     vol = ndi.gaussian_filter(dens, 0.8)
     vol = vol / vol.max() + rng.normal(scale=noise, size=shape).astype(np.float32)
