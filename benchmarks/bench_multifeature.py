@@ -97,8 +97,8 @@ def f1(pred, truth):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, nargs=3, default=(48, 128, 128))
-    ap.add_argument("--epochs", type=int, default=15)
-    ap.add_argument("--tiles", type=int, default=240, help="training tiles per model")
+    ap.add_argument("--epochs", type=int, default=25)
+    ap.add_argument("--tiles", type=int, default=320, help="training tiles per model")
     ap.add_argument("--box", type=int, default=32)
     ap.add_argument("--arch", default="unet2d")
     ap.add_argument("--noise", type=float, default=0.4)
@@ -151,9 +151,9 @@ def main(argv=None):
         comp = f1(labels == i + 1, truth)
         rows.append((name, alone, best, best_t, comp))
     print()
-    print(f"{'feature':10s} {'alone@0.5':>10s} {'alone@best':>11s} {'(thr)':>6s} {'competition':>12s} {'gain':>7s}")
+    print(f"{'feature':10s} {'alone@0.5':>10s} {'alone@best':>11s} {'(thr)':>6s} {'competition':>12s} {'vs@0.5':>7s}")
     for name, alone, best, best_t, comp in rows:
-        print(f"{name:10s} {alone:10.3f} {best:11.3f} {best_t:6.2f} {comp:12.3f} {comp - max(alone, best):+7.3f}")
+        print(f"{name:10s} {alone:10.4f} {best:11.4f} {best_t:6.2f} {comp:12.4f} {comp - alone:+7.4f}")
     ok = all(comp > alone for _, alone, _, _, comp in rows)
     print(f"\ncompetition beats every model thresholded alone at 0.5: {ok}")
     print(f"competition beats every model at its best threshold:     "
