@@ -127,7 +127,7 @@ def main(argv=None):
         t0 = time.perf_counter()
         tiles, masks = sample_tiles(train_vol, train_lab == i + 1, box=args.box, n=args.tiles, slices=annotated,
                                     positive_fraction=args.positive_fraction, rng=10 + i)
-        fm = new_model(args.arch, box_size=args.box, title=name, pixel_size=10.0, filters=(8, 16, 32))
+        fm = new_model(args.arch, box_size=args.box, title=name, pixel_size=10.0, filters=(8, 16, 32), seed=i)
         hist = train_slices(fm, tiles, masks, negatives=negatives, n_copies=2, excess_negative=0.3,
                             epochs=args.epochs, batch_size=16, learning_rate=2e-3, pixel_size=10.0, seed=i)
         models.append(fm)

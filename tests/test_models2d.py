@@ -105,7 +105,7 @@ def test_train_from_tiles_and_predict(tmp_path, rng):
         tiles.append(rng.normal(size=(box, box)) + 2.5 * m)
         masks.append(m)
     negatives = rng.normal(size=(8, box, box))
-    fm = new_model("unet2d", box_size=box, title="disk", filters=(8, 8, 16))
+    fm = new_model("unet2d", box_size=box, title="disk", filters=(8, 8, 16), seed=0)
     hist = train_slices(fm, np.array(tiles), np.array(masks), negatives=negatives, n_copies=2, epochs=6,
                         batch_size=8, learning_rate=3e-3, pixel_size=10.0)
     assert hist.history["loss"][-1] < hist.history["loss"][0]

@@ -95,8 +95,11 @@ class FeatureModel:
 
 
 def new_model(architecture: str, *, box_size=64, n_classes=1, channels=None, title=None, pixel_size=None,
-              threshold=0.5, overlap=0.25, emit=False, absorb=False, classes=None, **options) -> FeatureModel:
+              threshold=0.5, overlap=0.25, emit=False, absorb=False, classes=None, seed=None,
+              **options) -> FeatureModel:
     """Build a registered network and wrap it with its metadata.
+
+    ``seed`` (optional) makes the initial weights reproducible (it seeds Keras' global RNGs).
 
     Examples
     --------
@@ -106,6 +109,10 @@ def new_model(architecture: str, *, box_size=64, n_classes=1, channels=None, tit
     """
     from .registry import create_model, get_architecture
 
+    if seed is not None:
+        import keras
+
+        keras.utils.set_random_seed(int(seed))
     arch = get_architecture(architecture)
     origin = "" if arch.origin.startswith("tomochunk.") else arch.origin
     if arch.dims == 3:
