@@ -26,8 +26,10 @@ def main(argv=None):
     ap.add_argument("--model", default=None, help="a .keras model (default: the shipped phantom model)")
     ap.add_argument("--patch", type=int, default=96)
     ap.add_argument("--crop", type=int, default=12)
+    ap.add_argument("--method", default="cc", choices=["cc", "meanshift"],
+                    help="cc: one object per connected component; meanshift: DeepFinder's clustering")
     ap.add_argument("--radius", type=float, default=6.0, help="mean-shift bandwidth, voxels")
-    ap.add_argument("--min-size", type=int, default=40, help="smallest object kept, voxels")
+    ap.add_argument("--min-size", type=int, default=80, help="smallest object kept, voxels")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     out = Path(args.outdir)
@@ -54,10 +56,10 @@ def main(argv=None):
     truth["tomo"] = "phantom"
     table = tc.evaluate(picks, truth, max_dist=5)
     names = {str(k): v for k, v in truth.attrs["classes"].items()}
-    table.insert(1, "name", [names.get(str(c), "") for c in table["class_label"]])
-    print(table[["class_label", "name", "n_truth", "n_pred", "tp", "fp", "fn", "precision", "recall", "f1"]]
-          .to_string(index=False, float_format=lambda x: f"{x:.3f}"))
-    per_class = table[table["class_label"].astype(str) != "all"]
+    table.insert(0, "name", [names.get(str(c), "") for c in table.index])
+    print(table[["name", "n_truth", "n_pred", "tp", "fp", "fn", "precision", "recall", "f1"]]
+          .to_string(float_format=lambda x: f"{x:.3f}"))
+    per_class = table.drop(index="all")
     print(f"mean F1 over classes: {per_class['f1'].mean():.3f}")
     tc.write_objects(picks, out / "picks.xml")
     tc.write_objects(picks, out / "picks.star")
@@ -81,11 +83,11 @@ def _segment_and_pick(store, out, args):
         scores = tc.segment(tc.open_volume(store), model, patch_size=args.patch, crop=args.crop, client=client)
         tc.write_segmentation(scores, store, client=client, progress=True, overwrite=True)
         labels = tc.open_volume(store / "labels" / "classes")
-        picks = tc.cluster(labels, radius=args.radius, min_size=args.min_size)
+        picks = tc.cluster(labels, radius=args.radius, min_size=args.min_size, method=args.method)
     picks["tomo"] = "phantom"
     names = info.get("classes") or {}
     picks.attrs["classes"] = {int(k): v for k, v in names.items()}
-    print(f"      {len(picks)} objects picked by mean shift (radius {args.radius}, min size {args.min_size})")
+    print(f"      {len(picks)} objects picked ({args.method}, min size {args.min_size} voxels)")
     return picks, labels
 
 
