@@ -15,6 +15,14 @@ negative. When the negative-risk term drops below ``-beta`` (overfitting of the
 positives), the step instead follows ``-gamma * (R_u^- - tau R_p^-)``
 (the paper's gradient ascent), which is what the loss value returns then.
 
+Particles fill a small fraction of a tomogram (``tau`` ~ 0.001-0.05), so the
+positive term weighs little and training from scratch tends to sit on "all
+unlabeled" for long. ``balanced=True`` uses the class-balanced risk of
+imbalanced PU learning (Su, Chen & Xu, IJCAI 2021), the same estimator with
+the two classes weighted equally::
+
+    R_bal = 1/2 R_p^+ + 1/2 max(0, R_u^- - tau R_p^-) / (1 - tau)
+
 Targets are the one-hot encoding of the label map of
 :func:`tomochunk.ops.heatmap.heatmap_targets`: channel 0 unlabeled, channel 1
 (hard) positive, channel 2 (optional) ignored (soft positives, voxels outside the
@@ -29,7 +37,7 @@ from keras import ops
 
 __all__ = ["nnpu_loss", "NNPULoss", "masked_dice_ce_loss", "MaskedDiceCELoss", "make_loss", "LOSSES"]
 
-LOSSES = ("tversky", "dice_ce", "pu")
+LOSSES = ("tversky", "dice_ce", "pu", "pu_balanced")
 _EPS = 1e-7
 
 
@@ -38,7 +46,8 @@ def _prob(y_pred):
     return y_pred[..., 1] if y_pred.shape[-1] >= 2 else y_pred[..., 0]
 
 
-def nnpu_loss(y_true, y_pred, tau: float, beta: float = 0.0, gamma: float = 1.0, surrogate: str = "sigmoid"):
+def nnpu_loss(y_true, y_pred, tau: float, beta: float = 0.0, gamma: float = 1.0, surrogate: str = "sigmoid",
+              balanced: bool = False):
     """Non-negative PU loss of one-hot ``y_true`` ``[..., 2 or 3]`` and probabilities ``y_pred``.
 
     Parameters
@@ -54,6 +63,8 @@ def nnpu_loss(y_true, y_pred, tau: float, beta: float = 0.0, gamma: float = 1.0,
     surrogate : {"sigmoid", "logistic"}
         Per-voxel loss: sigmoid ``1 - p`` / ``p`` (bounded, the paper's choice)
         or logistic ``-log p`` / ``-log(1 - p)``.
+    balanced : bool
+        Weigh the positive and negative risks equally (module doc).
 
     Examples
     --------
@@ -80,7 +91,11 @@ def nnpu_loss(y_true, y_pred, tau: float, beta: float = 0.0, gamma: float = 1.0,
     r_pn = ops.sum(pos * l_neg) / n_p
     r_un = ops.sum(unl * l_neg) / n_u
     neg = r_un - tau * r_pn
-    return ops.where(neg < -beta, -gamma * neg, tau * r_pp + neg)
+    if balanced:
+        w_p, w_n = 0.5, 0.5 / (1.0 - tau)
+    else:
+        w_p, w_n = tau, 1.0
+    return ops.where(neg < -beta, -gamma * w_n * neg, w_p * r_pp + w_n * neg)
 
 
 @keras.saving.register_keras_serializable(package="tomochunk")
@@ -93,7 +108,7 @@ class NNPULoss(keras.losses.Loss):
     """
 
     def __init__(self, tau: float = 0.05, beta: float = 0.0, gamma: float = 1.0, surrogate: str = "sigmoid",
-                 name: str = "nnpu", **kwargs):
+                 balanced: bool = False, name: str = "nnpu", **kwargs):
         super().__init__(name=name, **kwargs)
         if not 0 < float(tau) < 1:
             from ..errors import ValueProblem
@@ -105,13 +120,14 @@ class NNPULoss(keras.losses.Loss):
             raise ValueProblem(f"surrogate must be 'sigmoid' or 'logistic', not {surrogate!r}")
         self.tau, self.beta, self.gamma = float(tau), float(beta), float(gamma)
         self.surrogate = surrogate
+        self.balanced = bool(balanced)
 
     def call(self, y_true, y_pred):
-        return nnpu_loss(y_true, y_pred, self.tau, self.beta, self.gamma, self.surrogate)
+        return nnpu_loss(y_true, y_pred, self.tau, self.beta, self.gamma, self.surrogate, self.balanced)
 
     def get_config(self):
         return {**super().get_config(), "tau": self.tau, "beta": self.beta, "gamma": self.gamma,
-                "surrogate": self.surrogate}
+                "surrogate": self.surrogate, "balanced": self.balanced}
 
 
 def masked_dice_ce_loss(y_true, y_pred, ce_weight: float = 1.0):
@@ -161,7 +177,9 @@ class MaskedDiceCELoss(keras.losses.Loss):
 
 
 def make_loss(loss: str = "tversky", *, tau=None, alpha: float = 0.5, beta: float = 0.5):
-    """The Keras loss named ``loss`` (``"tversky"``, ``"dice_ce"`` or ``"pu"``).
+    """The Keras loss named ``loss`` (``"tversky"``, ``"dice_ce"``, ``"pu"`` or ``"pu_balanced"``).
+
+    A ``keras.losses.Loss`` instance is returned as it is.
 
     Examples
     --------
@@ -171,14 +189,16 @@ def make_loss(loss: str = "tversky", *, tau=None, alpha: float = 0.5, beta: floa
     from ..errors import ValueProblem
     from .losses import TverskyLoss
 
+    if isinstance(loss, keras.losses.Loss):
+        return loss
     if loss == "tversky":
         return TverskyLoss(alpha, beta)
     if loss == "dice_ce":
         return MaskedDiceCELoss()
-    if loss == "pu":
+    if loss in ("pu", "pu_balanced"):
         if tau is None:
-            raise ValueProblem("loss='pu' needs tau, the fraction of positive voxels (class prior)")
-        return NNPULoss(tau=tau)
+            raise ValueProblem(f"loss={loss!r} needs tau, the fraction of positive voxels (class prior)")
+        return NNPULoss(tau=tau, balanced=loss == "pu_balanced")
     raise ValueProblem(f"loss must be one of {', '.join(LOSSES)}, not {loss!r}")
 
 

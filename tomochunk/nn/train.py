@@ -320,11 +320,12 @@ def train(volumes, targets, objects_train, objects_valid, *, n_classes, patch_si
         Also write the final weights as DeepFinder ``net_weights_FINAL.h5``.
     progress : bool
         Show a tqdm progress bar.
-    loss : {"tversky", "dice_ce", "pu"}
+    loss : {"tversky", "dice_ce", "pu", "pu_balanced"} or keras.losses.Loss
         ``"tversky"`` (default, DeepFinder's), ``"dice_ce"`` (Dice +
         cross-entropy) or ``"pu"`` (non-negative positive-unlabeled loss,
         :class:`~tomochunk.nn.pu.NNPULoss`, for sparse labels with
-        ``n_classes=2``). With ``"dice_ce"`` and ``"pu"`` the target value
+        ``n_classes=2``; ``"pu_balanced"``: its class-balanced variant). With
+        any loss but ``"tversky"`` the target value
         ``n_classes`` means "ignore" (soft positives of
         :func:`~tomochunk.ops.heatmap.heatmap_targets`, whose label map
         is 0 unlabeled, 1 positive, 2 soft).
@@ -399,7 +400,8 @@ def train(volumes, targets, objects_train, objects_valid, *, n_classes, patch_si
                                f"{n_classes} (labels 1..n_classes-1; 0 is background)")
     aug = None if augment in ("none", False) else augment
     loss_fn = make_loss(loss, tau=tau, alpha=loss_alpha, beta=loss_beta)
-    ignore = None if loss == "tversky" else n_classes
+    is_tversky = isinstance(loss_fn, TverskyLoss)
+    ignore = None if is_tversky else n_classes  # our other losses ignore an extra channel
     if region is not None and not isinstance(region, dict):
         region = {k: region for k in keys}
     elif region is not None:
@@ -478,7 +480,7 @@ def train(volumes, targets, objects_train, objects_valid, *, n_classes, patch_si
             vloss = []
             for x, y in valid:
                 prob = np.asarray(model.predict_on_batch(x))
-                if loss == "tversky":
+                if is_tversky:
                     vloss.append(tversky_numpy(sampler_v.onehot(y), prob, loss_alpha, loss_beta))
                 else:
                     vloss.append(float(np.asarray(loss_fn(sampler_v.onehot(y), prob))))
