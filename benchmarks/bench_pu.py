@@ -39,6 +39,7 @@ def main():
     ap.add_argument("--snr", type=float, default=2.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threshold", type=float, default=0.5)
+    ap.add_argument("--smooth", type=float, default=2.0, help="decode_heatmap smooth (Gaussian sigma)")
     ap.add_argument("--dir", default=None, help="work directory (default: a temporary one)")
     ap.add_argument("--variants", default="dice_ce,pn_balanced,pu,pu_balanced")
     ap.add_argument("--reuse", action="store_true", help="evaluate the models already trained in --dir")
@@ -111,7 +112,7 @@ def main():
         t_train = time.perf_counter() - t
         prob = np.asarray(model.predict(x[None, ..., None].astype(np.float32), verbose=0))[0, ..., 1]
         # NMS at a low threshold then a cut gives the same picks as NMS at the higher one
-        low = decode_heatmap(prob, threshold=0.05, min_distance=radius, border=2)
+        low = decode_heatmap(prob, threshold=0.05, min_distance=radius, border=2, smooth=args.smooth)
         picks = low[low["score"] >= args.threshold]
         ev = evaluate(picks, truth, max_dist=radius, method="hungarian")
         best = (0.0, None)

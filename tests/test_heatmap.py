@@ -52,8 +52,10 @@ def test_heatmap_targets_classes_and_errors():
         heatmap_targets(objs.drop(columns="x"), shape)
 
 
-def _reference_decode(h, threshold, r, z_range, border, top_k):
+def _reference_decode(h, threshold, r, z_range, border, top_k, smooth=0):
     """Whole-array NMS with scipy: local maxima of a (2r+1)^3 box, then cut-offs and top-K."""
+    if smooth:
+        h = ndi.gaussian_filter(h, smooth, mode="nearest").astype(np.float32)
     key = np.where(h >= threshold, h.astype(np.float64), -np.inf)
     mx = ndi.maximum_filter(key, size=2 * r + 1, mode="constant", cval=-np.inf)
     zyx = np.argwhere((key == mx) & (h >= threshold))
@@ -65,16 +67,17 @@ def _reference_decode(h, threshold, r, z_range, border, top_k):
     return {tuple(p) for p in zyx[order]}, np.sort(s[order])[::-1]
 
 
-@pytest.mark.parametrize("top_k", [None, 8])
-def test_decode_matches_single_process_reference_when_split_into_blocks(client, top_k):
+@pytest.mark.parametrize("top_k, smooth", [(None, 0), (8, 1.5)])
+def test_decode_matches_single_process_reference_when_split_into_blocks(client, top_k, smooth):
     rng = np.random.default_rng(3)
     h = ndi.gaussian_filter(rng.normal(size=(40, 48, 52)), 1.5).astype(np.float32)
     h = (h - h.min()) / (h.max() - h.min())
     thr, r, z_range, border = 0.45, 3, (5, 33), 2
-    ref_set, ref_scores = _reference_decode(h, thr, r, z_range, border, top_k or 10 ** 6)
-    assert len(_reference_decode(h, thr, r, z_range, border, 10 ** 6)[0]) > 8
+    ref_set, ref_scores = _reference_decode(h, thr, r, z_range, border, top_k or 10 ** 6, smooth)
+    assert len(_reference_decode(h, thr, r, z_range, border, 10 ** 6, smooth)[0]) > 8
     dh = da.from_array(h, chunks=(20, 24, 26))  # 8 blocks, picks near the seams
-    df = decode_heatmap(dh, threshold=thr, min_distance=r, z_range=z_range, border=border, top_k=top_k)
+    df = decode_heatmap(dh, threshold=thr, min_distance=r, z_range=z_range, border=border, top_k=top_k,
+                        smooth=smooth)
     got = {(int(z), int(y), int(x)) for z, y, x in df[["z", "y", "x"]].to_numpy()}
     assert got == ref_set
     np.testing.assert_allclose(df["score"].to_numpy(), ref_scores, rtol=1e-6)
@@ -96,6 +99,11 @@ def test_decode_multichannel_border_tuple_and_errors():
         decode_heatmap(h, z_range=(5, 1))
     with pytest.raises(ValueProblem):
         decode_heatmap(h, border=-1)
+    # a saturated plateau: without smoothing the NMS keeps its corner, with it the centre
+    p = np.zeros((24, 24, 24), np.float32)
+    p[8:15, 8:15, 8:15] = 1.0
+    assert decode_heatmap(p, min_distance=5)[["z", "y", "x"]].values.tolist() == [[8.0, 8.0, 8.0]]
+    assert decode_heatmap(p, min_distance=5, smooth=2)[["z", "y", "x"]].values.tolist() == [[11.0, 11.0, 11.0]]
 
 
 def test_cli_pick_heatmap(tmp_path):
@@ -110,7 +118,7 @@ def test_cli_pick_heatmap(tmp_path):
     write_volume(h, tmp_path / "heat.zarr", voxel_size=10.0, chunks=12)
     out = tmp_path / "picks.csv"
     rc = main(["pick", str(tmp_path / "heat.zarr"), "--method", "heatmap", "--threshold", "0.5",
-               "--z-range", "0,18", "--top-k", "1", "-o", str(out)])
+               "--z-range", "0,18", "--top-k", "1", "--smooth", "0", "-o", str(out)])
     assert rc == 0
     df = read_objects(out)
     assert df[["x", "y", "z"]].to_numpy().tolist() == [[10.0, 10.0, 5.0]]

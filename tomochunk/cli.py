@@ -335,6 +335,8 @@ def _add_pick(sub):
                    help="heatmap: keep picks with ZMIN <= z <= ZMAX (voxels), e.g. 20,180")
     p.add_argument("--border", type=float, default=0.0,
                    help="heatmap: drop picks this close to any face (like --margin)")
+    p.add_argument("--smooth", type=float, default=0.0,
+                   help="heatmap: Gaussian sigma (voxels) before the NMS; centres picks on saturated maps")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(run=_run_pick)
 
@@ -356,7 +358,7 @@ def _run_pick(args):
                          min_size=args.min_size, min_spacing=args.min_spacing, margin=args.margin,
                          top_k=args.top_k, classes=args.classes, units=args.units,
                          voxel_size=args.voxel_size, level=args.level,
-                         **({"z_range": args.z_range, "border": args.border} if args.method == "heatmap" else {}))
+                         **({"z_range": args.z_range, "border": args.border, "smooth": args.smooth} if args.method == "heatmap" else {}))
         print(f"{src}: {len(df)} objects")
         frames.append(df)
     out = pd.concat(frames, ignore_index=True)

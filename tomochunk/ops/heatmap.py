@@ -144,8 +144,20 @@ def heatmap_targets(objects, shape, *, sigma: float = 2.0, soft: float = 0.1, ha
     return heat, labels
 
 
+def _smooth(h, sigma: float):
+    """Gaussian filter of the spatial axes, block-wise with an exact halo (scipy, mode 'nearest')."""
+    from scipy import ndimage as ndi
+
+    depth = int(math.ceil(4.0 * sigma))  # scipy's truncate=4 support
+    sig = (0.0,) * (h.ndim - 3) + (float(sigma),) * 3
+    dep = {ax: (depth if ax >= h.ndim - 3 else 0) for ax in range(h.ndim)}
+    return h.astype(np.float32).map_overlap(
+        lambda b: ndi.gaussian_filter(b, sig, mode="nearest", truncate=4.0).astype(np.float32),
+        depth=dep, boundary="nearest", dtype=np.float32)
+
+
 def decode_heatmap(heatmap, *, threshold: float = 0.5, top_k: int | None = None, min_distance: float = 5,
-                   z_range=None, border=0, classes=None, voxel_size: float | None = None):
+                   z_range=None, border=0, smooth: float = 0, classes=None, voxel_size: float | None = None):
     """Pick particles on a heatmap: 3D max-pool NMS, threshold, z-range, border, top-K.
 
     A voxel is picked when its score is at least ``threshold`` and the maximum
@@ -154,6 +166,13 @@ def decode_heatmap(heatmap, *, threshold: float = 0.5, top_k: int | None = None,
     ``2 min_distance`` (see :func:`tomochunk.ops.pick.pick`, mode ``"nms"``),
     so a chunked heatmap gives exactly the picks of one pass over the whole
     array. The cut-offs are applied before the global top-K.
+
+    A network's probability often saturates at 1.0 over a whole particle; on
+    such a plateau the NMS keeps its first voxel (a corner), not its centre.
+    ``smooth`` (a Gaussian of that sigma, computed block-wise with an exact
+    halo, so still equal to ``scipy.ndimage.gaussian_filter(h, smooth,
+    mode="nearest")`` on the whole array) breaks the plateaus and centres the
+    picks; the scores are then the smoothed values.
 
     Parameters
     ----------
@@ -169,6 +188,8 @@ def decode_heatmap(heatmap, *, threshold: float = 0.5, top_k: int | None = None,
         Keep picks with ``z_min <= z <= z_max`` (either may be ``None``).
     border : float or tuple of 3 floats
         Drop picks closer than this to the volume faces, per ``(z, y, x)`` axis.
+    smooth : float
+        Gaussian sigma (voxels) applied before the NMS; 0 (default): none.
     classes : iterable of int, optional
         Channels of a ``[c, z, y, x]`` map (default all but 0).
     voxel_size : float, optional
@@ -200,6 +221,14 @@ def decode_heatmap(heatmap, *, threshold: float = 0.5, top_k: int | None = None,
         zhi = np.inf if z_range[1] is None else float(z_range[1])
         if zlo > zhi:
             raise ValueProblem(f"z_range {z_range} is empty (z_min > z_max)")
+    if smooth < 0:
+        raise ValueProblem(f"smooth must be >= 0, not {smooth}")
+    if smooth > 0:
+        from ._arrays import as_dask
+
+        h, vs0 = as_dask(heatmap, "heatmap")
+        voxel_size = voxel_size if voxel_size is not None else vs0
+        heatmap = _smooth(h, smooth)
     df = pick(heatmap, threshold=threshold, min_spacing=min_distance, mode="nms", classes=classes,
               voxel_size=voxel_size)
     shape = np.asarray(np.shape(heatmap)[-3:], dtype=float)
