@@ -133,7 +133,7 @@ class PatchSampler:
         self.region = region or {}
         if self.region and self.ignore_label is None:
             raise ValueProblem("a labelled region needs an ignore label (a loss that ignores voxels: "
-                               "'dice_ce' or 'pu')")
+                               "'dice_ce', 'pu' or 'pu_balanced')")
         self.eye = np.eye(self.n_classes + (self.ignore_label is not None), dtype=np.float32)
 
     def _pick(self, rng):
@@ -336,7 +336,7 @@ def train(volumes, targets, objects_train, objects_valid, *, n_classes, patch_si
         The labelled sub-region (``((z0, z1), (y0, y1), (x0, x1))`` or a
         boolean mask of the volume's shape): patches are kept inside a box
         and voxels outside the region are ignored, so unlabelled particles
-        elsewhere are not learnt as background. Needs ``"dice_ce"`` or ``"pu"``.
+        elsewhere are not learnt as background. Needs a loss other than ``"tversky"``.
 
     Returns
     -------
