@@ -120,3 +120,32 @@ def test_cli_train_bad_patch(data, tmp_path, capsys):
                "--train", str(tmp_path / "tr.csv"), "--valid", str(tmp_path / "va.csv"),
                "--n-classes", "3", "--patch", "18", "-o", str(tmp_path / "run")])
     assert rc == 2 and "multiple of 4" in capsys.readouterr().err
+
+
+def test_train_movie_anisotropic(tmp_path):
+    rng = np.random.default_rng(3)
+    shape = (6, 32, 32)                           # [t, y, x]
+    n = 8
+    objs = pd.DataFrame({"class_label": np.ones(n, int), "x": rng.uniform(3, 29, n),
+                         "y": rng.uniform(3, 29, n), "z": rng.uniform(0, 6, n)})
+    lab = spheres(objs, shape, 2).compute()
+    movie = da.from_array(lab + rng.normal(0, 0.3, shape).astype(np.float32), chunks=(2, 16, 16))
+    model, hist = train(movie, lab, objs, objs, n_classes=2, patch_size=(3, 16, 16), batch_size=2,
+                        steps_per_epoch=2, valid_steps=1, epochs=1, filters=(4, 4, 4), anisotropic=True,
+                        out_dir=tmp_path, progress=False, legacy_h5=False)
+    assert tomochunk.nn.models.model_info(model)["anisotropic"]
+    assert len(hist) == 1 and (tmp_path / "model_final.keras").exists()
+    with pytest.raises(ValueProblem, match="multiple of 4"):
+        train(movie, lab, objs, objs, n_classes=2, patch_size=(3, 18, 16), anisotropic=True,
+              epochs=1, out_dir=tmp_path)
+
+
+def test_tversky_loss_matches_numpy():
+    from tomochunk.nn.losses import TverskyLoss, tversky_loss, tversky_numpy
+
+    rng = np.random.default_rng(0)
+    y = np.eye(3, dtype="float32")[rng.integers(0, 3, (2, 8, 8, 8))]
+    p = rng.dirichlet(np.ones(3), size=(2, 8, 8, 8)).astype("float32")
+    assert float(tversky_loss(y, p)) == pytest.approx(tversky_numpy(y, p), rel=1e-5)
+    assert float(tversky_loss(y, y)) == pytest.approx(0, abs=1e-6)
+    assert float(TverskyLoss(ce_weight=1.0)(y, p)) > float(TverskyLoss()(y, p))

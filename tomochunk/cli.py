@@ -151,6 +151,10 @@ def _add_train(sub):
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in OUTDIR")
     p.add_argument("--workers", type=int, default=2, help="threads preparing patches")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ce-weight", type=float, default=0.0,
+                   help="add cross-entropy with this weight to the Tversky loss (default 0)")
+    p.add_argument("--bf16", action="store_true",
+                   help="mixed bfloat16 precision (3-4x faster on CPUs with AMX/AVX512-BF16)")
     p.add_argument("--loss", choices=("tversky", "dice_ce", "pu", "pu_balanced"), default="tversky",
                    help="tversky (DeepFinder), dice_ce, or pu: non-negative positive-unlabeled loss for "
                         "sparse labels (targets 0 unlabeled, 1 positive, 2 ignored; needs --tau); "
@@ -198,6 +202,7 @@ def _run_train(args):
                     lr=args.lr, out_dir=args.outdir, model=args.model, filters=filters,
                     anisotropic=args.anisotropic, checkpoint_every=args.checkpoint_every,
                     resume=args.resume, workers=args.workers, seed=args.seed,
+                    precision="bfloat16" if args.bf16 else "float32", ce_weight=args.ce_weight,
                     **({"loss": args.loss, "tau": args.tau, "region": args.region}
                        if args.loss != "tversky" or args.region is not None else {}))
     last = hist.iloc[-1]
@@ -486,6 +491,74 @@ _COMMANDS = [
     _add_segment,
     _add_run,
 ]
+
+
+# --- segment-features / export-meshes (model library) ---------------------------
+
+def _add_segment_features(sub):
+    p = _command(sub, "segment-features",
+                 "apply N one-feature models (.tcm or Ais .scnm) to M tomograms; competition; one label map each",
+                 "tomochunk segment-features tomo1.mrc tomo2.mrc -m membrane.tcm actin.scnm ribosome.tcm -o labels/")
+    p.add_argument("tomograms", nargs="+", metavar="TOMO")
+    p.add_argument("-m", "--models", nargs="+", required=True, metavar="MODEL",
+                   help="model archives; label i is the i-th model")
+    p.add_argument("-o", "--outdir", required=True, help="receives <tomogram>.zarr label stores")
+    p.add_argument("--interaction", action="append", default=[], metavar="CHILD:MODE:PARENT:RADIUS",
+                   help="keep a model's map near (colocalize) or away from (avoid) another's, radius in Å, "
+                        "e.g. ribosome:colocalize:membrane:100 (repeatable)")
+    p.add_argument("--slab", type=int, default=None, help="slices per task (default: ~64 MB)")
+    p.add_argument("--levels", type=int, default=2, help="multiscale levels of the label stores")
+    p.add_argument("--overwrite", action="store_true", help="redo tomograms already done")
+    p.add_argument("--scheduler", default=None, help="address of a running Dask scheduler")
+    p.add_argument("--workers", type=int, default=None, help="local worker processes")
+    p.set_defaults(run=_run_segment_features)
+
+
+def _run_segment_features(args):
+    from .errors import ValueProblem
+    from .nn.features import segment_features
+    from .parallel import client_context
+
+    inter = []
+    for text in args.interaction:
+        parts = text.split(":")
+        if len(parts) != 4:
+            raise ValueProblem(f"--interaction {text!r}: expected CHILD:MODE:PARENT:RADIUS")
+        child, mode, parent, radius = parts
+        inter.append({"child": child, "mode": mode, "parent": parent, "radius": float(radius)})
+    with client_context(scheduler=args.scheduler, n_workers=args.workers) as client:
+        status = segment_features(args.tomograms, args.models, args.outdir, interactions=inter, client=client,
+                                  slab=args.slab, levels=args.levels, overwrite=args.overwrite)
+    for tomo, state in status.items():
+        print(f"{tomo}: {state}")
+
+
+def _add_export_meshes(sub):
+    p = _command(sub, "export-meshes", "marching-cubes meshes (.obj, vertices in Å, x y z) of every object",
+                 "tomochunk export-meshes labels/tomo1.zarr -o tomo1_meshes/ --min-volume 200")
+    p.add_argument("map", metavar="MAP", help="label map [z,y,x] or score map [c,z,y,x]")
+    p.add_argument("-o", "--out", required=True, help="a .obj file (all objects) or a folder (one .obj each)")
+    p.add_argument("--level", type=float, default=0.5, help="iso-level for score maps")
+    p.add_argument("--min-volume", type=int, default=27, help="dust size in voxels")
+    p.add_argument("--classes", type=_ints, default=None, help="classes to mesh, e.g. 1,3")
+    p.add_argument("--step", type=int, default=1, help="marching-cubes step size")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(run=_run_export_meshes)
+
+
+def _run_export_meshes(args):
+    from .io.mesh import export_meshes
+
+    classes = args.classes
+    if isinstance(classes, int):
+        classes = [classes]
+    df = export_meshes(args.map, args.out, level=args.level, min_volume=args.min_volume,
+                       classes=None if classes is None else list(classes),
+                       step_size=args.step, overwrite=args.overwrite)
+    print(f"{len(df)} meshes -> {args.out}")
+
+
+_COMMANDS += [_add_segment_features, _add_export_meshes]
 
 
 def main(argv=None) -> int:

@@ -36,7 +36,7 @@ from ..errors import FormatError, MissingError, ShapeError, ValueProblem
 
 log = get_logger(__name__)
 
-__all__ = ["deepfinder_unet", "load_model", "save_model", "model_info", "check_patch_shape",
+__all__ = ["deepfinder_unet", "load_model", "save_model", "model_info", "check_patch_shape", "with_dtype",
            "DEFAULT_FILTERS", "SMALL_FILTERS"]
 
 #: DeepFinder's filter counts at the three resolution levels.
@@ -121,7 +121,7 @@ def check_patch_shape(patch_shape, anisotropic: bool = False, name: str = "patch
 
 
 def deepfinder_unet(n_classes: int, patch_size=None, *, filters=DEFAULT_FILTERS,
-                    anisotropic: bool = False, name: str = "deepfinder_unet"):
+                    anisotropic: bool = False, dtype=None, name: str = "deepfinder_unet"):
     """Build DeepFinder's 3D U-Net.
 
     Parameters
@@ -138,6 +138,10 @@ def deepfinder_unet(n_classes: int, patch_size=None, *, filters=DEFAULT_FILTERS,
         Pool and up-sample by ``(1, 2, 2)`` instead of ``(2, 2, 2)``: the
         variant for ``[t, y, x]`` movies, which keeps the time resolution.
         It has the same weights (shapes) as the isotropic network.
+    dtype : str, optional
+        Keras dtype policy of the hidden layers, e.g. ``"mixed_bfloat16"``
+        (weights stay float32, convolutions run in bfloat16: about 3-4x faster
+        training on CPUs with AMX/AVX512-BF16). The softmax layer is always float32.
     name : str
         Keras model name.
 
@@ -172,27 +176,30 @@ def deepfinder_unet(n_classes: int, patch_size=None, *, filters=DEFAULT_FILTERS,
         i = next(counter)
         n = n_classes if level == "out" else f[level]
         act = "softmax" if level == "out" else "relu"
-        return layers.Conv3D(n, (k, k, k), padding="same", activation=act,
+        policy = "float32" if (level == "out" and dtype is not None) else dtype
+        return layers.Conv3D(n, (k, k, k), padding="same", activation=act, dtype=policy,
                              data_format="channels_last", name=_conv_name(i))(x)
 
     # Layer creation order below follows _CONV_PLAN: it defines the weight order.
     inp = keras.Input(shape=shape, name="input_1")
     x = conv(inp, 0, 3)
     high = conv(x, 0, 3)
-    x = layers.MaxPooling3D(pool, name="max_pooling3d")(high)
+    x = layers.MaxPooling3D(pool, dtype=dtype, name="max_pooling3d")(high)
     x = conv(x, 1, 3)
     mid = conv(x, 1, 3)
-    x = layers.MaxPooling3D(pool, name="max_pooling3d_1")(mid)
+    x = layers.MaxPooling3D(pool, dtype=dtype, name="max_pooling3d_1")(mid)
     for _ in range(4):
         x = conv(x, 2, 3)
-    x = layers.UpSampling3D(pool, data_format="channels_last", name="up_sampling3d")(x)
+    x = layers.UpSampling3D(pool, data_format="channels_last", dtype=dtype,
+                            name="up_sampling3d")(x)
     x = conv(x, 2, 2)
-    x = layers.Concatenate(axis=-1, name="concatenate")([x, mid])
+    x = layers.Concatenate(axis=-1, dtype=dtype, name="concatenate")([x, mid])
     x = conv(x, 1, 3)
     x = conv(x, 1, 3)
-    x = layers.UpSampling3D(pool, data_format="channels_last", name="up_sampling3d_1")(x)
+    x = layers.UpSampling3D(pool, data_format="channels_last", dtype=dtype,
+                            name="up_sampling3d_1")(x)
     x = conv(x, 1, 2)
-    x = layers.Concatenate(axis=-1, name="concatenate_1")([x, high])
+    x = layers.Concatenate(axis=-1, dtype=dtype, name="concatenate_1")([x, high])
     x = conv(x, 0, 3)
     x = conv(x, 0, 3)
     out = conv(x, "out", 1)
@@ -224,6 +231,20 @@ def model_info(model) -> dict:
         "anisotropic": aniso,
         "multiple": (1 if aniso else depth, depth, depth),
     }
+
+
+def with_dtype(model, dtype=None):
+    """The same U-Net (same weights) with another dtype policy (``None`` = float32).
+
+    Examples
+    --------
+    >>> fast = with_dtype(deepfinder_unet(3, filters="small"), "mixed_bfloat16")
+    """
+    info = model_info(model)
+    out = deepfinder_unet(info["n_classes"], filters=info["filters"], anisotropic=info["anisotropic"],
+                          dtype=dtype)
+    out.set_weights(model.get_weights())
+    return out
 
 
 # --- weight files ----------------------------------------------------------------------------

@@ -29,7 +29,8 @@ import numpy as np
 
 from .._log import get_logger
 from ..errors import MissingError, ShapeError, ValueProblem
-from .models import DEFAULT_FILTERS, check_patch_shape, deepfinder_unet, load_model, model_info
+from .models import (DEFAULT_FILTERS, check_patch_shape, deepfinder_unet, load_model, model_info,
+                     with_dtype)
 
 log = get_logger(__name__)
 
@@ -263,9 +264,10 @@ def _latest_checkpoint(out_dir: Path):
 def train(volumes, targets, objects_train, objects_valid, *, n_classes, patch_size=48,
           batch_size=8, epochs=10, steps_per_epoch=50, valid_steps=4, lr=1e-4, out_dir,
           model=None, filters=DEFAULT_FILTERS, anisotropic=False, augment=None, shift=13,
-          bootstrap=True, loss_alpha=0.5, loss_beta=0.5, checkpoint_every=10, resume=False,
-          workers=2, prefetch=4, seed=0, legacy_h5=True, progress=True, loss="tversky", tau=None,
-          region=None):
+          bootstrap=True, loss_alpha=0.5, loss_beta=0.5, ce_weight=0.0, checkpoint_every=10,
+          resume=False,
+          workers=2, prefetch=4, seed=0, precision="float32", time_limit=None, legacy_h5=True,
+          progress=True, loss="tversky", tau=None, region=None):
     """Train DeepFinder's U-Net on patches read lazily around annotated objects.
 
     Parameters
@@ -307,6 +309,8 @@ def train(volumes, targets, objects_train, objects_valid, *, n_classes, patch_si
         Class-balanced sampling (uniform over classes, then over objects).
     loss_alpha, loss_beta : float
         Tversky weights of false positives and false negatives (0.5: Dice).
+    ce_weight : float
+        Weight of an added cross-entropy term (0: DeepFinder's pure Tversky loss).
     checkpoint_every : int
         Save ``checkpoint_epochNNNN.keras`` (with the optimiser state) every N epochs.
     resume : bool or path
@@ -316,6 +320,12 @@ def train(volumes, targets, objects_train, objects_valid, *, n_classes, patch_si
         Threads preparing batches, and batches prepared ahead.
     seed : int
         Seed of all sampling (per epoch and step, so resuming is reproducible).
+    precision : {'float32', 'bfloat16'}
+        ``'bfloat16'``: mixed precision (float32 weights, bfloat16 convolutions),
+        3-4x faster on CPUs with AMX / AVX512-BF16. Saved final models are float32.
+    time_limit : float, optional
+        Seconds: stop (with a checkpoint) after the first epoch that ends past
+        this wall-clock budget.
     legacy_h5 : bool
         Also write the final weights as DeepFinder ``net_weights_FINAL.h5``.
     progress : bool
@@ -344,7 +354,9 @@ def train(volumes, targets, objects_train, objects_valid, *, n_classes, patch_si
     history : pandas.DataFrame
         One row per epoch: ``loss``, ``val_loss``, ``val_accuracy``,
         ``val_precision_c``, ``val_recall_c``, ``val_f1_c`` per class,
-        ``seconds`` and ``patches_per_s``.
+        ``seconds``, ``patches_per_s`` (steady state: from the end of the
+        first step of the epoch to the end of the last), ``input_wait_s`` and
+        ``elapsed_s`` (since the call started).
 
     Raises
     ------
@@ -399,7 +411,7 @@ def train(volumes, targets, objects_train, objects_valid, *, n_classes, patch_si
             raise ValueProblem(f"{what} has class labels {sorted(set(labels.tolist()))} but n_classes="
                                f"{n_classes} (labels 1..n_classes-1; 0 is background)")
     aug = None if augment in ("none", False) else augment
-    loss_fn = make_loss(loss, tau=tau, alpha=loss_alpha, beta=loss_beta)
+    loss_fn = make_loss(loss, tau=tau, alpha=loss_alpha, beta=loss_beta, ce_weight=ce_weight)
     is_tversky = isinstance(loss_fn, TverskyLoss)
     ignore = None if is_tversky else n_classes  # our other losses ignore an extra channel
     if region is not None and not isinstance(region, dict):
@@ -436,6 +448,12 @@ def train(volumes, targets, objects_train, objects_valid, *, n_classes, patch_si
     if model is None or isinstance(model, (str, Path)):
         model = (deepfinder_unet(n_classes, filters=filters, anisotropic=anisotropic) if model is None
                  else load_model(model))
+    if precision not in ("float32", "bfloat16"):
+        raise ValueProblem(f"precision must be 'float32' or 'bfloat16', not {precision!r}")
+    policy = "mixed_bfloat16" if precision == "bfloat16" else None
+    current = getattr(getattr(model.layers[1], "dtype_policy", None), "name", "float32")
+    if (policy or "float32") != current:
+        model = with_dtype(model, policy)
     info = model_info(model)
     if info["n_classes"] != n_classes:
         raise ValueProblem(f"the model predicts {info['n_classes']} classes but n_classes={n_classes}")
@@ -452,6 +470,7 @@ def train(volumes, targets, objects_train, objects_valid, *, n_classes, patch_si
         x, y = sampler_t.batch(rng, batch_size)
         return x, sampler_t.onehot(y)
 
+    t_start = time.perf_counter()
     pool = cf.ThreadPoolExecutor(max_workers=int(workers), thread_name_prefix="tomochunk-patches")
     try:
         for epoch in range(start + 1, epochs + 1):
@@ -471,10 +490,16 @@ def train(volumes, targets, objects_train, objects_valid, *, n_classes, patch_si
                 wait += time.perf_counter() - tw
                 loss = model.train_on_batch(x, y)
                 losses.append(float(np.asarray(loss[0] if isinstance(loss, (list, tuple)) else loss)))
+                if step == 0:
+                    t_first = time.perf_counter()
                 bar.update(1)
                 bar.set_postfix(loss=f"{losses[-1]:.3f}")
             bar.close()
-            train_s = time.perf_counter() - t0
+            t_end = time.perf_counter()
+            if steps_per_epoch > 1:   # steady state: leave out the first step (graph tracing)
+                rate = (steps_per_epoch - 1) * batch_size / (t_end - t_first)
+            else:
+                rate = batch_size / (t_end - t0)
             # validation
             cm = np.zeros((n_classes, n_classes), np.int64)
             vloss = []
@@ -495,8 +520,9 @@ def train(volumes, targets, objects_train, objects_valid, *, n_classes, patch_si
                 row[f"val_recall_{c}"] = float(recall[c])
                 row[f"val_f1_{c}"] = float(f1[c])
             row["seconds"] = time.perf_counter() - t0
-            row["patches_per_s"] = steps_per_epoch * batch_size / train_s
+            row["patches_per_s"] = rate
             row["input_wait_s"] = wait
+            row["elapsed_s"] = time.perf_counter() - t_start
             history.append(row)
             hist = pd.DataFrame(history)
             hist.to_csv(out_dir / "history.csv", index=False)
@@ -506,17 +532,22 @@ def train(volumes, targets, objects_train, objects_valid, *, n_classes, patch_si
                 log.warning("could not plot history: %s", exc)
             log.info("epoch %d: loss %.4f val_loss %.4f F1 %s (%.1f patches/s, waited %.1f s for input)",
                      epoch, row["loss"], row["val_loss"], np.round(f1[1:], 3), row["patches_per_s"], wait)
-            if epoch % int(checkpoint_every) == 0 or epoch == epochs:
+            over = time_limit is not None and time.perf_counter() - t_start > time_limit
+            if epoch % int(checkpoint_every) == 0 or epoch == epochs or over:
                 path = out_dir / f"checkpoint_epoch{epoch:04d}.keras"
                 tmp = path.with_name(path.stem + ".tmp.keras")
                 model.save(tmp)
                 tmp.replace(path)
                 (out_dir / "state.json").write_text(json.dumps({"epoch": epoch, "checkpoint": path.name}))
+            if over:
+                log.info("time limit of %.0f s reached after epoch %d", time_limit, epoch)
+                break
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
     from .models import save_model
 
-    save_model(model, out_dir / "model_final.keras",
+    final = model if policy is None else with_dtype(model, None)
+    save_model(final, out_dir / "model_final.keras",
                legacy_h5=(out_dir / "net_weights_FINAL.h5") if legacy_h5 else None)
-    return model, pd.DataFrame(history)
+    return final, pd.DataFrame(history)
