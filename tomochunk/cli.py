@@ -129,7 +129,9 @@ def _add_train(sub):
     p = _command(sub, "train", "train the DeepFinder U-Net on volumes, label maps and object lists",
                  "tomochunk train --volumes t1.zarr t2.zarr --targets t1_lab.zarr t2_lab.zarr \\\n"
                  "    --train objl_train.xml --valid objl_valid.xml --n-classes 4 --patch 48 \\\n"
-                 "    --epochs 50 --steps 100 -o run1/")
+                 "    --epochs 50 --steps 100 -o run1/\n"
+                 "tomochunk train --volumes t1.zarr --targets t1_heat.zarr --train labelled.csv "
+                 "--valid labelled.csv \\\n    --n-classes 2 --loss pu --tau 0.02 --region 0:96,0:256,0:128 -o pu1/")
     p.add_argument("--volumes", nargs="+", required=True, help="tomograms (or movies), any format")
     p.add_argument("--targets", nargs="+", required=True, help="label maps, same order as --volumes")
     p.add_argument("--train", required=True, help="object list of training objects")
@@ -153,7 +155,28 @@ def _add_train(sub):
                    help="add cross-entropy with this weight to the Tversky loss (default 0)")
     p.add_argument("--bf16", action="store_true",
                    help="mixed bfloat16 precision (3-4x faster on CPUs with AMX/AVX512-BF16)")
+    p.add_argument("--loss", choices=("tversky", "dice_ce", "pu", "pu_balanced"), default="tversky",
+                   help="tversky (DeepFinder), dice_ce, or pu: non-negative positive-unlabeled loss for "
+                        "sparse labels (targets 0 unlabeled, 1 positive, 2 ignored; needs --tau); "
+                        "pu_balanced: its class-balanced variant")
+    p.add_argument("--tau", type=float, default=None,
+                   help="pu: class prior, the fraction of positive voxels among unlabeled ones")
+    p.add_argument("--region", type=_box, default=None,
+                   help="labelled sub-region z0:z1,y0:y1,x0:x1 (voxels): patches stay inside it and voxels "
+                        "outside are ignored (dice_ce, pu)")
     p.set_defaults(run=_run_train)
+
+
+def _box(text: str):
+    from .errors import ValueProblem
+
+    try:
+        box = tuple(tuple(int(v) for v in part.split(":")) for part in text.split(","))
+    except ValueError:
+        box = ()
+    if len(box) != 3 or any(len(b) != 2 or b[0] >= b[1] for b in box):
+        raise ValueProblem(f"region must be z0:z1,y0:y1,x0:x1 with each start < end, not {text!r}")
+    return box
 
 
 def _run_train(args):
@@ -179,7 +202,9 @@ def _run_train(args):
                     lr=args.lr, out_dir=args.outdir, model=args.model, filters=filters,
                     anisotropic=args.anisotropic, checkpoint_every=args.checkpoint_every,
                     resume=args.resume, workers=args.workers, seed=args.seed,
-                    precision="bfloat16" if args.bf16 else "float32", ce_weight=args.ce_weight)
+                    precision="bfloat16" if args.bf16 else "float32", ce_weight=args.ce_weight,
+                    **({"loss": args.loss, "tau": args.tau, "region": args.region}
+                       if args.loss != "tversky" or args.region is not None else {}))
     last = hist.iloc[-1]
     f1 = ", ".join(f"{c}: {last[f'val_f1_{c}']:.3f}" for c in range(1, args.n_classes))
     print(f"trained {int(last['epoch'])} epochs -> {args.outdir}/model_final.keras; validation F1 {f1}")
@@ -288,7 +313,7 @@ def _float_or_none(text: str):
 # --- pick --------------------------------------------------------------------
 
 _PICK_METHODS = {"cc": "cc", "meanshift": "meanshift", "peaks": "peaks", "centroid": "centroid",
-                 "heatmap": "nms", "nms": "nms"}
+                 "heatmap": "heatmap", "nms": "nms"}
 
 
 def _add_pick(sub):
@@ -311,8 +336,19 @@ def _add_pick(sub):
     p.add_argument("--units", choices=("voxel", "angstrom"), default="voxel")
     p.add_argument("--voxel-size", type=float, default=None, help="A per voxel (default: from the input)")
     p.add_argument("--level", type=int, default=0, help="multiscale level of OME-Zarr inputs")
+    p.add_argument("--z-range", type=_z_range, default=None,
+                   help="heatmap: keep picks with ZMIN <= z <= ZMAX (voxels), e.g. 20,180")
+    p.add_argument("--border", type=float, default=0.0,
+                   help="heatmap: drop picks this close to any face (like --margin)")
+    p.add_argument("--smooth", type=float, default=0.0,
+                   help="heatmap: Gaussian sigma (voxels) before the NMS; centres picks on saturated maps")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(run=_run_pick)
+
+
+def _z_range(text: str):
+    lo, _, hi = text.partition(",")
+    return (float(lo) if lo.strip() else None, float(hi) if hi.strip() else None)
 
 
 def _run_pick(args):
@@ -326,7 +362,8 @@ def _run_pick(args):
         df = pick_inputs(src, method=_PICK_METHODS[args.method], radius=args.radius, threshold=args.threshold,
                          min_size=args.min_size, min_spacing=args.min_spacing, margin=args.margin,
                          top_k=args.top_k, classes=args.classes, units=args.units,
-                         voxel_size=args.voxel_size, level=args.level)
+                         voxel_size=args.voxel_size, level=args.level,
+                         **({"z_range": args.z_range, "border": args.border, "smooth": args.smooth} if args.method == "heatmap" else {}))
         print(f"{src}: {len(df)} objects")
         frames.append(df)
     out = pd.concat(frames, ignore_index=True)

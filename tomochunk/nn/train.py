@@ -111,10 +111,18 @@ class PatchSampler:
     bootstrap : bool
         Pick the class uniformly first, then an object of that class.
     augment : {'tomo', 'movie', None}
+    region : dict {tomo: region}, optional
+        Labelled sub-region per tomogram: a bounding box ``((z0, z1), (y0, y1),
+        (x0, x1))`` (patch centres are moved so that the patch stays inside it
+        where it fits) or a boolean mask array of the volume's shape. Target
+        voxels outside it get ``ignore_label``.
+    ignore_label : int, optional
+        Target value of ignored voxels (allowed in targets, one extra one-hot
+        channel); default none.
     """
 
     def __init__(self, volumes, targets, objects, n_classes, patch_shape, *, shift=13,
-                 bootstrap=True, augment="tomo"):
+                 bootstrap=True, augment="tomo", region=None, ignore_label=None):
         self.volumes, self.targets = volumes, targets
         self.tomos, self.labels, self.zyx = objects
         self.n_classes = int(n_classes)
@@ -122,7 +130,12 @@ class PatchSampler:
         self.shift, self.bootstrap, self.augment = int(shift), bool(bootstrap), augment
         self.classes = np.unique(self.labels)
         self.by_class = {c: np.nonzero(self.labels == c)[0] for c in self.classes}
-        self.eye = np.eye(self.n_classes, dtype=np.float32)
+        self.ignore_label = None if ignore_label is None else int(ignore_label)
+        self.region = region or {}
+        if self.region and self.ignore_label is None:
+            raise ValueProblem("a labelled region needs an ignore label (a loss that ignores voxels: "
+                               "'dice_ce', 'pu' or 'pu_balanced')")
+        self.eye = np.eye(self.n_classes + (self.ignore_label is not None), dtype=np.float32)
 
     def _pick(self, rng):
         if self.bootstrap:
@@ -138,11 +151,27 @@ class PatchSampler:
         dim = np.asarray(vol.shape)
         half = self.patch // 2
         c = self.zyx[k] + rng.integers(-self.shift, self.shift + 1, size=3)
+        reg = self.region.get(tomo)
+        box = None
+        if reg is not None and not hasattr(reg, "shape"):  # bounding box: keep the patch inside it
+            box = np.asarray(reg, dtype=np.int64).reshape(3, 2)
+            fits = box[:, 1] - box[:, 0] >= self.patch
+            c = np.where(fits, np.minimum(np.maximum(c, box[:, 0] + half), box[:, 1] - (self.patch - half)), c)
         c = np.minimum(np.maximum(c, half), dim - (self.patch - half))
         sl = tuple(slice(int(a - h), int(a - h + p)) for a, h, p in zip(c, half, self.patch))
         x = _read(vol, sl).astype(np.float32)
         y = _read(tgt, sl)
-        if y.size and int(y.max()) >= self.n_classes:
+        if reg is not None:
+            if box is not None:
+                grid = np.ogrid[sl]
+                inside = np.ones(y.shape, bool)
+                for g, (a, b) in zip(grid, box):
+                    inside = inside & (g >= a) & (g < b)
+            else:
+                inside = _read(reg, sl).astype(bool)
+            y = np.where(inside, y, self.ignore_label)
+        top = self.n_classes if self.ignore_label is None else max(self.n_classes, self.ignore_label + 1)
+        if y.size and int(y.max()) >= top:
             raise ValueProblem(f"target of tomogram {tomo!r} holds label {int(y.max())} but "
                                f"n_classes={self.n_classes} (labels must be < n_classes)")
         if y.size and int(y.min()) < 0:
@@ -238,7 +267,7 @@ def train(volumes, targets, objects_train, objects_valid, *, n_classes, patch_si
           bootstrap=True, loss_alpha=0.5, loss_beta=0.5, ce_weight=0.0, checkpoint_every=10,
           resume=False,
           workers=2, prefetch=4, seed=0, precision="float32", time_limit=None, legacy_h5=True,
-          progress=True):
+          progress=True, loss="tversky", tau=None, region=None):
     """Train DeepFinder's U-Net on patches read lazily around annotated objects.
 
     Parameters
@@ -301,6 +330,23 @@ def train(volumes, targets, objects_train, objects_valid, *, n_classes, patch_si
         Also write the final weights as DeepFinder ``net_weights_FINAL.h5``.
     progress : bool
         Show a tqdm progress bar.
+    loss : {"tversky", "dice_ce", "pu", "pu_balanced"} or keras.losses.Loss
+        ``"tversky"`` (default, DeepFinder's), ``"dice_ce"`` (Dice +
+        cross-entropy) or ``"pu"`` (non-negative positive-unlabeled loss,
+        :class:`~tomochunk.nn.pu.NNPULoss`, for sparse labels with
+        ``n_classes=2``; ``"pu_balanced"``: its class-balanced variant). With
+        any loss but ``"tversky"`` the target value
+        ``n_classes`` means "ignore" (soft positives of
+        :func:`~tomochunk.ops.heatmap.heatmap_targets`, whose label map
+        is 0 unlabeled, 1 positive, 2 soft).
+    tau : float, optional
+        Class prior of ``loss="pu"``: the fraction of positive voxels among the
+        unlabeled voxels of the training patches.
+    region : bounding box, mask, or dict {tomo: box or mask}, optional
+        The labelled sub-region (``((z0, z1), (y0, y1), (x0, x1))`` or a
+        boolean mask of the volume's shape): patches are kept inside a box
+        and voxels outside the region are ignored, so unlabelled particles
+        elsewhere are not learnt as background. Needs a loss other than ``"tversky"``.
 
     Returns
     -------
@@ -331,6 +377,7 @@ def train(volumes, targets, objects_train, objects_valid, *, n_classes, patch_si
     from tqdm.auto import tqdm
 
     from .losses import TverskyLoss, tversky_numpy
+    from .pu import CUSTOM_OBJECTS, make_loss
 
     n_classes = int(n_classes)
     if n_classes < 2:
@@ -364,15 +411,21 @@ def train(volumes, targets, objects_train, objects_valid, *, n_classes, patch_si
             raise ValueProblem(f"{what} has class labels {sorted(set(labels.tolist()))} but n_classes="
                                f"{n_classes} (labels 1..n_classes-1; 0 is background)")
     aug = None if augment in ("none", False) else augment
+    loss_fn = make_loss(loss, tau=tau, alpha=loss_alpha, beta=loss_beta, ce_weight=ce_weight)
+    is_tversky = isinstance(loss_fn, TverskyLoss)
+    ignore = None if is_tversky else n_classes  # our other losses ignore an extra channel
+    if region is not None and not isinstance(region, dict):
+        region = {k: region for k in keys}
+    elif region is not None:
+        region = {str(k): v for k, v in region.items()}
     sampler_t = PatchSampler(vols, tgts, obj_t, n_classes, patch, shift=shift, bootstrap=bootstrap,
-                             augment=aug)
+                             augment=aug, region=region, ignore_label=ignore)
     sampler_v = PatchSampler(vols, tgts, obj_v, n_classes, patch, shift=shift, bootstrap=bootstrap,
-                             augment=None)
+                             augment=None, region=region, ignore_label=ignore)
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     start, history = 0, []
-    loss_fn = TverskyLoss(loss_alpha, loss_beta, ce_weight)
     if resume:
         if resume is True:
             start, ckpt = _latest_checkpoint(out_dir)
@@ -383,7 +436,8 @@ def train(volumes, targets, objects_train, objects_valid, *, n_classes, patch_si
             m = _CKPT.search(ckpt.name)
             start = int(m.group(1)) if m else 0
         if ckpt is not None:
-            model = keras.saving.load_model(ckpt, custom_objects={"TverskyLoss": TverskyLoss})
+            model = keras.saving.load_model(ckpt, custom_objects={"TverskyLoss": TverskyLoss,
+                                                                 **CUSTOM_OBJECTS})
             hpath = out_dir / "history.csv"
             if hpath.exists():
                 h = pd.read_csv(hpath)
@@ -451,8 +505,12 @@ def train(volumes, targets, objects_train, objects_valid, *, n_classes, patch_si
             vloss = []
             for x, y in valid:
                 prob = np.asarray(model.predict_on_batch(x))
-                vloss.append(tversky_numpy(sampler_v.onehot(y), prob, loss_alpha, loss_beta))
-                cm += np.bincount(y.ravel() * n_classes + prob.argmax(-1).ravel(),
+                if is_tversky:
+                    vloss.append(tversky_numpy(sampler_v.onehot(y), prob, loss_alpha, loss_beta))
+                else:
+                    vloss.append(float(np.asarray(loss_fn(sampler_v.onehot(y), prob))))
+                use = y < n_classes  # ignored voxels are not scored
+                cm += np.bincount(y[use] * n_classes + prob.argmax(-1)[use],
                                   minlength=n_classes ** 2).reshape(n_classes, n_classes)
             precision, recall, f1 = class_scores(cm)
             row = {"epoch": epoch, "loss": float(np.mean(losses)), "val_loss": float(np.mean(vloss)),

@@ -299,12 +299,16 @@ def _tomo_name(path) -> str:
 
 def pick_inputs(path, *, method: str = "meanshift", radius: float = 5, threshold: float = 0.5,
                 min_size: float = 1, min_spacing: float = 5, margin: float = 0, top_k=None, classes=None,
-                units: str = "voxel", voxel_size=None, level: int = 0, tomo=None):
+                units: str = "voxel", voxel_size=None, level: int = 0, tomo=None, z_range=None,
+                border: float = 0, smooth: float = 0):
     """Open one label or score map from disk and turn it into an object list.
 
     ``method`` is ``"cc"`` / ``"meanshift"`` (:func:`~tomochunk.ops.cluster.cluster`
     on a label map) or ``"peaks"`` / ``"centroid"`` / ``"nms"`` (:func:`pick`
-    on a score map). ``path`` is a segmentation store (its ``labels/classes``
+    on a score map), or ``"heatmap"``
+    (:func:`~tomochunk.ops.heatmap.decode_heatmap`: NMS with ``min_spacing`` as
+    the half-window, then ``z_range`` (voxels) and ``border`` / ``margin``
+    cut-offs and a global top-K, after an optional Gaussian ``smooth``). ``path`` is a segmentation store (its ``labels/classes``
     or ``labels/scores`` array is used), a zarr array or an MRC/HDF5/TIFF file.
     The ``tomo`` column is ``tomo`` or the file name without its extension.
 
@@ -339,6 +343,16 @@ def pick_inputs(path, *, method: str = "meanshift", radius: float = 5, threshold
                          voxel_size=vs)
             if top_k is not None:
                 df = df.sort_values("size", ascending=False).groupby("class_label").head(int(top_k))
+        elif method == "heatmap":
+            from .heatmap import decode_heatmap
+
+            ms, bd = float(min_spacing), np.maximum(border, margin)
+            if units == "angstrom":
+                if not vs:
+                    raise ValueProblem("units='angstrom' needs a voxel size")
+                ms, bd = ms / vs, bd / vs
+            df = decode_heatmap(vol, threshold=threshold, top_k=top_k, min_distance=ms, z_range=z_range,
+                                border=bd, smooth=smooth, classes=classes, voxel_size=vs)
         else:
             df = pick(vol, threshold=threshold, min_size=min_size, min_spacing=min_spacing, margin=margin,
                       mode=method, top_k=top_k, voxel_size=vs, units=units, classes=classes)
