@@ -54,6 +54,17 @@ _API = {
     "write_segmentation": "tomochunk.nn.segment",
     "run": "tomochunk.pipeline",
     "orthoslices": "tomochunk.viz",
+    # model library, meshes, sparse labels
+    "create_model": "tomochunk.nn.registry",
+    "available_models": "tomochunk.nn.registry",
+    "save_archive": "tomochunk.nn.archive",
+    "load_archive": "tomochunk.nn.archive",
+    "segment_slices": "tomochunk.nn.slices",
+    "train_slices": "tomochunk.nn.slices",
+    "segment_features": "tomochunk.nn.features",
+    "export_meshes": "tomochunk.io.mesh",
+    "heatmap_targets": "tomochunk.ops.heatmap",
+    "decode_heatmap": "tomochunk.ops.heatmap",
     # misc
     "get_client": "tomochunk.parallel",
     "normalize": "tomochunk.ops.normalize",
