@@ -145,7 +145,7 @@ def cluster(labelmap, *, radius, classes=None, min_size: int = 1, method: str = 
         lm = lm.map_blocks(lambda b, c: np.where(np.isin(b, c), b, 0), classes, dtype=lm.dtype)
     mask = lm > 0
     structure = _structure(3, None, connectivity)
-    plan = _plan(mask, structure)
+    plan = _plan(mask, structure, persist=None)
     cols = ["class_label", "x", "y", "z", "size", "obj_id"]
     if plan.n == 0:
         return object_frame({c: [] for c in cols}, vs)

@@ -171,7 +171,7 @@ def _centroids(m, threshold, min_size, connectivity):
     from .label import _combine_stats, _stats_tasks
 
     mask = m >= threshold
-    plan = _plan(mask, _structure(3, None, connectivity))
+    plan = _plan(mask, _structure(3, None, connectivity), persist=None)
     if plan.n == 0:
         return np.zeros((0, 4)), np.zeros(0, np.int64)
     parts = dask.compute(*_stats_tasks(plan.labels(), m, None))
