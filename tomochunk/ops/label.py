@@ -65,7 +65,7 @@ def _face(lab, axis, high, offset):
     """One boundary slice of a block, shifted into the block's private label range."""
     idx = [slice(None)] * lab.ndim
     idx[axis] = -1 if high else 0
-    f = lab[tuple(idx)].astype(np.int64)
+    f = np.array(lab[tuple(idx)], dtype=np.int64)
     f[f > 0] += offset
     return f
 
