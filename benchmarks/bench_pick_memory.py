@@ -31,7 +31,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--gb", type=float, default=1.0)
     ap.add_argument("--memory", default="600MB")
-    ap.add_argument("--chunks", default="64,256,256")
+    ap.add_argument("--chunks", default="64,128,128")
     a = ap.parse_args()
     chunks = tuple(int(v) for v in a.chunks.split(","))
 

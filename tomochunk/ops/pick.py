@@ -72,8 +72,11 @@ def _pick_block(block, origin, core_lo, core_hi, *, threshold, spacing, cap, mod
             edt2 = np.full(mask.shape, float(cap * cap))
         else:
             edt2 = ndi.distance_transform_edt(mask, return_distances=True)
-            edt2 = np.minimum(np.rint(edt2 * edt2), cap * cap)  # integer squared distance, capped
-        key = edt2 + _squash(score)
+            np.multiply(edt2, edt2, out=edt2)  # integer squared distance, capped (in place: memory)
+            np.rint(edt2, out=edt2)
+            np.minimum(edt2, cap * cap, out=edt2)
+        edt2 += _squash(score)
+        key = edt2
         footprint = _ball(r, "ball")
         metric = 2
     else:  # nms on the score
