@@ -52,6 +52,42 @@ def _squash(score):
     return 0.5 + np.arctan(np.asarray(score, np.float64)) / np.pi
 
 
+def _ball_maxima(key, mask, r):
+    """``mask & (key == max of key over a ball of radius r)``, without a slow non-separable filter.
+
+    The bounding box (separable filter) proves most maxima, the inscribed box
+    rules most other voxels out, and only the few undecided voxels are checked
+    against every offset of the ball.
+    """
+    from scipy import ndimage as ndi
+
+    big = ndi.maximum_filter(key, size=2 * r + 1, mode="constant", cval=-np.inf)
+    cand = mask & (key == big)
+    ri = int(math.floor(r / math.sqrt(3)))
+    if ri >= 1:
+        small = ndi.maximum_filter(key, size=2 * ri + 1, mode="constant", cval=-np.inf)
+        undecided = mask & (key < big) & (key >= small)
+        del small
+    else:
+        undecided = mask & (key < big)
+    del big
+    pos = np.argwhere(undecided)
+    if len(pos):
+        best = np.full(len(pos), -np.inf)
+        shape = np.asarray(key.shape)
+        for off in np.argwhere(_ball(r, "ball")) - r:
+            if np.all(np.abs(off) <= ri):
+                continue  # inside the inscribed box: already no larger there
+            q = pos + off
+            ok = np.all((q >= 0) & (q < shape), axis=1)
+            v = np.full(len(pos), -np.inf)
+            v[ok] = key[tuple(q[ok].T)]
+            np.maximum(best, v, out=best)
+        win = key[tuple(pos.T)] >= best
+        cand[tuple(pos[win].T)] = True
+    return cand
+
+
 def _pick_block(block, origin, core_lo, core_hi, *, threshold, spacing, cap, mode, full_shape):
     """Picks whose position lies in ``[core_lo, core_hi)`` (global voxel indices).
 
@@ -83,7 +119,9 @@ def _pick_block(block, origin, core_lo, core_hi, *, threshold, spacing, cap, mod
         key = np.where(mask, score.astype(np.float64), -np.inf)
         footprint = _ball(r, "box")
         metric = np.inf
-    if r > 0:
+    if r > 2 and metric == 2:
+        cand = _ball_maxima(key, mask, r)
+    elif r > 0:
         mx = ndi.maximum_filter(key, footprint=footprint, mode="constant", cval=-np.inf)
         cand = mask & (key == mx)
     else:
