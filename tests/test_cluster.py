@@ -81,3 +81,22 @@ def test_bad_input_and_empty_map():
         cluster(np.zeros((5, 5, 5), np.uint8), radius=-1)
     df = cluster(np.zeros((5, 5, 5), np.uint8), radius=3)
     assert len(df) == 0 and list(df.columns) == ["class_label", "x", "y", "z", "size", "obj_id"]
+
+
+def test_numpy_meanshift_equals_sklearn(rng):
+    from sklearn.cluster import MeanShift
+
+    from tomochunk.ops.cluster import _meanshift
+
+    z, y, x = np.ogrid[:24, :24, :24]
+    for _ in range(8):
+        m = np.zeros((24, 24, 24), bool)
+        for _ in range(rng.integers(1, 4)):
+            c, r = rng.integers(6, 18, 3), rng.uniform(2.5, 4.5)
+            m |= (z - c[0]) ** 2 + (y - c[1]) ** 2 + (x - c[2]) ** 2 <= r * r
+        pts = np.argwhere(m)
+        bw = float(rng.choice([2, 3, 4]))
+        ms = MeanShift(bandwidth=bw, bin_seeding=True).fit(pts)
+        centres, labels = _meanshift(pts, bw)
+        np.testing.assert_allclose(np.sort(centres, axis=0), np.sort(ms.cluster_centers_, axis=0), atol=1e-9)
+        assert len(np.unique(labels)) == len(ms.cluster_centers_)

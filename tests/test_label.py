@@ -21,7 +21,8 @@ def test_label_equals_scipy_random(client, rng, connectivity):
     for density in (0.25, 0.45):
         m = rng.random((26, 31, 29)) < density
         ref, n_ref = ndi.label(m, structure)
-        lab, n = label(da.from_array(m, chunks=(9, 11, 10)), connectivity=connectivity)
+        persist = density > 0.3  # both passes: block labels kept on workers, or labelled again
+        lab, n = label(da.from_array(m, chunks=(9, 11, 10)), connectivity=connectivity, persist=persist)
         out = lab.compute()
         assert n == n_ref
         assert out.dtype == np.int32 and out.max() == n
@@ -109,3 +110,13 @@ def test_regionprops_matches_scipy(client, rng):
 def test_regionprops_empty():
     df = regionprops(np.zeros((6, 6, 6), np.int32))
     assert len(df) == 0 and "x" in df.columns
+
+
+@pytest.mark.parametrize("shape,chunks", [((200,), (13,)), ((50, 47), (9, 8)), ((10, 11, 9, 8), (4, 5, 4, 3))])
+def test_label_other_dimensions(rng, shape, chunks):
+    for conn in range(1, len(shape) + 1):
+        m = rng.random(shape) < 0.45
+        ref, n_ref = ndi.label(m, ndi.generate_binary_structure(len(shape), conn))
+        lab, n = label(da.from_array(m, chunks=chunks), connectivity=conn)
+        assert n == n_ref
+        assert _equal_up_to_permutation(ref, lab.compute(scheduler="sync"))

@@ -140,7 +140,9 @@ def interact(child, parent, *, mode: str = "colocalize", radius: float, threshol
     p = p.rechunk(c.chunks)
     depth = int(math.ceil(radius))
     mask = p >= threshold
-    near = mask.map_overlap(_dilate_block, depth=depth, boundary="none", dtype=bool, radius=float(radius)) \
+    # a halo longer than an axis is the whole axis
+    depths = {ax: min(depth, n) for ax, n in enumerate(mask.shape)}
+    near = mask.map_overlap(_dilate_block, depth=depths, boundary="none", dtype=bool, radius=float(radius)) \
         if depth > 0 else mask
     keep = near if mode == "colocalize" else ~near
     out = da.where(keep, c, 0).astype(c.dtype)

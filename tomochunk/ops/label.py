@@ -49,26 +49,25 @@ def _structure(ndim: int, structure=None, connectivity: int = 1) -> np.ndarray:
 
 # --------------------------------------------------------------------------- block tasks
 
-def _label_offset(block, structure, offset):
-    """Label one block; shift labels into this block's private range."""
+def _label_local(block, structure):
+    """Label one block (int32 local labels 1..n_b)."""
     from scipy import ndimage as ndi
 
-    lab, n = ndi.label(np.asarray(block) != 0, structure=structure)
-    lab = lab.astype(np.int64, copy=False)
-    if n:
-        lab[lab > 0] += offset
+    lab, _ = ndi.label(np.asarray(block) != 0, structure=structure, output=np.int32)
     return lab
 
 
-def _count(lab, offset):
-    m = int(lab.max()) if lab.size else 0
-    return m - offset if m > 0 else 0
+def _count(lab):
+    return int(lab.max()) if lab.size else 0
 
 
-def _face(lab, axis, high):
+def _face(lab, axis, high, offset):
+    """One boundary slice of a block, shifted into the block's private label range."""
     idx = [slice(None)] * lab.ndim
     idx[axis] = -1 if high else 0
-    return np.ascontiguousarray(lab[tuple(idx)])
+    f = np.array(lab[tuple(idx)], dtype=np.int64)
+    f[f > 0] += offset
+    return f
 
 
 def _pairs(face0, ring, shapes, deltas):
@@ -115,19 +114,24 @@ def _collect(pairs, counts):
 
 
 def _relabel(block, structure, table):
-    from scipy import ndimage as ndi
+    return table[_label_local(block, structure)]
 
-    lab, _ = ndi.label(np.asarray(block) != 0, structure=structure)
+
+def _lookup(lab, table):
     return table[lab]
 
 
 # --------------------------------------------------------------------------- plan
 
 class _Plan:
-    """What pass 1 found: per-block lookup tables from local to global labels."""
+    """What pass 1 found: per-block lookup tables from local to global labels.
 
-    def __init__(self, mask, structure, tables, n):
-        self.mask, self.structure, self.tables, self.n = mask, structure, tables, n
+    ``local`` holds the persisted block-local labels when they were kept in
+    worker memory (then pass 2 is a lookup), else None (pass 2 labels again).
+    """
+
+    def __init__(self, mask, structure, tables, n, local=None):
+        self.mask, self.structure, self.tables, self.n, self.local = mask, structure, tables, n, local
         self.dtype = np.int32 if n < 2**31 - 1 else np.int64
 
     def labels(self):
@@ -135,15 +139,31 @@ class _Plan:
         from dask.base import tokenize
         from dask.highlevelgraph import HighLevelGraph
 
-        mask = self.mask
-        name = "tc-label-" + tokenize(mask.name, self.structure, self.n, [t.tobytes() for t in self.tables.values()])
-        dsk = {(name,) + idx: (_relabel, (mask.name,) + idx, self.structure, self.tables[idx])
-               for idx in self.tables}
-        graph = HighLevelGraph.from_collections(name, dsk, dependencies=[mask])
-        return da.Array(graph, name, chunks=mask.chunks, dtype=self.dtype)
+        src = self.local if self.local is not None else self.mask
+        name = "tc-label-" + tokenize(src.name, self.structure, self.n,
+                                       [t.tobytes() for t in self.tables.values()])
+        if self.local is not None:
+            dsk = {(name,) + idx: (_lookup, (src.name,) + idx, self.tables[idx]) for idx in self.tables}
+        else:
+            dsk = {(name,) + idx: (_relabel, (src.name,) + idx, self.structure, self.tables[idx])
+                   for idx in self.tables}
+        graph = HighLevelGraph.from_collections(name, dsk, dependencies=[src])
+        return da.Array(graph, name, chunks=src.chunks, dtype=self.dtype)
 
 
-def _plan(mask, structure) -> _Plan:
+def _auto_persist(mask) -> bool:
+    """Keep block labels on the workers when they take under a quarter of their memory."""
+    try:
+        from distributed import get_client
+
+        info = get_client().scheduler_info(n_workers=-1)
+        mem = sum(w.get("memory_limit", 0) or 0 for w in info.get("workers", {}).values())
+    except Exception:  # no distributed client: never hold a whole volume in this process
+        return False
+    return mem > 0 and mask.size * 4 < 0.25 * mem
+
+
+def _plan(mask, structure, persist=False) -> _Plan:
     import dask
     from dask.base import tokenize
     from dask.delayed import Delayed
@@ -155,48 +175,52 @@ def _plan(mask, structure) -> _Plan:
     numblocks = mask.numblocks
     blocks = list(itertools.product(*[range(n) for n in numblocks]))
     stride = int(np.prod([max(c) for c in mask.chunks])) + 1
-    tok = tokenize(mask.name, structure)
-    lname, fname, pname, cname = (f"tc-{s}-{tok}" for s in ("lab1", "face", "pairs", "count"))
+    if persist is None:
+        persist = _auto_persist(mask)
+    local = mask.map_blocks(_label_local, structure, dtype=np.int32)
+    if persist:
+        local = local.persist()
+    tok = tokenize(local.name, structure)
+    lname = local.name
+    fname, pname, cname = (f"tc-{s}-{tok}" for s in ("face", "pairs", "count"))
     dsk = {}
     lin = {idx: int(np.ravel_multi_index(idx, numblocks)) for idx in blocks}
     for idx in blocks:
-        off = lin[idx] * stride
-        dsk[(lname,) + idx] = (_label_offset, (mask.name,) + idx, structure, off)
-        dsk[(cname,) + idx] = (_count, (lname,) + idx, off)
+        dsk[(cname,) + idx] = (_count, (lname,) + idx)
     # offsets (other-axes part) of structure elements that step +1 along an axis
     centre = np.argwhere(structure) - 1
     pair_keys = []
     for axis in range(nd):
         deltas = [tuple(np.delete(d, axis)) for d in centre if d[axis] == 1]
         lateral = list(itertools.product((-1, 0, 1), repeat=nd - 1))
+        other = [i for i in range(nd) if i != axis]
         for idx in blocks:
             if idx[axis] + 1 >= numblocks[axis]:
                 continue
             hi = (fname, axis, 1) + idx
-            dsk[hi] = (_face, (lname,) + idx, axis, True)
+            dsk[hi] = (_face, (lname,) + idx, axis, True, lin[idx] * stride)
             ring = {}
             for pos in lateral:
-                other = [i for i in range(nd) if i != axis]
                 nb = list(idx)
                 nb[axis] += 1
                 ok = True
                 for p, ax in zip(pos, other):
                     nb[ax] += p
                     ok &= 0 <= nb[ax] < numblocks[ax]
-                # corner/edge neighbours are only needed for diagonal structure elements
+                # edge/corner neighbours only matter for diagonal structure elements
                 needed = any(all(p == 0 or p == d for p, d in zip(pos, dl)) for dl in deltas)
                 if not ok or not needed:
                     continue
                 nb = tuple(nb)
                 lo = (fname, axis, 0) + nb
-                dsk.setdefault(lo, (_face, (lname,) + nb, axis, False))
+                dsk.setdefault(lo, (_face, (lname,) + nb, axis, False, lin[nb] * stride))
                 ring[pos] = lo
             key = (pname, axis) + idx
             dsk[key] = (_pairs, hi, (dict, [[pos, k] for pos, k in ring.items()]), None, deltas)
             pair_keys.append(key)
     final = "tc-collect-" + tok
     dsk[final] = (_collect, pair_keys, [(cname,) + idx for idx in blocks])
-    graph = HighLevelGraph.from_collections(final, dsk, dependencies=[mask])
+    graph = HighLevelGraph.from_collections(final, dsk, dependencies=[local])
     pairs, counts = dask.compute(Delayed(final, graph))[0]
 
     cum = np.concatenate([[0], np.cumsum(counts)])
@@ -215,12 +239,12 @@ def _plan(mask, structure) -> _Plan:
     for idx in blocks:
         i = lin[idx]
         tables[idx] = np.concatenate([np.zeros(1, dtype), comp[cum[i]:cum[i + 1]]])
-    log.info("label: %d blocks, %d block-local components, %d face pairs, %d objects",
-             len(blocks), total, len(pairs), n)
-    return _Plan(mask, structure, tables, int(n))
+    log.info("label: %d blocks, %d block-local components, %d face pairs, %d objects%s",
+             len(blocks), total, len(pairs), n, " (block labels kept on workers)" if persist else "")
+    return _Plan(mask, structure, tables, int(n), local if persist else None)
 
 
-def label(mask, *, structure=None, connectivity: int = 1):
+def label(mask, *, structure=None, connectivity: int = 1, persist=None):
     """Label connected components of a lazy mask, distributed over blocks.
 
     Equal to :func:`scipy.ndimage.label` up to a permutation of the labels;
@@ -235,6 +259,11 @@ def label(mask, *, structure=None, connectivity: int = 1):
     connectivity : int
         Used when ``structure`` is None: 1 (faces), 2 (edges) or 3 (corners),
         as in scikit-image.
+    persist : bool, optional
+        Keep the block-local labels of pass 1 in worker memory (4 bytes per
+        voxel) so that computing the result is a table lookup instead of a
+        second labelling. Default: only when a distributed client is active and
+        they take under a quarter of the workers' memory.
 
     Returns
     -------
@@ -246,8 +275,8 @@ def label(mask, *, structure=None, connectivity: int = 1):
     Notes
     -----
     The face graph is solved eagerly (it only holds labels that touch block
-    faces). The returned array labels each block again when computed, so no
-    block-labels are kept in memory between the two passes.
+    faces). Without ``persist`` the returned array labels each block again
+    when computed, so nothing the size of the volume stays in memory.
 
     Examples
     --------
@@ -261,7 +290,7 @@ def label(mask, *, structure=None, connectivity: int = 1):
     if m.ndim < 1:
         raise ShapeError("mask must have at least one dimension")
     s = _structure(m.ndim, structure, connectivity)
-    plan = _plan(m, s)
+    plan = _plan(m, s, persist=persist)
     return plan.labels(), plan.n
 
 

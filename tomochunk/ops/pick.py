@@ -52,6 +52,42 @@ def _squash(score):
     return 0.5 + np.arctan(np.asarray(score, np.float64)) / np.pi
 
 
+def _ball_maxima(key, mask, r):
+    """``mask & (key == max of key over a ball of radius r)``, without a slow non-separable filter.
+
+    The bounding box (separable filter) proves most maxima, the inscribed box
+    rules most other voxels out, and only the few undecided voxels are checked
+    against every offset of the ball.
+    """
+    from scipy import ndimage as ndi
+
+    big = ndi.maximum_filter(key, size=2 * r + 1, mode="constant", cval=-np.inf)
+    cand = mask & (key == big)
+    ri = int(math.floor(r / math.sqrt(3)))
+    if ri >= 1:
+        small = ndi.maximum_filter(key, size=2 * ri + 1, mode="constant", cval=-np.inf)
+        undecided = mask & (key < big) & (key >= small)
+        del small
+    else:
+        undecided = mask & (key < big)
+    del big
+    pos = np.argwhere(undecided)
+    if len(pos):
+        best = np.full(len(pos), -np.inf)
+        shape = np.asarray(key.shape)
+        for off in np.argwhere(_ball(r, "ball")) - r:
+            if np.all(np.abs(off) <= ri):
+                continue  # inside the inscribed box: already no larger there
+            q = pos + off
+            ok = np.all((q >= 0) & (q < shape), axis=1)
+            v = np.full(len(pos), -np.inf)
+            v[ok] = key[tuple(q[ok].T)]
+            np.maximum(best, v, out=best)
+        win = key[tuple(pos.T)] >= best
+        cand[tuple(pos[win].T)] = True
+    return cand
+
+
 def _pick_block(block, origin, core_lo, core_hi, *, threshold, spacing, cap, mode, full_shape):
     """Picks whose position lies in ``[core_lo, core_hi)`` (global voxel indices).
 
@@ -72,15 +108,20 @@ def _pick_block(block, origin, core_lo, core_hi, *, threshold, spacing, cap, mod
             edt2 = np.full(mask.shape, float(cap * cap))
         else:
             edt2 = ndi.distance_transform_edt(mask, return_distances=True)
-            edt2 = np.minimum(np.rint(edt2 * edt2), cap * cap)  # integer squared distance, capped
-        key = edt2 + _squash(score)
+            np.multiply(edt2, edt2, out=edt2)  # integer squared distance, capped (in place: memory)
+            np.rint(edt2, out=edt2)
+            np.minimum(edt2, cap * cap, out=edt2)
+        edt2 += _squash(score)
+        key = edt2
         footprint = _ball(r, "ball")
         metric = 2
     else:  # nms on the score
         key = np.where(mask, score.astype(np.float64), -np.inf)
         footprint = _ball(r, "box")
         metric = np.inf
-    if r > 0:
+    if r > 2 and metric == 2:
+        cand = _ball_maxima(key, mask, r)
+    elif r > 0:
         mx = ndi.maximum_filter(key, footprint=footprint, mode="constant", cval=-np.inf)
         cand = mask & (key == mx)
     else:
@@ -171,7 +212,7 @@ def _centroids(m, threshold, min_size, connectivity):
     from .label import _combine_stats, _stats_tasks
 
     mask = m >= threshold
-    plan = _plan(mask, _structure(3, None, connectivity))
+    plan = _plan(mask, _structure(3, None, connectivity), persist=None)
     if plan.n == 0:
         return np.zeros((0, 4)), np.zeros(0, np.int64)
     parts = dask.compute(*_stats_tasks(plan.labels(), m, None))
