@@ -18,6 +18,7 @@ from pathlib import Path
 
 import tomochunk as tc
 from tomochunk.parallel import client_context
+from tomochunk.io.omezarr import is_complete
 from tomochunk.pipeline import shipped_model
 
 
@@ -41,7 +42,7 @@ def main(argv=None):
         vol, truth, labels = tc.phantom_tomogram(shape, classes=4, seed=3, chunks=256)
         print(f"phantom {shape}: {vol.nbytes / 1e9:.1f} GB float32, {len(truth)} particles (lazy)")
         tc.write_objects(truth, out / "truth.xml")
-        if not (store.exists() and tc.io.omezarr.is_complete(store)):
+        if not (store.exists() and is_complete(store)):
             tc.write_volume(vol, store, voxel_size=truth.attrs["voxel_size"], levels=3)  # streams, resumable
         print(f"written {store} in {time.perf_counter() - t:.0f} s")
         if args.skip_segment:
