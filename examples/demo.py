@@ -55,8 +55,9 @@ def main(argv=None):
     print("[4/4] evaluate against the truth (Hungarian matching within 5 voxels) ...")
     truth["tomo"] = "phantom"
     table = tc.evaluate(picks, truth, max_dist=5)
-    names = {str(k): v for k, v in truth.attrs["classes"].items()}
-    table.insert(0, "name", [names.get(str(c), "") for c in table.index])
+    if "name" not in table:
+        names = {str(k): v for k, v in truth.attrs["classes"].items()}
+        table.insert(0, "name", [names.get(str(c), "") for c in table.index])
     print(table[["name", "n_truth", "n_pred", "tp", "fp", "fn", "precision", "recall", "f1"]]
           .to_string(float_format=lambda x: f"{x:.3f}"))
     per_class = table.drop(index="all")
