@@ -52,7 +52,7 @@ def main():
 
     from tomochunk.io.omezarr import is_complete
     from tomochunk.nn.models import deepfinder_unet, save_model
-    from tomochunk.nn.segment import PROGRESS_DIR, get_model, segment, write_segmentation
+    from tomochunk.nn.segment import PROGRESS_DIR, preload_model, segment, write_segmentation
     from tomochunk.parallel import client_context
 
     keras.utils.set_random_seed(0)
@@ -78,7 +78,7 @@ def main():
         return time.perf_counter() - t
 
     with client_context(n_workers=2) as client:
-        client.run(get_model, kpath)
+        client.run(preload_model, kpath)
         ref = os.path.join(work, "ref.zarr")
         dt = run(ref, client=client)
         print(f"1. undisturbed run: {dt:.1f} s")

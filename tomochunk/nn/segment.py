@@ -74,6 +74,12 @@ def get_model(path):
     return model
 
 
+def preload_model(path) -> int:
+    """Load the model into this process's cache (e.g. ``client.run(preload_model, path)``); returns the load count."""
+    get_model(path)
+    return MODEL_LOADS
+
+
 def _load(path):
     from .models import load_model
 
