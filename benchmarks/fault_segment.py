@@ -64,7 +64,7 @@ def main():
     save_model(deepfinder_unet(3, filters=(4, 6, 8)), kpath)
     vol = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     mrc = os.path.join(work, "tomo.mrc")
-    with mrcfile.new(mrc) as f:
+    with mrcfile.new(mrc, overwrite=True) as f:
         f.set_data(vol)
         f.voxel_size = 10.0
 
