@@ -62,8 +62,8 @@ def synthetic(shape, seed=0):
     rng = np.random.default_rng(seed)
     v = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), 1.5)
     for _ in range(40):  # bright blobs ("particles")
-        c = [rng.integers(10, s - 10) for s in shape]
-        v[tuple(slice(x - 5, x + 5) for x in c)] += 0.5
+        c = [rng.integers(min(10, s // 4), s - min(10, s // 4)) for s in shape]
+        v[tuple(slice(max(0, x - 5), x + 5) for x in c)] += 0.5
     return v * 20 + 100
 
 
