@@ -33,7 +33,41 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 from deepfinder.inference import Segment
 data = np.load(sys.argv[1])
-seg = Segment(Ncl=int(sys.argv[3]), path_weights=sys.argv[2], patch_size=int(sys.argv[4]))
+filters = [int(f) for f in sys.argv[6].split(",")]
+if filters == [32, 48, 64]:
+    seg = Segment(Ncl=int(sys.argv[3]), path_weights=sys.argv[2], patch_size=int(sys.argv[4]))
+else:
+    # DeepFinder's own Segment.launch (tiling, padding, averaging), with the same U-Net layer
+    # sequence built at a smaller width: DeepFinder's my_model hard-codes (32, 48, 64)
+    from tensorflow.keras import Model
+    from tensorflow.keras.layers import Input, Conv3D, MaxPooling3D, UpSampling3D, concatenate
+    P, (a, b, c) = int(sys.argv[4]), filters
+    conv = lambda n, k=3: Conv3D(n, (k,) * 3, padding="same", activation="relu")
+    inp = Input(shape=(P, P, P, 1))
+    x = conv(a)(inp)
+    high = conv(a)(x)
+    x = MaxPooling3D((2, 2, 2), strides=None)(high)
+    x = conv(b)(x)
+    mid = conv(b)(x)
+    x = MaxPooling3D((2, 2, 2), strides=None)(mid)
+    for _ in range(4):
+        x = conv(c)(x)
+    x = UpSampling3D(size=(2, 2, 2))(x)
+    x = conv(c, 2)(x)
+    x = concatenate([x, mid])
+    x = conv(b)(x)
+    x = conv(b)(x)
+    x = UpSampling3D(size=(2, 2, 2))(x)
+    x = conv(b, 2)(x)
+    x = concatenate([x, high])
+    x = conv(a)(x)
+    x = conv(a)(x)
+    out = Conv3D(int(sys.argv[3]), (1, 1, 1), padding="same", activation="softmax")(x)
+    net = Model(inp, out)
+    net.load_weights(sys.argv[2])
+    seg = Segment.__new__(Segment)
+    seg.Ncl, seg.P, seg.pcrop, seg.poverlap, seg.net = int(sys.argv[3]), P, 25, 55, net
+    seg.obs_list, seg.path_weights = [], sys.argv[2]
 t = time.perf_counter()
 scores = seg.launch(data)
 dt = time.perf_counter() - t
@@ -113,7 +147,7 @@ def main():
         print(f"DeepFinder Segment (cached): {df_time:.1f} s, {n_vox / df_time / 1e6:.3f} Mvox/s")
     elif os.path.exists(args.df):
         r = subprocess.run([args.df, "-c", DF_CHILD, os.path.join(work, "vol.npy"), h5, str(args.classes),
-                            str(args.patch), df_out], capture_output=True, text=True)
+                            str(args.patch), df_out, ",".join(map(str, filters))], capture_output=True, text=True)
         line = [ln for ln in r.stdout.splitlines() if ln.startswith("DFTIME")]
         if r.returncode or not line:
             print("DeepFinder failed:", r.stderr[-2000:])
