@@ -1,0 +1,195 @@
+"""DeepFinder's ``Segment`` against ``tomochunk.segment`` with the same weights: equivalence and speed.
+
+Targets (issue 5): patch 160 on a 200x256x256 volume, max |delta| <= 1e-3, voxels/s >= 4x
+DeepFinder; achieved GFLOP/s against the raw network cost (~0.38 MFLOP per voxel), whose
+ratio is the overlap overhead (target <= 1.4x).
+
+DeepFinder runs in its own venv (``/work/venvs/df``, cryoet-deepfinder, TensorFlow 2.13); the
+weights go there as a DeepFinder ``.h5`` written by ``tomochunk.save_model``. tomochunk runs on
+an embedded LocalCluster (warmed up: TensorFlow imported and the model loaded once, as
+DeepFinder's timing also excludes building its network), writing the OME-Zarr output.
+
+    .venv/bin/python benchmarks/bench_segment.py [--shape 200,256,256] [--patch 160] [--classes 4]
+        [--fast-patch 0] [--workers 1] [--df /work/venvs/df/bin/python]
+
+``--fast-patch N`` adds a run with larger patches (the network is fully convolutional),
+which is not DeepFinder's tiling but shows what the overlap overhead costs.
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+
+DF_CHILD = r"""
+import os, sys, time
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import numpy as np
+from deepfinder.inference import Segment
+data = np.load(sys.argv[1])
+filters = [int(f) for f in sys.argv[6].split(",")]
+if filters == [32, 48, 64]:
+    seg = Segment(Ncl=int(sys.argv[3]), path_weights=sys.argv[2], patch_size=int(sys.argv[4]))
+else:
+    # DeepFinder's own Segment.launch (tiling, padding, averaging), with the same U-Net layer
+    # sequence built at a smaller width: DeepFinder's my_model hard-codes (32, 48, 64)
+    from tensorflow.keras import Model
+    from tensorflow.keras.layers import Input, Conv3D, MaxPooling3D, UpSampling3D, concatenate
+    P, (a, b, c) = int(sys.argv[4]), filters
+    conv = lambda n, k=3: Conv3D(n, (k,) * 3, padding="same", activation="relu")
+    inp = Input(shape=(P, P, P, 1))
+    x = conv(a)(inp)
+    high = conv(a)(x)
+    x = MaxPooling3D((2, 2, 2), strides=None)(high)
+    x = conv(b)(x)
+    mid = conv(b)(x)
+    x = MaxPooling3D((2, 2, 2), strides=None)(mid)
+    for _ in range(4):
+        x = conv(c)(x)
+    x = UpSampling3D(size=(2, 2, 2))(x)
+    x = conv(c, 2)(x)
+    x = concatenate([x, mid])
+    x = conv(b)(x)
+    x = conv(b)(x)
+    x = UpSampling3D(size=(2, 2, 2))(x)
+    x = conv(b, 2)(x)
+    x = concatenate([x, high])
+    x = conv(a)(x)
+    x = conv(a)(x)
+    out = Conv3D(int(sys.argv[3]), (1, 1, 1), padding="same", activation="softmax")(x)
+    net = Model(inp, out)
+    net.load_weights(sys.argv[2])
+    seg = Segment.__new__(Segment)
+    seg.Ncl, seg.P, seg.pcrop, seg.poverlap, seg.net = int(sys.argv[3]), P, 25, 55, net
+    seg.obs_list, seg.path_weights = [], sys.argv[2]
+t = time.perf_counter()
+scores = seg.launch(data)
+dt = time.perf_counter() - t
+np.save(sys.argv[5], np.moveaxis(scores, -1, 0))  # [z,y,x,c] -> [c,z,y,x]
+print("DFTIME", dt)
+"""
+
+
+def network_flops_per_voxel(model_builder, patch):
+    """Multiply-adds x 2 of every convolution, per voxel of the output (full resolution)."""
+    m = model_builder(patch)
+    total = 0.0
+    for layer in m.layers:
+        if type(layer).__name__ == "Conv3D":
+            k = np.prod(layer.kernel_size)
+            cin = layer.input.shape[-1]
+            cout = layer.filters
+            out_vox = np.prod(layer.output.shape[1:4])
+            total += 2.0 * k * cin * cout * out_vox
+    return total / patch ** 3
+
+
+def synthetic(shape, seed=0):
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    v = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), 1.5)
+    for _ in range(40):  # bright blobs ("particles")
+        c = [rng.integers(min(10, s // 4), s - min(10, s // 4)) for s in shape]
+        v[tuple(slice(max(0, x - 5), x + 5) for x in c)] += 0.5
+    return v * 20 + 100
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shape", default="200,256,256")
+    ap.add_argument("--patch", type=int, default=160)
+    ap.add_argument("--crop", type=int, default=25)
+    ap.add_argument("--classes", type=int, default=4)
+    ap.add_argument("--filters", default="32,48,64")
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--fast-patch", type=int, default=0)
+    ap.add_argument("--df", default="/work/venvs/df/bin/python")
+    ap.add_argument("--dir", default=None)
+    args = ap.parse_args()
+
+    import keras
+    import zarr
+
+    import tomochunk
+    from tomochunk.nn.models import deepfinder_unet, save_model
+    from tomochunk.nn.segment import preload_model, segment, write_segmentation
+
+    shape = tuple(int(s) for s in args.shape.split(","))
+    filters = tuple(int(f) for f in args.filters.split(","))
+    work = args.dir or tempfile.mkdtemp(prefix="bench_segment_")
+    os.makedirs(work, exist_ok=True)
+    vol = synthetic(shape)
+    if not os.path.exists(os.path.join(work, "vol.npy")):
+        np.save(os.path.join(work, "vol.npy"), vol)
+    keras.utils.set_random_seed(0)
+    model = deepfinder_unet(args.classes, filters=filters)
+    kpath = os.path.join(work, "net.keras")
+    h5 = os.path.join(work, "net_weights.h5")
+    save_model(model, kpath, legacy_h5=h5)
+    fpv = network_flops_per_voxel(lambda p: deepfinder_unet(args.classes, p, filters=filters), 64)
+    n_vox = int(np.prod(shape))
+    print(f"volume {shape} ({n_vox / 1e6:.1f} Mvox), patch {args.patch}, crop {args.crop}, "
+          f"{args.classes} classes, filters {filters}: {fpv / 1e6:.3f} MFLOP/voxel raw network cost")
+
+    # --- DeepFinder ---
+    df_out = os.path.join(work, "df_scores.npy")
+    df_time = None
+    tfile = df_out + ".time"
+    if os.path.exists(tfile) and os.path.exists(df_out):  # reuse a finished DeepFinder run of this setup
+        df_time = float(open(tfile).read())
+        print(f"DeepFinder Segment (cached): {df_time:.1f} s, {n_vox / df_time / 1e6:.3f} Mvox/s")
+    elif os.path.exists(args.df):
+        r = subprocess.run([args.df, "-c", DF_CHILD, os.path.join(work, "vol.npy"), h5, str(args.classes),
+                            str(args.patch), df_out, ",".join(map(str, filters))], capture_output=True, text=True)
+        line = [ln for ln in r.stdout.splitlines() if ln.startswith("DFTIME")]
+        if r.returncode or not line:
+            print("DeepFinder failed:", r.stderr[-2000:])
+        else:
+            df_time = float(line[0].split()[1])
+            open(tfile, "w").write(str(df_time))
+            print(f"DeepFinder Segment: {df_time:.1f} s, {n_vox / df_time / 1e6:.3f} Mvox/s")
+    else:
+        print("no DeepFinder venv at", args.df)
+
+    # --- tomochunk ---
+    from tomochunk.parallel import client_context
+
+    with client_context(n_workers=args.workers) as client:
+        client.run(preload_model, kpath)  # warm: TensorFlow imported and the model loaded once per worker
+        print("dashboard", client.dashboard_link)
+        runs = [("crop", args.patch)] + ([("crop", args.fast_patch)] if args.fast_patch else [])
+        for blend, patch in runs:
+            store = os.path.join(work, f"ours_{patch}.zarr")
+            t = time.perf_counter()
+            scores = segment(vol, kpath, patch_size=patch, crop=args.crop, blend=blend, client=client)
+            write_segmentation(scores, store, dtype="float32", overwrite=True, client=client)
+            dt = time.perf_counter() - t
+            ours = zarr.open_array(os.path.join(store, "labels", "scores", "0"))[:]
+            # executed network cost: every patch is predicted whole
+            from tomochunk.nn.segment import _axis_plan, _weights
+
+            core = patch - 2 * args.crop
+            n_patches = np.prod([len(_axis_plan(n, patch, args.crop, 4, 1, _weights(core, "crop")).starts)
+                                 for n in shape])
+            executed = n_patches * patch ** 3 * fpv
+            raw = n_vox * fpv
+            print(f"tomochunk patch {patch}: {dt:.1f} s, {n_vox / dt / 1e6:.3f} Mvox/s, "
+                  f"{executed / dt / 1e9:.1f} GFLOP/s executed, {raw / dt / 1e9:.1f} GFLOP/s useful "
+                  f"(raw cost {fpv / 1e6:.3f} MFLOP/voxel); overlap overhead {executed / raw:.2f}x "
+                  f"({n_patches} patches of {patch}^3)")
+            if df_time:
+                df = np.load(df_out).astype(np.float32)
+                print(f"  vs DeepFinder: max |delta| = {np.abs(ours - df).max():.2e}, "
+                      f"speed ratio = {df_time / dt:.2f}x, labels agree on "
+                      f"{(ours.argmax(0) == df.argmax(0)).mean() * 100:.3f}% of voxels")
+
+
+if __name__ == "__main__":
+    main()
