@@ -625,10 +625,11 @@ def merge_annotations(spots, events, shape, *, match_radius=5.0, match_frames=No
         labels = paint_objects([(sp, SPOT, (spot_radius,)), (ev, EVENT, radii)], shape, chunks=chunks)
     else:
         chunks = _movie_chunks(shape, chunks)
-        spot_map = spot_map.rechunk(chunks)
+        # whole frames per block: a per-frame component may span storage chunks in y, x
+        spot_map = spot_map.rechunk((chunks[0], shape[1], shape[2]))
         # drop the removed spots' pixels: per-frame components whose centroid matched an event
         rm = _points(removed, SPOT)[0]
-        base = da.map_blocks(_erase_components, spot_map, rm, dtype=np.uint8)
+        base = da.map_blocks(_erase_components, spot_map, rm, dtype=np.uint8).rechunk(chunks)
         events_map = paint_objects([(ev, EVENT, radii)], shape, chunks=chunks).data
         labels = _as_tyx(da.maximum(base, events_map))
     if labels_path is not None:
@@ -646,7 +647,7 @@ def _erase_components(block, removed, block_info=None):
     """Class-1 map of a detector block, without the per-frame components listed in ``removed``."""
     from scipy import ndimage as ndi
 
-    (t0, t1), (y0, y1), (x0, x1) = block_info[0]["array-location"]
+    (t0, t1), (y0, y1), (x0, x1) = block_info[0]["array-location"]  # whole frames: y0 = x0 = 0
     out = (np.asarray(block) > 0).astype(np.uint8)
     sel = (removed[:, 0] >= t0) & (removed[:, 0] < t1) if len(removed) else np.zeros(0, bool)
     for t, y, x in removed[sel]:
