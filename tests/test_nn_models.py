@@ -1,0 +1,130 @@
+"""DeepFinder U-Net: build, .keras and legacy .h5 round trips, errors, backend neutrality."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+import tomochunk
+from tomochunk.errors import FormatError, MissingError, ValueProblem
+from tomochunk.nn.models import check_patch_shape, deepfinder_unet, load_model, model_info, save_model
+
+NN_DIR = Path(tomochunk.__file__).parent / "nn"
+
+
+@pytest.fixture(scope="module")
+def model():
+    m = deepfinder_unet(3, filters="small")
+    rng = np.random.default_rng(0)
+    # non-trivial weights so that a wrong layer order shows in the predictions
+    m.set_weights([rng.normal(0, 0.3, w.shape).astype("float32") for w in m.get_weights()])
+    return m
+
+
+@pytest.fixture(scope="module")
+def patch():
+    return np.random.default_rng(1).normal(size=(1, 16, 16, 16, 1)).astype("float32")
+
+
+def test_architecture(model, patch):
+    convs = [l for l in model.layers if l.weights]
+    assert len(convs) == 15
+    assert [tuple(l.kernel.shape) for l in convs][8] == (2, 2, 2, 16, 16)
+    y = model.predict(patch, verbose=0)
+    assert y.shape == (1, 16, 16, 16, 3)
+    np.testing.assert_allclose(y.sum(-1), 1, atol=1e-5)
+    full = deepfinder_unet(5)
+    assert full.count_params() > 500_000 and model_info(full)["filters"] == (32, 48, 64)
+    assert tomochunk.deepfinder_unet is deepfinder_unet
+
+
+def test_anisotropic():
+    m = deepfinder_unet(2, anisotropic=True, filters=(4, 4, 4))
+    assert model_info(m)["multiple"] == (1, 4, 4)
+    assert m.predict(np.zeros((1, 5, 8, 8, 1), "float32"), verbose=0).shape == (1, 5, 8, 8, 2)
+
+
+def test_patch_size_checks():
+    assert check_patch_shape(16) == (16, 16, 16)
+    assert check_patch_shape((3, 8, 8), anisotropic=True) == (3, 8, 8)
+    with pytest.raises(ValueProblem, match="multiple of 4"):
+        check_patch_shape(18)
+    with pytest.raises(ValueProblem, match="multiple of 4"):
+        deepfinder_unet(3, 22)
+
+
+def test_keras_round_trip(model, patch, tmp_path):
+    y = model.predict(patch, verbose=0)
+    out = save_model(model, tmp_path / "m.keras", legacy_h5=tmp_path / "net_weights_FINAL.h5")
+    np.testing.assert_array_equal(load_model(out).predict(patch, verbose=0), y)
+    legacy = load_model(tmp_path / "net_weights_FINAL.h5")
+    np.testing.assert_allclose(legacy.predict(patch, verbose=0), y, atol=1e-6)
+    with h5py.File(tmp_path / "net_weights_FINAL.h5") as f:   # tf.keras 2 save_weights layout
+        assert [getattr(n, "decode", lambda: n)() for n in f.attrs["layer_names"]][:2] == ["conv3d", "conv3d_1"]
+        assert "conv3d/kernel:0" in f["conv3d"]
+
+
+def test_keras3_legacy_h5_full_model(model, patch, tmp_path):
+    # Keras 3 still writes the legacy full-model HDF5 layout (model_weights group).
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.save(tmp_path / "full.h5")
+    with h5py.File(tmp_path / "full.h5") as f:
+        assert "model_weights" in f
+    np.testing.assert_allclose(load_model(tmp_path / "full.h5").predict(patch, verbose=0),
+                               model.predict(patch, verbose=0), atol=1e-6)
+
+
+def test_bad_files(tmp_path):
+    import keras
+
+    with pytest.raises(MissingError):
+        load_model(tmp_path / "nope.h5")
+    (tmp_path / "junk.h5").write_bytes(b"not hdf5")
+    with pytest.raises(FormatError, match="junk.h5"):
+        load_model(tmp_path / "junk.h5")
+    other = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.Dense(2)])
+    save_model(other, tmp_path / "other.h5")
+    with pytest.raises(FormatError, match="other.h5.*another architecture"):
+        load_model(tmp_path / "other.h5")
+    with h5py.File(tmp_path / "empty.h5", "w") as f:
+        f["dataset"] = np.zeros(3)
+    with pytest.raises(FormatError, match="empty.h5"):
+        load_model(tmp_path / "empty.h5")
+
+
+def test_no_tensorflow_in_nn_code():
+    import ast
+
+    for py in NN_DIR.glob("*.py"):
+        for node in ast.walk(ast.parse(py.read_text())):
+            if isinstance(node, ast.Name):
+                assert node.id not in ("tf", "tensorflow"), f"{py}:{node.lineno}"
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                mods = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
+                assert not any(m.split(".")[0] == "tensorflow" for m in mods), f"{py}:{node.lineno}"
+
+
+_JAX_SCRIPT = """
+import sys, numpy as np
+from tomochunk.nn.models import load_model
+m = load_model(sys.argv[1])
+x = np.load(sys.argv[2])
+np.save(sys.argv[3], np.asarray(m.predict(x, verbose=0)))
+"""
+
+
+@pytest.mark.skipif(not __import__("importlib").util.find_spec("jax"), reason="jax not installed")
+def test_same_predictions_under_jax(model, patch, tmp_path):
+    save_model(model, tmp_path / "m.keras")
+    np.save(tmp_path / "x.npy", patch)
+    env = dict(os.environ, KERAS_BACKEND="jax", PYTHONPATH=str(NN_DIR.parent.parent))
+    subprocess.run([sys.executable, "-c", _JAX_SCRIPT, str(tmp_path / "m.keras"), str(tmp_path / "x.npy"),
+                    str(tmp_path / "y.npy")], check=True, env=env)
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), model.predict(patch, verbose=0), atol=1e-4)
