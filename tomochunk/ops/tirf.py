@@ -869,3 +869,149 @@ def read_dataset(manifest):
                 if k not in e:
                     raise FormatError(f"{split} entry {i} has no {k!r}", p)
     return data
+
+
+# --- training and segmentation with the anisotropic network ----------------------------------
+
+#: Training patches for movies ``(t, y, x)``: the anisotropic network pools only in y and x,
+#: so t may be any size; y and x must be multiples of 4.
+MOVIE_TRAIN_PATCH = (16, 48, 48)
+#: Segmentation patch side: ExoDeepFinder's default (160 frames x 160 x 160 pixels).
+MOVIE_SEGMENT_PATCH = 160
+N_CLASSES = 3  # background, bright spot, exocytosis
+
+
+def _dataset_lists(manifest):
+    """(movies, targets, objects_train, objects_valid) from a manifest; ``tomo`` = index in movies."""
+    import pandas as pd
+
+    data = read_dataset(manifest)
+    entries = data["train"] + data["valid"]
+    movies = [e["movie"] for e in entries]
+    targets = [e["target"] for e in entries]
+    lists = []
+    for i, e in enumerate(entries):
+        df, _ = _objects(e["objects"], "object list")
+        df = df.copy()
+        df["tomo"] = i
+        lists.append(df)
+    n_train = len(data["train"])
+    ot = pd.concat(lists[:n_train], ignore_index=True) if n_train else _empty_objects()
+    ov = pd.concat(lists[n_train:], ignore_index=True) if len(lists) > n_train else ot.iloc[:0]
+    for df in (ot, ov):
+        df.attrs["voxel_size"] = 1.0
+    return movies, targets, ot, ov
+
+
+def train_events(manifest, outdir, *, patch_size=MOVIE_TRAIN_PATCH, epochs=50, steps_per_epoch=100, batch_size=4,
+                 filters="default", model=None, **kw):
+    """Train the anisotropic DeepFinder network (3 classes) on a dataset manifest.
+
+    A thin wrapper over :func:`tomochunk.nn.train.train` with movie defaults: the
+    ``(1, 2, 2)``-pooling network of ExoDeepFinder, patches of ``(16, 48, 48)`` frames x
+    pixels, y/x flips and swaps as augmentation, and per-frame 1-99 percentile
+    normalisation of the movies.
+
+    Parameters
+    ----------
+    manifest : path
+        Written by :func:`make_dataset`.
+    outdir : path
+        Checkpoints, history and the final model.
+    model : keras.Model or path, optional
+        Start from this network (default: a new ``deepfinder_unet(3, anisotropic=True)``).
+    **kw
+        Passed on to :func:`tomochunk.nn.train.train`.
+
+    Returns
+    -------
+    The value of :func:`tomochunk.nn.train.train` (the trained model / its path).
+
+    Examples
+    --------
+    >>> train_events("dataset/dataset.json", "model/", epochs=30)  # doctest: +SKIP
+    """
+    from ..nn.models import deepfinder_unet, load_model
+    from ..nn.train import train
+    from .normalize import normalize
+
+    movies, targets, ot, ov = _dataset_lists(manifest)
+    vols = [normalize(_movie_array(m)[0], method="percentile") for m in movies]
+    tgts = [_movie_array(t)[0] for t in targets]
+    if model is None:
+        model = deepfinder_unet(N_CLASSES, filters=filters, anisotropic=True)
+    elif isinstance(model, (str, Path)):
+        model = load_model(model, anisotropic=True)
+    kw.setdefault("augment", "movie")
+    return train(vols, tgts, ot, ov, n_classes=N_CLASSES, patch_size=patch_size, batch_size=batch_size,
+                 epochs=epochs, steps_per_epoch=steps_per_epoch, model=model, outdir=outdir, **kw)
+
+
+def _load_movie_model(model):
+    from ..nn.models import load_model
+
+    if isinstance(model, (str, Path)):
+        p = Path(model)
+        if not p.exists():
+            raise MissingError("no such model file", p)
+        # ExoDeepFinder's weight files are for the (1, 2, 2)-pooling network
+        return load_model(p, anisotropic=True) if p.suffix.lower() == ".h5" else load_model(p)
+    return model
+
+
+def segment_movie(movie, model, *, patch_size=MOVIE_SEGMENT_PATCH, normalize="percentile", **kw):
+    """Lazy ``[c, t, y, x]`` class scores of a movie (background, spot, exocytosis).
+
+    :func:`tomochunk.nn.segment.segment` with movie defaults: per-frame 1-99 percentile
+    normalisation (as ExoDeepFinder), 160-sided patches, and ExoDeepFinder ``.h5`` weights
+    loaded into the anisotropic network.
+
+    Examples
+    --------
+    >>> scores = segment_movie("cell1.zarr", "model.keras")  # doctest: +SKIP
+    """
+    from ..nn.segment import segment
+
+    data, _ = _movie_array(movie)
+    return segment(data, _load_movie_model(model), patch_size=patch_size, normalize=normalize, **kw)
+
+
+def segment_movies(movies, model, outdir, *, patch_size=MOVIE_SEGMENT_PATCH, overwrite=False, scores=False, **kw):
+    """Segment movies into ``outdir/<movie>_segmentation.zarr`` label maps (0, 1 spot, 2 exocytosis).
+
+    Complete outputs are skipped unless ``overwrite``; ``scores=True`` also writes the
+    float class scores (``<movie>_scores.zarr``).
+
+    Returns
+    -------
+    dict
+        ``{movie: output path}``.
+
+    Examples
+    --------
+    >>> segment_movies(["cell1.zarr", "cell2.zarr"], "model.keras", "seg/")  # doctest: +SKIP
+    """
+    from ..io.omezarr import is_complete
+    from ..io.volume import write_volume
+    from ..nn.segment import labelmap
+
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    net = _load_movie_model(model)
+    if isinstance(movies, (str, Path)):
+        movies = [movies]
+    done = {}
+    for m in movies:
+        stem = Path(m).name[:-5] if str(m).endswith(".zarr") else Path(m).stem
+        dst = outdir / f"{stem}_segmentation.zarr"
+        done[str(m)] = dst
+        if dst.exists() and not overwrite and is_complete(dst):
+            log.info("skip complete %s", dst)
+            continue
+        sc = segment_movie(m, net, patch_size=patch_size, **kw)
+        if scores:
+            write_volume(sc.astype(np.float16), outdir / f"{stem}_scores.zarr", levels=1, overwrite=True)
+        lab = labelmap(sc)
+        write_volume(_as_tyx(getattr(lab, "data", lab).astype(np.uint8)), dst, levels=1, overwrite=True)
+        log.info("segmented %s -> %s", m, dst)
+    return done
