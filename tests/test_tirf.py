@@ -297,3 +297,52 @@ def test_make_dataset_manifest(tmp_path):
         tirf.make_dataset(paths["movie"], paths["target"][:2], paths["objects"], tmp_path / "ds")
     with pytest.raises(MissingError):
         tirf.make_dataset([tmp_path / "no.zarr"], paths["target"][:1], paths["objects"][:1], tmp_path / "ds")
+
+
+# --- CLI -----------------------------------------------------------------------------------
+
+def test_cli_convert_and_missing_frame(tmp_path, capsys):
+    from tomochunk.cli import main
+
+    _frames(tmp_path / "exp" / "cell1", 3)
+    assert main(["tirf", "convert", str(tmp_path / "exp"), "-o", str(tmp_path / "zarr")]) == 0
+    assert (tmp_path / "zarr" / "cell1.zarr").exists()
+    _frames(tmp_path / "exp" / "cell2", 4, skip=1)
+    assert main(["tirf", "convert", str(tmp_path / "exp"), "-o", str(tmp_path / "zarr")]) == 2
+    err = capsys.readouterr().err
+    assert "frame0002.tif" in err and "missing" in err and "Traceback" not in err
+
+
+@needs_objects_io
+def test_cli_detect_annotate_merge_dataset(tmp_path, movie):
+    from tomochunk.cli import main
+    from tomochunk.io.objects import read_objects, write_objects
+    from tomochunk.io.volume import open_volume, write_volume
+
+    mov, truth = movie
+    write_volume(_as_xr(mov), tmp_path / "cell1.zarr", levels=1)
+    m = str(tmp_path / "cell1.zarr")
+    assert main(["tirf", "detect", m, "-o", str(tmp_path / "spots"), "--labels"]) == 0
+    assert len(read_objects(tmp_path / "spots" / "cell1_spots.csv")) >= 30
+    write_objects(_events([(10, 12, 3), (40, 40, 20)]), tmp_path / "expert_annotation.csv")
+    assert main(["tirf", "annotate", m, str(tmp_path / "expert_annotation.csv"),
+                 "-o", str(tmp_path / "expert_segmentation.zarr")]) == 0
+    assert int((open_volume(tmp_path / "expert_segmentation.zarr").values > 0).sum()) == 2 * 63
+    assert main(["tirf", "merge", m, "--spots", str(tmp_path / "spots" / "cell1_spots.csv"),
+                 "--events", str(tmp_path / "expert_annotation.csv"), "-o", str(tmp_path / "cell1"),
+                 "--max-spots", "10"]) == 0
+    objs = read_objects(tmp_path / "cell1" / "merged_annotation.xml")
+    assert (objs.class_label == 2).sum() == 2 and (objs.class_label == 1).sum() == 10
+    assert main(["tirf", "dataset", "--movies", m, m, "--targets", *[str(tmp_path / "cell1" / "merged_segmentation.zarr")] * 2,
+                 "--objects", *[str(tmp_path / "cell1" / "merged_annotation.xml")] * 2,
+                 "-o", str(tmp_path / "ds")]) == 0
+    assert (tmp_path / "ds" / "dataset.json").exists()
+    bad = tmp_path / "bad_annotation.csv"
+    bad.write_text("tomo_idx,class_label,x,y,z\n0,2,10,12,3\n")
+    assert main(["tirf", "annotate", m, str(bad), "-o", str(tmp_path / "x.zarr")]) == 2
+
+
+def _as_xr(a):
+    import xarray as xr
+
+    return xr.DataArray(a, dims=("t", "y", "x"), attrs={"voxel_size": 1.0})
