@@ -1,0 +1,104 @@
+"""Training from lazy arrays: outputs, resume, metrics, clear errors."""
+
+import dask.array as da
+import numpy as np
+import pandas as pd
+import pytest
+import zarr
+
+import tomochunk
+from tomochunk.errors import ShapeError, ValueProblem
+from tomochunk.nn.train import PatchSampler, _objects, class_scores, train
+from tomochunk.targets import spheres
+
+
+def _phantom(seed, shape=(32, 40, 40), n=12):
+    rng = np.random.default_rng(seed)
+    objs = pd.DataFrame({"class_label": rng.integers(1, 3, n), "x": rng.uniform(4, shape[2] - 4, n),
+                         "y": rng.uniform(4, shape[1] - 4, n), "z": rng.uniform(4, shape[0] - 4, n)})
+    lab = spheres(objs, shape, {1: 2, 2: 4}, chunks=16).compute()
+    vol = (lab > 0).astype(np.float32) + rng.normal(0, 0.5, shape).astype(np.float32)
+    return vol, lab, objs
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("train")
+    vols, tgts, objs = {}, {}, []
+    for i, tomo in enumerate(("a", "b")):
+        vol, lab, o = _phantom(i)
+        z = zarr.open_array(str(d / f"{tomo}.zarr"), mode="w", shape=vol.shape, chunks=(16, 16, 16),
+                            dtype="f4")
+        z[:] = vol
+        vols[tomo] = da.from_zarr(str(d / f"{tomo}.zarr"))          # lazy
+        tgts[tomo] = zarr.open_array(str(d / f"{tomo}_t.zarr"), mode="w", shape=lab.shape,
+                                     chunks=(16, 16, 16), dtype="u1")
+        tgts[tomo][:] = lab
+        objs.append(o.assign(tomo=tomo))
+    return vols, tgts, objs[0], objs[1]
+
+
+KW = dict(n_classes=3, patch_size=16, batch_size=2, steps_per_epoch=3, valid_steps=1,
+          filters=(4, 4, 8), progress=False, lr=1e-3)
+
+
+def test_train_outputs_and_resume(data, tmp_path):
+    vols, tgts, otrain, ovalid = data
+    model, hist = train(vols, tgts, otrain, ovalid, epochs=2, checkpoint_every=1, out_dir=tmp_path, **KW)
+    assert list(hist["epoch"]) == [1, 2]
+    for c in range(3):
+        assert hist[f"val_f1_{c}"].between(0, 1).all()
+    assert (hist["patches_per_s"] > 0).all()
+    for name in ("history.csv", "history.png", "checkpoint_epoch0001.keras", "checkpoint_epoch0002.keras",
+                 "model_final.keras", "net_weights_FINAL.h5"):
+        assert (tmp_path / name).exists(), name
+    legacy = tomochunk.load_model(tmp_path / "net_weights_FINAL.h5")
+    x = np.random.default_rng(0).normal(size=(1, 16, 16, 16, 1)).astype("f4")
+    np.testing.assert_allclose(legacy.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+    # resume: continues at epoch 3 and keeps the first two rows
+    _, hist2 = train(vols, tgts, otrain, ovalid, epochs=3, checkpoint_every=5, out_dir=tmp_path,
+                     resume=True, **KW)
+    assert list(hist2["epoch"]) == [1, 2, 3]
+    np.testing.assert_allclose(hist2["loss"][:2], hist["loss"])
+    assert (tmp_path / "checkpoint_epoch0003.keras").exists()
+    assert tomochunk.train is train
+
+
+def test_sampler_augment_and_normalise(data):
+    vols, tgts, otrain, _ = data
+    objs = _objects(otrain.assign(tomo="a"), ["a", "b"], "objects")
+    s = PatchSampler(vols, tgts, objs, 3, (16, 16, 16), shift=3, augment="tomo")
+    x, y = s.batch(np.random.default_rng(0), 4)
+    assert x.shape == (4, 16, 16, 16, 1) and x.dtype == np.float32 and y.shape == (4, 16, 16, 16)
+    np.testing.assert_allclose(x.mean(axis=(1, 2, 3, 4)), 0, atol=1e-4)
+    assert s.onehot(y).shape == (4, 16, 16, 16, 3)
+    # a 180° turn about y keeps each patch consistent with its target (same data/label pairing)
+    rng = np.random.default_rng(5)
+    xa, ya = s.patch_at(0, np.random.default_rng(1))
+    xr, yr = s._augment(xa, ya, np.random.default_rng(2))
+    assert {(xr == xa).all(), (xr == xa[::-1, :, ::-1]).all()} >= {True}
+    m = PatchSampler(vols, tgts, objs, 3, (4, 16, 16), shift=0, augment="movie")
+    xm, ym = m.batch(rng, 3)
+    assert xm.shape == (3, 4, 16, 16, 1)
+
+
+def test_class_scores():
+    p, r, f = class_scores(np.array([[8, 2, 0], [1, 3, 0], [0, 0, 0]]))
+    assert p[1] == pytest.approx(0.6) and r[1] == pytest.approx(0.75) and f[2] == 0
+
+
+def test_errors(data, tmp_path):
+    vols, tgts, otrain, ovalid = data
+    with pytest.raises(ValueProblem, match="multiple of 4"):
+        train(vols, tgts, otrain, ovalid, epochs=1, out_dir=tmp_path, **{**KW, "patch_size": 18})
+    with pytest.raises(ValueProblem, match=r"\['c'\]"):
+        train(vols, tgts, otrain.assign(tomo="c"), ovalid, epochs=1, out_dir=tmp_path, **KW)
+    with pytest.raises(ValueProblem, match="n_classes"):
+        train(vols, tgts, otrain, ovalid, epochs=1, out_dir=tmp_path, **{**KW, "n_classes": 2})
+    # labels in the target beyond n_classes (object list fine)
+    bad = {k: np.asarray(v[:]) * 2 for k, v in tgts.items()}
+    with pytest.raises(ValueProblem, match="n_classes"):
+        train(vols, bad, otrain.assign(class_label=1), ovalid.assign(class_label=1), epochs=1,
+              out_dir=tmp_path, **KW)
+    with pytest.raises(ShapeError):
+        train(vols, {k: np.zeros((8, 8, 8)) for k in tgts}, otrain, ovalid, epochs=1, out_dir=tmp_path, **KW)

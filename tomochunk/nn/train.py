@@ -1,0 +1,463 @@
+"""Train the DeepFinder U-Net on patches streamed from lazy volumes.
+
+Patches are cut straight out of Zarr / HDF5 / MRC / dask / xarray arrays
+(never whole volumes), around objects of the training list (class-balanced
+bootstrap, random shift), augmented, normalised per patch, and prepared by
+a pool of threads ahead of the optimiser so that the compute never waits
+for I/O.
+
+Sampling follows DeepFinder's ``Train``: the patch centre is the object's
+integer position plus a uniform random shift in ``[-shift, shift]`` per
+axis, moved inside the volume when too close to a border; tomogram patches
+are rotated by 180° about the tilt axis (y) with probability 1/2.
+Differences: patches are float32 and built in parallel; validation uses one
+fixed set of patches (so curves are comparable between epochs), one
+forward pass per batch, and precision/recall/F1 pooled over all validation
+voxels.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import re
+import time
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+
+from .._log import get_logger
+from ..errors import MissingError, ShapeError, ValueProblem
+from .models import DEFAULT_FILTERS, check_patch_shape, deepfinder_unet, load_model, model_info
+
+log = get_logger(__name__)
+
+__all__ = ["train", "PatchSampler", "class_scores"]
+
+_CKPT = re.compile(r"checkpoint_epoch(\d+)\.keras$")
+
+
+# --- inputs --------------------------------------------------------------------------------
+
+def _as_reader(arr, what, key):
+    """Return an object supporting numpy slicing, and its shape."""
+    if isinstance(arr, (str, Path)):
+        from ..io.volume import open_source
+
+        if not Path(arr).exists():
+            raise MissingError(f"{what} of tomogram {key!r} does not exist", arr)
+        arr, _ = open_source(arr)
+    data = getattr(arr, "data", arr) if hasattr(arr, "dims") else arr  # xarray -> dask/numpy
+    if getattr(data, "ndim", None) != 3:
+        raise ShapeError(f"{what} of tomogram {key!r} must be 3D, not shape {getattr(data, 'shape', '?')}")
+    return data
+
+
+def _read(arr, sl):
+    if hasattr(arr, "compute"):  # dask: run here, not on a distributed cluster
+        return np.asarray(arr[sl].compute(scheduler="sync"))
+    return np.asarray(arr[sl])
+
+
+def _as_dict(x, what):
+    if isinstance(x, dict):
+        return {str(k): v for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return {str(i): v for i, v in enumerate(x)}
+    return {"0": x}  # a single volume
+
+
+def _objects(objects, keys, what):
+    import pandas as pd
+
+    if not isinstance(objects, pd.DataFrame):
+        objects = pd.DataFrame(objects)
+    if len(objects) == 0:
+        raise ValueProblem(f"{what} is empty")
+    if "class_label" not in objects.columns and "label" in objects.columns:
+        objects = objects.rename(columns={"label": "class_label"})
+    missing = [c for c in ("class_label", "x", "y", "z") if c not in objects.columns]
+    if missing:
+        raise ValueProblem(f"{what} lacks column(s) {missing}")
+    col = "tomo" if "tomo" in objects.columns else ("tomo_idx" if "tomo_idx" in objects.columns else None)
+    if col is None:
+        if len(keys) != 1:
+            raise ValueProblem(f"{what} has no 'tomo' column but {len(keys)} volumes were given")
+        tomos = np.array([keys[0]] * len(objects), dtype=object)
+    else:
+        tomos = objects[col].astype(str).to_numpy(dtype=object)
+        absent = sorted(set(tomos) - set(keys))
+        if absent:
+            raise ValueProblem(f"{what} references tomogram(s) {absent} that are not among the "
+                               f"volumes {sorted(keys)}")
+    return (tomos, objects["class_label"].to_numpy().astype(np.int64),
+            np.trunc(objects[["z", "y", "x"]].to_numpy(dtype=float)).astype(np.int64))
+
+
+class PatchSampler:
+    """Draw (patch, one-hot target) batches around objects of lazy volumes.
+
+    Parameters
+    ----------
+    volumes, targets : dict {tomo: array}
+        Array-likes that support numpy slicing (dask, zarr, h5py, numpy).
+    objects : (tomos, labels, zyx) as returned by ``_objects``.
+    n_classes : int
+    patch_shape : tuple of 3 ints
+    shift : int
+        Maximum random shift of the patch centre (DeepFinder's ``Lrnd``).
+    bootstrap : bool
+        Pick the class uniformly first, then an object of that class.
+    augment : {'tomo', 'movie', None}
+    """
+
+    def __init__(self, volumes, targets, objects, n_classes, patch_shape, *, shift=13,
+                 bootstrap=True, augment="tomo"):
+        self.volumes, self.targets = volumes, targets
+        self.tomos, self.labels, self.zyx = objects
+        self.n_classes = int(n_classes)
+        self.patch = np.asarray(patch_shape)
+        self.shift, self.bootstrap, self.augment = int(shift), bool(bootstrap), augment
+        self.classes = np.unique(self.labels)
+        self.by_class = {c: np.nonzero(self.labels == c)[0] for c in self.classes}
+        self.eye = np.eye(self.n_classes, dtype=np.float32)
+
+    def _pick(self, rng):
+        if self.bootstrap:
+            c = self.classes[rng.integers(len(self.classes))]
+            pool = self.by_class[c]
+            return pool[rng.integers(len(pool))]
+        return rng.integers(len(self.labels))
+
+    def patch_at(self, k, rng):
+        """Data and label patches around object ``k`` (random shift, no augmentation)."""
+        tomo = self.tomos[k]
+        vol, tgt = self.volumes[tomo], self.targets[tomo]
+        dim = np.asarray(vol.shape)
+        half = self.patch // 2
+        c = self.zyx[k] + rng.integers(-self.shift, self.shift + 1, size=3)
+        c = np.minimum(np.maximum(c, half), dim - (self.patch - half))
+        sl = tuple(slice(int(a - h), int(a - h + p)) for a, h, p in zip(c, half, self.patch))
+        x = _read(vol, sl).astype(np.float32)
+        y = _read(tgt, sl)
+        if y.size and int(y.max()) >= self.n_classes:
+            raise ValueProblem(f"target of tomogram {tomo!r} holds label {int(y.max())} but "
+                               f"n_classes={self.n_classes} (labels must be < n_classes)")
+        if y.size and int(y.min()) < 0:
+            raise ValueProblem(f"target of tomogram {tomo!r} holds negative label {int(y.min())}")
+        sd = x.std()
+        x = (x - x.mean()) / (sd if sd > 0 else 1.0)
+        return x, y.astype(np.int64)
+
+    def _augment(self, x, y, rng):
+        if self.augment == "tomo":
+            if rng.random() < 0.5:  # 180° about the tilt axis (y): keeps the missing wedge
+                x, y = x[::-1, :, ::-1], y[::-1, :, ::-1]
+        elif self.augment == "movie":
+            if rng.random() < 0.5:
+                x, y = x[:, ::-1], y[:, ::-1]
+            if rng.random() < 0.5:
+                x, y = x[:, :, ::-1], y[:, :, ::-1]
+            if x.shape[1] == x.shape[2] and rng.random() < 0.5:
+                x, y = x.transpose(0, 2, 1), y.transpose(0, 2, 1)
+        return x, y
+
+    def batch(self, rng, batch_size, augment=True):
+        """One batch: ``x [B, z, y, x, 1]`` float32, label patches ``[B, z, y, x]`` int."""
+        xs = np.empty((batch_size, *self.patch, 1), np.float32)
+        ys = np.empty((batch_size, *self.patch), np.int64)
+        for i in range(batch_size):
+            x, y = self.patch_at(self._pick(rng), rng)
+            if augment:
+                x, y = self._augment(x, y, rng)
+            xs[i, ..., 0] = x
+            ys[i] = y
+        return xs, ys
+
+    def onehot(self, labels):
+        return self.eye[labels]
+
+
+# --- metrics -------------------------------------------------------------------------------
+
+def class_scores(confusion: np.ndarray):
+    """Per-class precision, recall and F1 from a confusion matrix ``[true, pred]``.
+
+    Examples
+    --------
+    >>> p, r, f = class_scores(np.array([[5, 1], [0, 4]]))
+    >>> round(float(f[1]), 3)
+    0.889
+    """
+    cm = np.asarray(confusion, dtype=float)
+    tp = np.diag(cm)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(cm.sum(0) > 0, tp / cm.sum(0), 0.0)
+        recall = np.where(cm.sum(1) > 0, tp / cm.sum(1), 0.0)
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    return precision, recall, f1
+
+
+def _plot_history(hist, path, n_classes):
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    e = hist["epoch"]
+    axes[0].plot(e, hist["loss"], label="train")
+    axes[0].plot(e, hist["val_loss"], label="validation")
+    axes[0].set_title("Tversky loss")
+    for name, ax in (("f1", axes[1]), ("recall", axes[2])):
+        for c in range(1, n_classes):
+            ax.plot(e, hist[f"val_{name}_{c}"], label=f"class {c}")
+        ax.set_ylim(0, 1)
+        ax.set_title(f"validation {name}")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+# --- training ------------------------------------------------------------------------------
+
+def _latest_checkpoint(out_dir: Path):
+    found = [(int(m.group(1)), p) for p in out_dir.glob("checkpoint_epoch*.keras")
+             if (m := _CKPT.search(p.name))]
+    return max(found) if found else (0, None)
+
+
+def train(volumes, targets, objects_train, objects_valid, *, n_classes, patch_size=48,
+          batch_size=8, epochs=10, steps_per_epoch=50, valid_steps=4, lr=1e-4, out_dir,
+          model=None, filters=DEFAULT_FILTERS, anisotropic=False, augment=None, shift=13,
+          bootstrap=True, loss_alpha=0.5, loss_beta=0.5, checkpoint_every=10, resume=False,
+          workers=2, prefetch=4, seed=0, legacy_h5=True, progress=True):
+    """Train DeepFinder's U-Net on patches read lazily around annotated objects.
+
+    Parameters
+    ----------
+    volumes, targets : dict, list or array
+        Tomograms (or movies) and their label maps, keyed by tomogram
+        (``{tomo: array}``; a list is keyed by index, like DeepFinder's
+        ``tomo_idx``). Values: dask / xarray / zarr / h5py / numpy arrays or
+        paths (opened lazily). Only patches are read.
+    objects_train, objects_valid : pandas.DataFrame
+        Object lists (``tomo``, ``class_label``, ``x, y, z`` in voxels). Patches
+        are centred on these objects.
+    n_classes : int
+        Number of classes including background; every target label must be
+        smaller.
+    patch_size : int or tuple of 3 ints
+        Patch size, a multiple of 4 (y and x only for ``anisotropic``).
+    batch_size, epochs, steps_per_epoch : int
+        Patches per step, epochs, optimiser steps per epoch.
+    valid_steps : int
+        Validation batches (fixed patches, drawn once) evaluated after each epoch.
+    lr : float
+        Adam learning rate (DeepFinder: 1e-4).
+    out_dir : str or Path
+        Where checkpoints, ``history.csv``, ``history.png`` and the final
+        model (``model_final.keras``, plus ``net_weights_FINAL.h5`` if
+        ``legacy_h5``) go.
+    model : keras.Model or path, optional
+        Start from this network (e.g. DeepFinder weights for fine-tuning);
+        default a new :func:`~tomochunk.nn.models.deepfinder_unet`.
+    filters, anisotropic
+        Passed to :func:`~tomochunk.nn.models.deepfinder_unet` for a new network.
+    augment : {'tomo', 'movie', None}, optional
+        ``'tomo'``: 180° rotation about the tilt axis (y). ``'movie'``: y/x
+        flips and swaps. Default ``'movie'`` if ``anisotropic`` else ``'tomo'``.
+    shift : int
+        Random shift of patch centres, voxels (DeepFinder's ``Lrnd`` = 13).
+    bootstrap : bool
+        Class-balanced sampling (uniform over classes, then over objects).
+    loss_alpha, loss_beta : float
+        Tversky weights of false positives and false negatives (0.5: Dice).
+    checkpoint_every : int
+        Save ``checkpoint_epochNNNN.keras`` (with the optimiser state) every N epochs.
+    resume : bool or path
+        ``True``: continue from the latest checkpoint in ``out_dir``; a path:
+        from that checkpoint. The history is kept up to that epoch.
+    workers, prefetch : int
+        Threads preparing batches, and batches prepared ahead.
+    seed : int
+        Seed of all sampling (per epoch and step, so resuming is reproducible).
+    legacy_h5 : bool
+        Also write the final weights as DeepFinder ``net_weights_FINAL.h5``.
+    progress : bool
+        Show a tqdm progress bar.
+
+    Returns
+    -------
+    model : keras.Model
+    history : pandas.DataFrame
+        One row per epoch: ``loss``, ``val_loss``, ``val_accuracy``,
+        ``val_precision_c``, ``val_recall_c``, ``val_f1_c`` per class,
+        ``seconds`` and ``patches_per_s``.
+
+    Raises
+    ------
+    ValueProblem
+        Patch size not a multiple of 4, object list referencing a missing
+        tomogram, labels not below ``n_classes``.
+    ShapeError
+        A volume and its target differ in shape, or are smaller than a patch.
+
+    Examples
+    --------
+    >>> model, hist = train({"t1": vol}, {"t1": lab}, objs_train, objs_valid,
+    ...                     n_classes=4, patch_size=48, epochs=20, out_dir="run1")  # doctest: +SKIP
+    >>> hist[["epoch", "val_f1_1"]].tail(1)                                         # doctest: +SKIP
+    """
+    import keras
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from .losses import TverskyLoss, tversky_numpy
+
+    n_classes = int(n_classes)
+    if n_classes < 2:
+        raise ValueProblem(f"n_classes must be >= 2, not {n_classes}")
+    patch = check_patch_shape(patch_size, anisotropic)
+    for name, v in (("batch_size", batch_size), ("epochs", epochs), ("steps_per_epoch", steps_per_epoch),
+                    ("valid_steps", valid_steps), ("checkpoint_every", checkpoint_every),
+                    ("workers", workers), ("prefetch", prefetch)):
+        if int(v) < 1:
+            raise ValueProblem(f"{name} must be >= 1, not {v}")
+    augment = augment if augment is not None else ("movie" if anisotropic else "tomo")
+    if augment not in ("tomo", "movie", "none", False):
+        raise ValueProblem(f"augment must be 'tomo', 'movie' or None, not {augment!r}")
+
+    vols, tgts = _as_dict(volumes, "volumes"), _as_dict(targets, "targets")
+    if set(vols) != set(tgts):
+        raise ValueProblem(f"volumes {sorted(vols)} and targets {sorted(tgts)} have different tomograms")
+    vols = {k: _as_reader(v, "volume", k) for k, v in vols.items()}
+    tgts = {k: _as_reader(v, "target", k) for k, v in tgts.items()}
+    for k in vols:
+        if tuple(vols[k].shape) != tuple(tgts[k].shape):
+            raise ShapeError(f"volume {k!r} has shape {tuple(vols[k].shape)} but its target "
+                             f"{tuple(tgts[k].shape)}")
+        if any(s < p for s, p in zip(vols[k].shape, patch)):
+            raise ShapeError(f"volume {k!r} of shape {tuple(vols[k].shape)} is smaller than a patch {patch}")
+    keys = sorted(vols)
+    obj_t = _objects(objects_train, keys, "objects_train")
+    obj_v = _objects(objects_valid, keys, "objects_valid")
+    for what, (_, labels, _) in (("objects_train", obj_t), ("objects_valid", obj_v)):
+        if labels.max() >= n_classes or labels.min() < 1:
+            raise ValueProblem(f"{what} has class labels {sorted(set(labels.tolist()))} but n_classes="
+                               f"{n_classes} (labels 1..n_classes-1; 0 is background)")
+    aug = None if augment in ("none", False) else augment
+    sampler_t = PatchSampler(vols, tgts, obj_t, n_classes, patch, shift=shift, bootstrap=bootstrap,
+                             augment=aug)
+    sampler_v = PatchSampler(vols, tgts, obj_v, n_classes, patch, shift=shift, bootstrap=bootstrap,
+                             augment=None)
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    start, history = 0, []
+    loss_fn = TverskyLoss(loss_alpha, loss_beta)
+    if resume:
+        if resume is True:
+            start, ckpt = _latest_checkpoint(out_dir)
+        else:
+            ckpt = Path(resume)
+            if not ckpt.exists():
+                raise MissingError("checkpoint does not exist", ckpt)
+            m = _CKPT.search(ckpt.name)
+            start = int(m.group(1)) if m else 0
+        if ckpt is not None:
+            model = keras.saving.load_model(ckpt, custom_objects={"TverskyLoss": TverskyLoss})
+            hpath = out_dir / "history.csv"
+            if hpath.exists():
+                h = pd.read_csv(hpath)
+                history = h[h["epoch"] <= start].to_dict("records")
+            log.info("resuming from %s (epoch %d)", ckpt, start)
+        else:
+            log.info("no checkpoint in %s: starting from scratch", out_dir)
+    if model is None or isinstance(model, (str, Path)):
+        model = (deepfinder_unet(n_classes, filters=filters, anisotropic=anisotropic) if model is None
+                 else load_model(model))
+    info = model_info(model)
+    if info["n_classes"] != n_classes:
+        raise ValueProblem(f"the model predicts {info['n_classes']} classes but n_classes={n_classes}")
+    if not getattr(model, "optimizer", None) or not getattr(model, "compiled", False):
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate=lr, beta_1=0.9, beta_2=0.999,
+                                                      epsilon=1e-8), loss=loss_fn)
+
+    # Validation patches: drawn once, reused every epoch.
+    vrng = np.random.default_rng([seed, 2**31 - 1])
+    valid = [sampler_v.batch(vrng, batch_size, augment=False) for _ in range(valid_steps)]
+
+    def make_batch(epoch, step):
+        rng = np.random.default_rng([seed, epoch, step])
+        x, y = sampler_t.batch(rng, batch_size)
+        return x, sampler_t.onehot(y)
+
+    pool = cf.ThreadPoolExecutor(max_workers=int(workers), thread_name_prefix="tomochunk-patches")
+    try:
+        for epoch in range(start + 1, epochs + 1):
+            t0 = time.perf_counter()
+            queue = deque()
+            nxt = 0
+            wait = 0.0
+            losses = []
+            bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{epochs}", disable=not progress,
+                       leave=False)
+            for step in range(steps_per_epoch):
+                while nxt < steps_per_epoch and len(queue) < int(prefetch):
+                    queue.append(pool.submit(make_batch, epoch, nxt))
+                    nxt += 1
+                tw = time.perf_counter()
+                x, y = queue.popleft().result()
+                wait += time.perf_counter() - tw
+                loss = model.train_on_batch(x, y)
+                losses.append(float(np.asarray(loss[0] if isinstance(loss, (list, tuple)) else loss)))
+                bar.update(1)
+                bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            bar.close()
+            train_s = time.perf_counter() - t0
+            # validation
+            cm = np.zeros((n_classes, n_classes), np.int64)
+            vloss = []
+            for x, y in valid:
+                prob = np.asarray(model.predict_on_batch(x))
+                vloss.append(tversky_numpy(sampler_v.onehot(y), prob, loss_alpha, loss_beta))
+                cm += np.bincount(y.ravel() * n_classes + prob.argmax(-1).ravel(),
+                                  minlength=n_classes ** 2).reshape(n_classes, n_classes)
+            precision, recall, f1 = class_scores(cm)
+            row = {"epoch": epoch, "loss": float(np.mean(losses)), "val_loss": float(np.mean(vloss)),
+                   "val_accuracy": float(np.trace(cm) / max(cm.sum(), 1))}
+            for c in range(n_classes):
+                row[f"val_precision_{c}"] = float(precision[c])
+                row[f"val_recall_{c}"] = float(recall[c])
+                row[f"val_f1_{c}"] = float(f1[c])
+            row["seconds"] = time.perf_counter() - t0
+            row["patches_per_s"] = steps_per_epoch * batch_size / train_s
+            row["input_wait_s"] = wait
+            history.append(row)
+            hist = pd.DataFrame(history)
+            hist.to_csv(out_dir / "history.csv", index=False)
+            try:
+                _plot_history(hist, out_dir / "history.png", n_classes)
+            except Exception as exc:  # a plot must never stop a training run
+                log.warning("could not plot history: %s", exc)
+            log.info("epoch %d: loss %.4f val_loss %.4f F1 %s (%.1f patches/s, waited %.1f s for input)",
+                     epoch, row["loss"], row["val_loss"], np.round(f1[1:], 3), row["patches_per_s"], wait)
+            if epoch % int(checkpoint_every) == 0 or epoch == epochs:
+                path = out_dir / f"checkpoint_epoch{epoch:04d}.keras"
+                tmp = path.with_name(path.stem + ".tmp.keras")
+                model.save(tmp)
+                tmp.replace(path)
+                (out_dir / "state.json").write_text(json.dumps({"epoch": epoch, "checkpoint": path.name}))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+    from .models import save_model
+
+    save_model(model, out_dir / "model_final.keras",
+               legacy_h5=(out_dir / "net_weights_FINAL.h5") if legacy_h5 else None)
+    return model, pd.DataFrame(history)
