@@ -99,13 +99,12 @@ def main(argv=None):
 
         # 5. train the anisotropic network briefly
         t0 = time.perf_counter()
-        trained = tirf.train_events(manifest, out / "model", epochs=args.epochs, steps_per_epoch=args.steps,
-                                    batch_size=4, filters=args.filters)
+        model, history = tirf.train_events(manifest, out / "model", epochs=args.epochs, steps_per_epoch=args.steps,
+                                           batch_size=4, filters=args.filters, progress=False)
         step("train", t0)
-        model = trained if not isinstance(trained, dict) else trained.get("model")
-        model_path = sorted((out / "model").glob("*.keras"))
-        model = model if model is not None and not isinstance(model, (str, Path)) else \
-            (model or model_path[-1])
+        last = history.iloc[-1]
+        print("  last epoch: " + ", ".join(f"{k} {last[k]:.3f}" for k in history.columns
+                                           if k.startswith("val_f1") or k == "loss"))
 
         # 6. segment the held-out movie; 7. pick events
         t0 = time.perf_counter()

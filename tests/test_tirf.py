@@ -226,6 +226,8 @@ def test_events_from_segmentation(client):
     assert np.allclose(sorted(ev.x), [10, 40], atol=1.5)
     allv = tirf.events_from_segmentation(lab, keep=None, radius=5)
     assert sorted(allv.class_label.tolist()) == [1, 2, 2]
+    cc = tirf.events_from_segmentation(lab, method="cc", radius=5)
+    assert len(cc) == 2
 
 
 def test_events_from_segmentation_refuses_floats():
@@ -346,3 +348,56 @@ def _as_xr(a):
     import xarray as xr
 
     return xr.DataArray(a, dims=("t", "y", "x"), attrs={"voxel_size": 1.0})
+
+
+# --- training and segmentation wrappers -----------------------------------------------------
+
+@pytest.mark.skipif(not (_has("tomochunk.nn.train") and _has("tomochunk.ops.normalize")), reason="nn.train not merged")
+def test_train_events_on_manifest(tmp_path, movie):
+    from tomochunk.io.objects import write_objects
+    from tomochunk.io.volume import write_volume
+
+    mov, truth = movie
+    write_volume(_as_xr(mov), tmp_path / "m.zarr", levels=1)
+    spots = truth.assign(class_label=1)
+    labels, objs = tirf.merge_annotations(spots, _events([(20, 20, 10), (40, 40, 25)]), (T, Y, X),
+                                          labels_path=tmp_path / "t.zarr")
+    write_objects(objs, tmp_path / "o.xml")
+    man = tirf.make_dataset([tmp_path / "m.zarr"] * 2, [tmp_path / "t.zarr"] * 2, [tmp_path / "o.xml"] * 2,
+                            tmp_path / "ds", valid_fraction=0.5)
+    model, hist = tirf.train_events(man, tmp_path / "model", patch_size=(4, 16, 16), epochs=1, steps_per_epoch=1,
+                                    batch_size=2, filters="small", progress=False, valid_steps=1)
+    assert model.output_shape[-1] == 3 and len(hist) == 1
+    assert (tmp_path / "model" / "model_final.keras").exists()
+
+
+@pytest.mark.skipif(not (_has("tomochunk.nn.segment") and _has("tomochunk.ops.normalize")), reason="segment not merged")
+def test_segment_movies_writes_label_maps(tmp_path, movie):
+    import dask
+    import keras
+
+    from tomochunk.io.volume import open_volume, write_volume
+    from tomochunk.nn.models import deepfinder_unet, save_model
+
+    mov = movie[0][:12, :32, :32]
+    write_volume(_as_xr(mov), tmp_path / "m.zarr", levels=1)
+    keras.utils.set_random_seed(0)
+    save_model(deepfinder_unet(3, filters="small", anisotropic=True), tmp_path / "w.keras",
+               legacy_h5=tmp_path / "w.h5")
+    # in this process: the session's LocalCluster workers would each import TensorFlow first
+    with dask.config.set(scheduler="synchronous"):
+        _segment_checks(tmp_path)
+
+
+def _segment_checks(tmp_path):
+    from tomochunk.io.volume import open_volume
+
+    sc = tirf.segment_movie(tmp_path / "m.zarr", tmp_path / "w.keras", patch_size=32, crop=4)
+    assert sc.dims == ("c", "t", "y", "x") and sc.shape == (3, 12, 32, 32)
+    np.testing.assert_allclose(sc.sum("c").values, 1, atol=1e-4)
+    out = tirf.segment_movies([tmp_path / "m.zarr"], tmp_path / "w.h5", tmp_path / "seg", patch_size=32, crop=4)
+    dst = out[str(tmp_path / "m.zarr")]
+    assert dst.name == "m_segmentation.zarr"
+    lab = open_volume(dst)
+    assert lab.shape == (12, 32, 32) and lab.dtype == np.uint8 and int(lab.max()) <= 2
+    assert tirf.segment_movies([tmp_path / "m.zarr"], tmp_path / "w.h5", tmp_path / "seg") == out  # skipped

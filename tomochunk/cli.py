@@ -165,7 +165,7 @@ def _add_tirf(sub):
     c.add_argument("segmentations", nargs="+", metavar="SEG")
     c.add_argument("-o", "--outdir", required=True, help="writes SEG_events.xml")
     c.add_argument("--radius", type=float, default=5)
-    c.add_argument("--method", choices=("cluster", "label"), default="cluster")
+    c.add_argument("--method", choices=("meanshift", "cc"), default="meanshift")
     c.add_argument("--keep-labels-unchanged", action="store_true",
                    help="keep every class with its label (default: keep exocytosis, as class 1)")
     c.set_defaults(run=_run_tirf_events)

@@ -663,9 +663,9 @@ def _erase_components(block, removed, block_info=None):
 
 # --- segmentation -> events ----------------------------------------------------------------
 
-def events_from_segmentation(labelmap, *, keep=(EVENT,), relabel=True, method="cluster", radius=5,
-                             min_size=1):
-    """Events from a segmentation, via the maps-to-objects functions.
+def events_from_segmentation(labelmap, *, keep=(EVENT,), relabel=True, radius=5, method="meanshift", min_size=1,
+                             connectivity=1):
+    """Events from a segmentation, via :func:`tomochunk.ops.cluster.cluster`.
 
     Parameters
     ----------
@@ -677,44 +677,31 @@ def events_from_segmentation(labelmap, *, keep=(EVENT,), relabel=True, method="c
     relabel : bool
         Give kept events class 1, the class of expert annotations, so the list can be used
         as an annotation file (ExoDeepFinder's default). Ignored when ``keep`` is None.
-    method : {"cluster", "label"}
-        ``"cluster"``: :func:`tomochunk.ops.cluster.cluster` (DeepFinder's mean shift,
-        ``radius`` in pixels); ``"label"``: connected components
-        (:func:`tomochunk.ops.label.label` + ``regionprops``).
+    radius : float
+        Mean-shift bandwidth in pixels (ExoDeepFinder's ``cluster_radius``, 5 for 400 nm
+        events at 160 nm pixels).
+    method : {"meanshift", "cc"}
+        DeepFinder's mean shift (splits touching events), or one event per connected component.
     min_size : int
         Drop events with fewer voxels.
 
     Returns
     -------
     DataFrame
-        ``class_label, x, y, z`` (z = frame), ``size``.
+        ``class_label, x, y, z`` (z = frame), ``size``, ``obj_id``.
 
     Examples
     --------
     >>> events = events_from_segmentation("movie_segmentation.zarr")  # doctest: +SKIP
     """
-    import dask.array as da
+    from .cluster import cluster
 
     data, path = _movie_array(labelmap)
     if data.dtype.kind not in "iub":
         raise FormatError(f"a label map must hold integers, got {data.dtype}", path)
-    if keep is not None:
-        keep = tuple(int(k) for k in keep)
-        data = da.where(da.isin(data, list(keep)), data, 0).astype(data.dtype)
-    if method == "cluster":
-        from .cluster import cluster
-
-        df = cluster(_as_tyx(data), radius=radius)
-    elif method == "label":
-        from .label import label, regionprops
-
-        lab = label(_as_tyx(data > 0))
-        df = regionprops(lab, _as_tyx(data))
-    else:
-        raise ValueProblem(f"unknown method {method!r} (expected 'cluster' or 'label')")
-    df = df.copy()
-    if "size" in df.columns and min_size > 1:
-        df = df[df["size"] >= min_size]
+    classes = None if keep is None else [int(k) for k in keep]
+    df = cluster(data, radius=radius, classes=classes, min_size=min_size, method=method,
+                 connectivity=connectivity).copy()
     if keep is not None and relabel:
         df["class_label"] = 1
     df = df.reset_index(drop=True)
@@ -909,42 +896,45 @@ def train_events(manifest, outdir, *, patch_size=MOVIE_TRAIN_PATCH, epochs=50, s
 
     A thin wrapper over :func:`tomochunk.nn.train.train` with movie defaults: the
     ``(1, 2, 2)``-pooling network of ExoDeepFinder, patches of ``(16, 48, 48)`` frames x
-    pixels, y/x flips and swaps as augmentation, and per-frame 1-99 percentile
-    normalisation of the movies.
+    pixels, y/x flips and swaps as augmentation. Movies are normalised per frame to their
+    1-99 percentiles (as ExoDeepFinder), then each patch to zero mean and unit variance
+    (as :func:`~tomochunk.nn.train.train` does); :func:`segment_movie` applies the same.
 
     Parameters
     ----------
     manifest : path
         Written by :func:`make_dataset`.
     outdir : path
-        Checkpoints, history and the final model.
+        Checkpoints, history and the final model (``model_final.keras`` and
+        ``net_weights_FINAL.h5``).
+    filters : {"default", "small"} or tuple
+        Network width (ExoDeepFinder: the default 32/48/64).
     model : keras.Model or path, optional
-        Start from this network (default: a new ``deepfinder_unet(3, anisotropic=True)``).
+        Start from this network (e.g. ExoDeepFinder weights, for fine-tuning).
     **kw
-        Passed on to :func:`tomochunk.nn.train.train`.
+        Passed on to :func:`tomochunk.nn.train.train` (``lr``, ``resume``, ``seed``, ...).
 
     Returns
     -------
-    The value of :func:`tomochunk.nn.train.train` (the trained model / its path).
+    (keras.Model, pandas.DataFrame)
+        The trained network and the per-epoch history.
 
     Examples
     --------
-    >>> train_events("dataset/dataset.json", "model/", epochs=30)  # doctest: +SKIP
+    >>> model, history = train_events("dataset/dataset.json", "model/", epochs=30)  # doctest: +SKIP
     """
-    from ..nn.models import deepfinder_unet, load_model
     from ..nn.train import train
     from .normalize import normalize
 
     movies, targets, ot, ov = _dataset_lists(manifest)
     vols = [normalize(_movie_array(m)[0], method="percentile") for m in movies]
     tgts = [_movie_array(t)[0] for t in targets]
-    if model is None:
-        model = deepfinder_unet(N_CLASSES, filters=filters, anisotropic=True)
-    elif isinstance(model, (str, Path)):
-        model = load_model(model, anisotropic=True)
+    if isinstance(model, (str, Path)):
+        model = _load_movie_model(model)
     kw.setdefault("augment", "movie")
     return train(vols, tgts, ot, ov, n_classes=N_CLASSES, patch_size=patch_size, batch_size=batch_size,
-                 epochs=epochs, steps_per_epoch=steps_per_epoch, model=model, outdir=outdir, **kw)
+                 epochs=epochs, steps_per_epoch=steps_per_epoch, model=model, out_dir=outdir, filters=filters,
+                 anisotropic=True, **kw)
 
 
 def _load_movie_model(model):
@@ -959,21 +949,40 @@ def _load_movie_model(model):
     return model
 
 
-def segment_movie(movie, model, *, patch_size=MOVIE_SEGMENT_PATCH, normalize="percentile", **kw):
+def segment_movie(movie, model, *, patch_size=MOVIE_SEGMENT_PATCH, normalize=None, **kw):
     """Lazy ``[c, t, y, x]`` class scores of a movie (background, spot, exocytosis).
 
-    :func:`tomochunk.nn.segment.segment` with movie defaults: per-frame 1-99 percentile
-    normalisation (as ExoDeepFinder), 160-sided patches, and ExoDeepFinder ``.h5`` weights
-    loaded into the anisotropic network.
+    :func:`tomochunk.nn.segment.segment` with movie defaults: 160-sided patches and
+    ExoDeepFinder ``.h5`` weights loaded into the anisotropic network.
+
+    Parameters
+    ----------
+    normalize : {"percentile", "percentile+meanstd"}, optional
+        ``"percentile"``: every frame mapped so its 1st/99th percentiles go to 0/1, what
+        ExoDeepFinder trains and segments on. ``"percentile+meanstd"``: then the whole movie
+        to zero mean, unit variance, matching :func:`train_events` (whose patches are
+        standardised). Default: ``"percentile"`` for ``.h5`` (ExoDeepFinder) weights, else
+        ``"percentile+meanstd"``.
+    **kw
+        Passed on to :func:`tomochunk.nn.segment.segment` (``crop``, ``blend``, ``client``, ...).
 
     Examples
     --------
-    >>> scores = segment_movie("cell1.zarr", "model.keras")  # doctest: +SKIP
+    >>> scores = segment_movie("cell1.zarr", "model/model_final.keras")  # doctest: +SKIP
     """
     from ..nn.segment import segment
+    from .normalize import normalize as _normalize
 
+    if normalize is None:
+        normalize = "percentile" if isinstance(model, (str, Path)) and str(model).lower().endswith(".h5") \
+            else "percentile+meanstd"
+    if normalize not in ("percentile", "percentile+meanstd"):
+        raise ValueProblem(f"unknown normalize {normalize!r} (expected 'percentile' or 'percentile+meanstd')")
     data, _ = _movie_array(movie)
-    return segment(data, _load_movie_model(model), patch_size=patch_size, normalize=normalize, **kw)
+    data = _normalize(data, method="percentile")
+    scores = segment(data, _load_movie_model(model), patch_size=patch_size,
+                     normalize="meanstd" if normalize == "percentile+meanstd" else None, **kw)
+    return scores.rename({"z": "t"}) if "z" in scores.dims else scores
 
 
 def segment_movies(movies, model, outdir, *, patch_size=MOVIE_SEGMENT_PATCH, overwrite=False, scores=False, **kw):
@@ -997,6 +1006,9 @@ def segment_movies(movies, model, outdir, *, patch_size=MOVIE_SEGMENT_PATCH, ove
 
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
+    if kw.get("normalize") is None:  # decided by the model file, before it is loaded
+        kw["normalize"] = "percentile" if isinstance(model, (str, Path)) and str(model).lower().endswith(".h5") \
+            else "percentile+meanstd"
     net = _load_movie_model(model)
     if isinstance(movies, (str, Path)):
         movies = [movies]
