@@ -365,8 +365,12 @@ def test_train_events_on_manifest(tmp_path, movie):
     write_objects(objs, tmp_path / "o.xml")
     man = tirf.make_dataset([tmp_path / "m.zarr"] * 2, [tmp_path / "t.zarr"] * 2, [tmp_path / "o.xml"] * 2,
                             tmp_path / "ds", valid_fraction=0.5)
-    model, hist = tirf.train_events(man, tmp_path / "model", patch_size=(4, 16, 16), epochs=1, steps_per_epoch=1,
-                                    batch_size=2, filters="small", progress=False, valid_steps=1)
+    import dask
+
+    with dask.config.set(scheduler="synchronous"):  # patches are read in this process
+        model, hist = tirf.train_events(man, tmp_path / "model", patch_size=(4, 16, 16), epochs=1,
+                                        steps_per_epoch=1, batch_size=2, filters="small", progress=False,
+                                        valid_steps=1)
     assert model.output_shape[-1] == 3 and len(hist) == 1
     assert (tmp_path / "model" / "model_final.keras").exists()
 
