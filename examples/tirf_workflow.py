@@ -34,6 +34,7 @@ def main(argv=None):
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--steps", type=int, default=40, help="steps per epoch")
     ap.add_argument("--filters", default="small", help="'small' (8/12/16) or 'default' (32/48/64)")
+    ap.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (DeepFinder: 1e-4, for long runs)")
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args(argv)
 
@@ -100,7 +101,7 @@ def main(argv=None):
         # 5. train the anisotropic network briefly
         t0 = time.perf_counter()
         model, history = tirf.train_events(manifest, out / "model", epochs=args.epochs, steps_per_epoch=args.steps,
-                                           batch_size=4, filters=args.filters, progress=False)
+                                           batch_size=4, filters=args.filters, lr=args.lr, progress=False)
         step("train", t0)
         last = history.iloc[-1]
         print("  last epoch: " + ", ".join(f"{k} {last[k]:.3f}" for k in history.columns

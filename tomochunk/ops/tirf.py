@@ -932,9 +932,13 @@ def train_events(manifest, outdir, *, patch_size=MOVIE_TRAIN_PATCH, epochs=50, s
     if isinstance(model, (str, Path)):
         model = _load_movie_model(model)
     kw.setdefault("augment", "movie")
-    return train(vols, tgts, ot, ov, n_classes=N_CLASSES, patch_size=patch_size, batch_size=batch_size,
-                 epochs=epochs, steps_per_epoch=steps_per_epoch, model=model, out_dir=outdir, filters=filters,
-                 anisotropic=True, **kw)
+    import dask
+
+    # patches are small reads for this process: a thread pool here beats a round trip to a cluster
+    with dask.config.set(scheduler="threads"):
+        return train(vols, tgts, ot, ov, n_classes=N_CLASSES, patch_size=patch_size, batch_size=batch_size,
+                     epochs=epochs, steps_per_epoch=steps_per_epoch, model=model, out_dir=outdir,
+                     filters=filters, anisotropic=True, **kw)
 
 
 def _load_movie_model(model):
