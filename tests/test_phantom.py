@@ -54,8 +54,8 @@ def test_objects_inside_and_not_overlapping(tomo):
     d = cdist(c, c)
     np.fill_diagonal(d, np.inf)
     assert (d >= r[:, None] + r[None, :] + 1).all()
-    h = np.ceil(r) + 1
-    assert (c - h[:, None] >= 0).all() and (c + h[:, None] < np.array(SHAPE)).all()
+    h = np.ceil(r) + 2  # template half-side
+    assert (c - h[:, None] >= 0).all() and (c + h[:, None] <= np.array(SHAPE)).all()
 
 
 def test_labels_agree_with_objects(tomo):
@@ -99,12 +99,12 @@ def test_missing_wedge_zeroes_the_wedge(tomo):
 
 def test_templates_and_rotation():
     t = class_templates(["rod", ("sphere", 4)])
-    assert sorted(t) == [1, 2] and t[2].shape == (11, 11, 11)
+    assert sorted(t) == [1, 2] and t[2].shape == (12, 12, 12)
     rod = t[1]
     for m in t.values():
-        assert m.dtype == bool and all(s % 2 == 1 for s in m.shape)
+        assert m.dtype == bool and len(set(m.shape)) == 1 and m.shape[0] % 2 == 0
         c = m.shape[0] // 2
-        assert m[c, c, c]
+        assert m[c, c, c] and not m[0].any() and not m[:, :, 0].any()
     # the rod lies along z; the=90 turns z onto -y (R @ (0,0,1) = (0,-1,0))
     r = euler_matrix(0, 0, 90)
     np.testing.assert_allclose(r @ [0, 0, 1], [0, -1, 0], atol=1e-12)
@@ -117,6 +117,25 @@ def test_templates_and_rotation():
     np.testing.assert_allclose(euler_matrix(30, 40, 50), euler_matrix(0, 40, 0) @ euler_matrix(0, 0, 50)
                                @ euler_matrix(30, 0, 0), atol=1e-12)
     np.testing.assert_array_equal(rotate_template(rod, 0, 0, 0), rod)
+
+
+def test_rotation_matches_deepfinder_convention():
+    """euler_matrix equals the matrix DeepFinder applies (scipy 'YZY' on (axis1, axis0, axis2) positions)."""
+    from scipy.spatial.transform import Rotation
+
+    p = np.array([[0, 1, 0], [0, 0, 1], [1, 0, 0]])  # (y, z, x) = p @ (x, y, z)
+    for phi, psi, the in np.random.default_rng(0).uniform(0, 360, (5, 3)):
+        m = Rotation.from_euler("YZY", [-phi, -the, -psi], degrees=True).as_matrix()
+        np.testing.assert_allclose(p.T @ m.T @ p, euler_matrix(phi, psi, the), atol=1e-12)
+
+
+def test_labels_rebuilt_by_targets(tomo):
+    """tomochunk.targets.shapes(objects, shape, class_templates()) gives the phantom's label map."""
+    from tomochunk.ops.targets import shapes
+
+    vol, obj, lab = tomo
+    rebuilt = shapes(obj, lab.shape, class_templates(5), chunks=32).compute()
+    np.testing.assert_array_equal(rebuilt, lab)
 
 
 def test_bad_arguments():
@@ -160,3 +179,96 @@ def test_chunked_with_distributed_client(client):
     v, l = client.compute([vol, lab], sync=True)
     np.testing.assert_array_equal(l, eager_lab)
     assert v.shape == (32, 64, 64)
+
+
+# --- movie -------------------------------------------------------------------------------------
+
+MSHAPE = (60, 64, 80)
+
+
+@pytest.fixture(scope="module")
+def movie():
+    from tomochunk.phantom import phantom_movie
+
+    return phantom_movie(MSHAPE, n_spots=6, n_events=3, seed=2, return_tracks=True)
+
+
+def test_movie_outputs(movie):
+    m, obj, lab, tracks = movie
+    assert m.shape == MSHAPE and m.dtype == np.float32 and lab.dtype == np.uint8
+    assert obj.attrs["classes"] == {1: "spot", 2: "exocytosis"}
+    assert (obj.class_label == 2).sum() == 3 and (obj.class_label == 1).sum() == 6
+    assert obj.obj_id.is_unique
+    assert set(tracks.track_id) == set(obj.obj_id[obj.class_label == 1])
+    assert set(np.unique(lab)) == {0, 1, 2}
+
+
+def test_movie_events_present(movie):
+    m, obj, lab, _ = movie
+    clean = __import__("tomochunk.phantom", fromlist=["x"]).phantom_movie(MSHAPE, n_spots=6, n_events=3, seed=2,
+                                                                         snr=None)[0]
+    for _, ev in obj[obj.class_label == 2].iterrows():
+        t, y, x = int(ev.z), int(round(ev.y)), int(round(ev.x))
+        assert lab[t, y, x] == 2
+        # brightens to a peak at t, then fades
+        trace = clean[:, y, x]
+        if t >= 3:
+            assert trace[t] > trace[t - 3] + 1.5
+        assert trace[t] > trace[min(t + 8, MSHAPE[0] - 1)] + 1.0
+        # labelled voxels of this event match its size
+        box = lab[max(t - 3, 0):t + 10, max(y - 8, 0):y + 9, max(x - 8, 0):x + 9]
+        assert abs(int((box == 2).sum()) - ev["size"]) <= 0.1 * ev["size"]
+    # spots: labelled 1 at each track position
+    _, _, _, tracks = movie
+    t = tracks.t.to_numpy()
+    vals = lab[t, np.round(tracks.y).astype(int), np.round(tracks.x).astype(int)]
+    assert np.isin(vals, [1, 2]).all()
+
+
+def test_movie_deterministic_and_chunked(movie):
+    from tomochunk.phantom import phantom_movie
+
+    m, obj, lab, _ = movie
+    again = phantom_movie(MSHAPE, n_spots=6, n_events=3, seed=2)
+    np.testing.assert_array_equal(again[0], m)
+    assert again[1].equals(obj)
+    lazy = phantom_movie(MSHAPE, n_spots=6, n_events=3, seed=2, chunks=(16, 40, 48))
+    np.testing.assert_array_equal(lazy[2].compute(), lab)
+    np.testing.assert_allclose(lazy[0].compute(), m, atol=1e-4)
+    other = phantom_movie(MSHAPE, n_spots=6, n_events=3, seed=3)
+    assert not np.array_equal(other[0], m)
+
+
+def test_movie_snr():
+    from tomochunk.phantom import phantom_movie
+
+    clean = phantom_movie((20, 64, 64), seed=1, snr=None)[0]
+    noisy = phantom_movie((20, 64, 64), seed=1, snr=5.0)[0]
+    assert abs((noisy - clean).std() - 0.2) < 0.01
+
+
+# --- CLI ---------------------------------------------------------------------------------------
+
+def test_cli_phantom(tmp_path, capsys):
+    pytest.importorskip("tomochunk.io.objects")
+    from tomochunk.cli import main
+    from tomochunk.io.objects import read_objects
+    from tomochunk.io.volume import open_volume
+
+    out = tmp_path / "tomo.zarr"
+    truth = tmp_path / "truth.csv"
+    rc = main(["phantom", str(out), "--shape", "32,64,64", "--classes", "sphere,rod:6", "--seed", "3",
+               "--n-objects", "6", "--objects", str(truth), "--levels", "1"])
+    assert rc == 0
+    assert "tomo.zarr" in capsys.readouterr().out
+    vol, obj, lab = phantom_tomogram((32, 64, 64), ["sphere", ("rod", 6)], n_objects=6, seed=3)
+    v = open_volume(out)
+    np.testing.assert_allclose(np.asarray(v), vol, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(open_volume(tmp_path / "tomo_labels.zarr")), lab)
+    back = read_objects(truth)
+    np.testing.assert_allclose(back[["x", "y", "z"]].to_numpy(), obj[["x", "y", "z"]].to_numpy())
+    np.testing.assert_array_equal(back.class_label.to_numpy(), obj.class_label.to_numpy())
+    # refuses to overwrite; a movie as MRC
+    assert main(["phantom", str(out), "--shape", "32,64,64", "--objects", str(truth)]) == 2
+    assert main(["phantom", str(tmp_path / "m.mrc"), "--movie", "--shape", "20,48,48", "--n-events", "2"]) == 0
+    assert (tmp_path / "m_labels.mrc").exists() and (tmp_path / "m_objects.csv").exists()

@@ -109,3 +109,19 @@ def test_errors(objects):
                {1: np.ones((3, 3, 5)), 2: np.ones((3, 3, 3)), 3: np.ones((3, 3, 3))})
     with pytest.raises(ValueProblem, match="column"):
         spheres(objects.drop(columns="x"), (30, 36, 40), 2)
+
+
+def test_cli_target(tmp_path, objects):
+    from tomochunk.cli import main
+
+    objs = objects.assign(tomo="t1")
+    objs.attrs["voxel_size"] = 10.0
+    tomochunk.write_objects(objs, tmp_path / "objs.csv")
+    out = tmp_path / "lab.zarr"
+    assert main(["target", str(tmp_path / "objs.csv"), "--shape", "30,36,40", "--radii", "2,4,3",
+                 "--chunks", "16", "-o", str(out)]) == 0
+    lab = tomochunk.open_volume(out).data.compute()
+    ref = spheres(tomochunk.read_objects(tmp_path / "objs.csv"), (30, 36, 40), [2, 4, 3]).compute()
+    np.testing.assert_array_equal(lab, ref)
+    assert main(["target", str(tmp_path / "objs.csv"), "--shape", "30,36,40", "--radii", "1:2",
+                 "-o", str(tmp_path / "x.zarr")]) == 2          # classes 2, 3 have no radius

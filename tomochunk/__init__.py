@@ -51,6 +51,9 @@ _API = {
     "train": "tomochunk.nn.train",
     "segment": "tomochunk.nn.segment",
     "labelmap": "tomochunk.nn.segment",
+    "write_segmentation": "tomochunk.nn.segment",
+    "run": "tomochunk.pipeline",
+    "orthoslices": "tomochunk.viz",
     # misc
     "get_client": "tomochunk.parallel",
     "normalize": "tomochunk.ops.normalize",

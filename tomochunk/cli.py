@@ -11,7 +11,7 @@ import logging
 import sys
 import textwrap
 
-from .errors import TomochunkError
+from .errors import TomochunkError, ValueProblem
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -69,10 +69,375 @@ def _run_convert(args):
                 dataset=args.dataset, progress=True)
         print(f"{src} -> {dst}")
 
+# --- target ------------------------------------------------------------------
+
+def _add_target(sub):
+    p = _command(sub, "target", "build a training label map (spheres or shapes) from an object list",
+                 "tomochunk target objects.xml --like tomo1.zarr --radii 1:5,2:8 -o tomo1_target.zarr\n"
+                 "tomochunk target objects.xml --shape 200,512,512 --masks 1:ribo.mrc -o target.zarr")
+    p.add_argument("objects", help="object list (xml, csv, star, ...)")
+    p.add_argument("-o", "--output", required=True, help="output label map (.zarr, .mrc or .h5)")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--shape", type=_ints, help="label map shape z,y,x")
+    g.add_argument("--like", help="take the shape (and voxel size) from this volume")
+    g2 = p.add_mutually_exclusive_group(required=True)
+    g2.add_argument("--radii", help="sphere radius per class, 'label:r,...' or 'r1,r2,...' (class 1, 2, ...)")
+    g2.add_argument("--masks", help="binary mask per class, 'label:file,...' (any volume format)")
+    p.add_argument("--initial", help="volume to start from (e.g. membrane labels); objects overwrite it")
+    p.add_argument("--tomo", help="use only the objects of this tomogram")
+    p.add_argument("--chunks", type=_ints, default=None, help="block size, e.g. 256 or 64,256,256")
+    p.add_argument("--no-rotate", action="store_true", help="ignore the objects' Euler angles")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(run=_run_target)
+
+
+def _per_class_arg(text, convert):
+    items = [t for t in text.split(",") if t]
+    if all(":" in t for t in items):
+        return {int(k): convert(v) for k, v in (t.split(":", 1) for t in items)}
+    return [convert(t) for t in items]
+
+
+def _run_target(args):
+    import numpy as np
+
+    from . import open_volume, read_objects, write_volume
+    from .targets import shapes, spheres
+
+    objs = read_objects(args.objects)
+    voxel_size = objs.attrs.get("voxel_size")
+    if args.like:
+        like = open_volume(args.like)
+        shape, voxel_size = like.shape, like.attrs.get("voxel_size", voxel_size)
+    else:
+        shape = (args.shape,) * 3 if isinstance(args.shape, int) else args.shape
+    initial = open_volume(args.initial).data if args.initial else None
+    common = dict(chunks=args.chunks, initial=initial, tomo=args.tomo, rotate=not args.no_rotate)
+    if args.radii:
+        lab = spheres(objs, shape, _per_class_arg(args.radii, float), **common)
+    else:
+        masks = _per_class_arg(args.masks, lambda f: np.asarray(open_volume(f).data))
+        lab = shapes(objs, shape, masks, **common)
+    with _progress():
+        write_volume(lab, args.output, voxel_size=voxel_size, overwrite=args.overwrite, label=True)
+    print(f"{args.objects} -> {args.output} {tuple(lab.shape)} {lab.dtype}")
+
+
+# --- train -------------------------------------------------------------------
+
+def _add_train(sub):
+    p = _command(sub, "train", "train the DeepFinder U-Net on volumes, label maps and object lists",
+                 "tomochunk train --volumes t1.zarr t2.zarr --targets t1_lab.zarr t2_lab.zarr \\\n"
+                 "    --train objl_train.xml --valid objl_valid.xml --n-classes 4 --patch 48 \\\n"
+                 "    --epochs 50 --steps 100 -o run1/")
+    p.add_argument("--volumes", nargs="+", required=True, help="tomograms (or movies), any format")
+    p.add_argument("--targets", nargs="+", required=True, help="label maps, same order as --volumes")
+    p.add_argument("--train", required=True, help="object list of training objects")
+    p.add_argument("--valid", required=True, help="object list of validation objects")
+    p.add_argument("--n-classes", type=int, required=True, help="classes including background")
+    p.add_argument("-o", "--outdir", required=True)
+    p.add_argument("--patch", type=_ints, default=48, help="patch size, multiple of 4 (default 48)")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--steps", type=int, default=50, help="steps per epoch")
+    p.add_argument("--valid-steps", type=int, default=4)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--model", help="start from this model (.keras or DeepFinder .h5)")
+    p.add_argument("--filters", default="default", help="'default' (32,48,64), 'small' or a,b,c")
+    p.add_argument("--anisotropic", action="store_true", help="movie variant, pooling (1,2,2)")
+    p.add_argument("--checkpoint-every", type=int, default=10)
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in OUTDIR")
+    p.add_argument("--workers", type=int, default=2, help="threads preparing patches")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=_run_train)
+
+
+def _run_train(args):
+    from pathlib import Path
+
+    from . import read_objects, train
+    from .errors import ValueProblem
+
+    if len(args.volumes) != len(args.targets):
+        raise ValueProblem(f"{len(args.volumes)} volumes but {len(args.targets)} targets")
+    otrain, ovalid = read_objects(args.train), read_objects(args.valid)
+    # Key volumes by file stem when the object lists name tomograms that way, else by index.
+    stems = [Path(v).name.split(".")[0] for v in args.volumes]
+    names = set()
+    for o in (otrain, ovalid):
+        if "tomo" in o.columns:
+            names |= set(o["tomo"].astype(str))
+    keys = stems if names and names <= set(stems) else [str(i) for i in range(len(args.volumes))]
+    filters = args.filters if args.filters in ("default", "small") else _ints(args.filters)
+    _, hist = train(dict(zip(keys, args.volumes)), dict(zip(keys, args.targets)), otrain, ovalid,
+                    n_classes=args.n_classes, patch_size=args.patch, batch_size=args.batch,
+                    epochs=args.epochs, steps_per_epoch=args.steps, valid_steps=args.valid_steps,
+                    lr=args.lr, out_dir=args.outdir, model=args.model, filters=filters,
+                    anisotropic=args.anisotropic, checkpoint_every=args.checkpoint_every,
+                    resume=args.resume, workers=args.workers, seed=args.seed)
+    last = hist.iloc[-1]
+    f1 = ", ".join(f"{c}: {last[f'val_f1_{c}']:.3f}" for c in range(1, args.n_classes))
+    print(f"trained {int(last['epoch'])} epochs -> {args.outdir}/model_final.keras; validation F1 {f1}")
+
+
+# --- phantom -----------------------------------------------------------------
+
+def _add_phantom(sub):
+    p = _command(sub, "phantom", "generate a synthetic tomogram (or TIRF movie) with its labels and object list",
+                 "tomochunk phantom tomo.zarr --shape 128,256,256 --classes 4 --snr 0.5 --seed 0 "
+                 "--objects truth.csv\n"
+                 "tomochunk phantom movie.zarr --movie --shape 300,256,256 --objects events.csv")
+    p.add_argument("out", metavar="OUT", help="output volume: .mrc, .h5 or .zarr")
+    p.add_argument("--labels", default=None, help="label map output (default: OUT with a _labels suffix)")
+    p.add_argument("--objects", default=None, help="object list output (default: OUT_objects.csv)")
+    p.add_argument("--movie", action="store_true", help="a TIRF-like [t,y,x] movie instead of a tomogram")
+    p.add_argument("--shape", type=_ints, default=None,
+                   help="z,y,x (or t,y,x) size (default 128,256,256; movies 300,256,256)")
+    p.add_argument("--classes", type=_classes, default=None,
+                   help="number of shape classes, or names such as sphere,rod:6 (name:size in voxels)")
+    p.add_argument("--n-objects", type=int, default=None, help="number of particles (default: from --density)")
+    p.add_argument("--density", type=float, default=0.15, help="fraction of the volume the particles fill")
+    p.add_argument("--snr", type=_float_or_none, default=None,
+                   help="signal-to-noise ratio, or 'none' (default 1 for tomograms, 4 for movies)")
+    p.add_argument("--missing-wedge", type=_float_or_none, default=60.0,
+                   help="tilt range in ± degrees, or 'none' (default 60)")
+    p.add_argument("--n-spots", type=int, default=None, help="movies: diffusing spots")
+    p.add_argument("--n-events", type=int, default=None, help="movies: exocytosis events")
+    p.add_argument("--voxel-size", type=float, default=None, help="Å per voxel (default 10; movies 100)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--chunks", type=_ints, default=None,
+                   help="generate and store by blocks of this size (automatic above 512 MB)")
+    p.add_argument("--levels", type=int, default=3, help="multiscale levels of Zarr outputs")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(run=_run_phantom)
+
+
+def _run_phantom(args):
+    from pathlib import Path
+
+    import numpy as np
+    import xarray as xr
+
+    from .errors import ExistsError
+    from .io.objects import write_objects
+    from .io.volume import write_volume
+    from .phantom import phantom_movie, phantom_tomogram
+
+    out = Path(args.out)
+    suffix = ".zarr" if out.suffix.lower() == ".zarr" else out.suffix
+    labels = Path(args.labels) if args.labels else out.with_name(out.stem + "_labels" + suffix)
+    objects = Path(args.objects) if args.objects else out.with_name(out.stem + "_objects.csv")
+    for path in (out, labels, objects):
+        if path.exists() and not args.overwrite:
+            raise ExistsError("output exists; pass --overwrite to replace it", path)
+    shape = args.shape or ((300, 256, 256) if args.movie else (128, 256, 256))
+    if isinstance(shape, int) or len(shape) != 3:
+        raise ValueProblem(f"--shape needs three sizes, got {args.shape}")
+    chunks = args.chunks
+    if chunks is None and np.prod(shape, dtype=np.int64) * 4 > 512 * 2**20:
+        chunks = (64, 512, 512) if args.movie else 256
+    snr = args.snr if args.snr is not None else (4.0 if args.movie else 1.0)
+    if args.snr is not None and args.snr == "none":
+        snr = None
+    if args.movie:
+        vs = args.voxel_size or 100.0
+        vol, obj, lab = phantom_movie(shape, n_spots=args.n_spots, n_events=args.n_events, seed=args.seed,
+                                      snr=snr, voxel_size=vs, chunks=chunks)
+        dims = ("t", "y", "x")
+    else:
+        vs = args.voxel_size or 10.0
+        wedge = None if args.missing_wedge == "none" else args.missing_wedge
+        vol, obj, lab = phantom_tomogram(shape, args.classes, n_objects=args.n_objects, density=args.density,
+                                         snr=snr, missing_wedge=wedge, voxel_size=vs, seed=args.seed,
+                                         chunks=chunks)
+        dims = ("z", "y", "x")
+    vol = xr.DataArray(vol, dims=dims, attrs={"voxel_size": vs})
+    lab = xr.DataArray(lab, dims=dims, attrs={"voxel_size": vs})
+    kw = dict(voxel_size=vs, overwrite=args.overwrite)
+    if suffix == ".zarr":
+        kw.update(levels=args.levels, chunks=chunks)
+    with _progress():
+        write_volume(vol, out, **kw)
+        write_volume(lab, labels, label=True, **kw)
+    write_objects(obj, objects)
+    counts = ", ".join(f"{obj.attrs['classes'].get(k, k)}: {n}"
+                       for k, n in sorted(obj.class_label.value_counts().items()))
+    print(f"{out}: {'x'.join(map(str, shape))}, {len(obj)} objects ({counts})")
+    print(f"labels -> {labels}, objects -> {objects}")
+
+
+def _classes(text: str):
+    if text.isdigit():
+        return int(text)
+    out = []
+    for item in text.split(","):
+        name, _, size = item.partition(":")
+        out.append((name.strip(), float(size)) if size else name.strip())
+    return out
+
+
+def _float_or_none(text: str):
+    return "none" if text.lower() in ("none", "off", "inf") else float(text)
+
+
+# --- pick --------------------------------------------------------------------
+
+_PICK_METHODS = {"cc": "cc", "meanshift": "meanshift", "peaks": "peaks", "centroid": "centroid",
+                 "heatmap": "nms", "nms": "nms"}
+
+
+def _add_pick(sub):
+    p = _command(sub, "pick", "turn label maps (cc, meanshift) or score maps (peaks, centroid, heatmap) "
+                 "into one object list",
+                 "tomochunk pick seg/tomo1.zarr seg/tomo2.zarr --method meanshift --radius 5 -o objects.xml\n"
+                 "tomochunk pick scores.zarr --method peaks --threshold 0.5 --min-spacing 80 "
+                 "--units angstrom -o picks.star")
+    p.add_argument("inputs", nargs="+", metavar="LABELS_OR_SCORES",
+                   help="segmentation stores (labels/classes, labels/scores inside), zarr arrays or MRC files")
+    p.add_argument("-o", "--output", required=True, help="objects.{xml,star,csv,json,...}")
+    p.add_argument("--method", choices=sorted(_PICK_METHODS), default="meanshift")
+    p.add_argument("--radius", type=float, default=5.0, help="mean-shift bandwidth in voxels (cc/meanshift)")
+    p.add_argument("--threshold", type=float, default=0.5, help="score threshold (score maps)")
+    p.add_argument("--min-size", type=float, default=1, help="smallest object (voxels, or A^3 with --units angstrom)")
+    p.add_argument("--min-spacing", type=float, default=5.0, help="smallest distance between picks")
+    p.add_argument("--margin", type=float, default=0.0, help="drop picks this close to the border")
+    p.add_argument("--top-k", type=int, default=None, help="keep the K best picks per class and tomogram")
+    p.add_argument("--classes", type=_ints, default=None, help="classes to keep, e.g. 1,3")
+    p.add_argument("--units", choices=("voxel", "angstrom"), default="voxel")
+    p.add_argument("--voxel-size", type=float, default=None, help="A per voxel (default: from the input)")
+    p.add_argument("--level", type=int, default=0, help="multiscale level of OME-Zarr inputs")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(run=_run_pick)
+
+
+def _run_pick(args):
+    import pandas as pd
+
+    from .io.objects import write_objects
+    from .ops.pick import pick_inputs
+
+    frames = []
+    for src in args.inputs:
+        df = pick_inputs(src, method=_PICK_METHODS[args.method], radius=args.radius, threshold=args.threshold,
+                         min_size=args.min_size, min_spacing=args.min_spacing, margin=args.margin,
+                         top_k=args.top_k, classes=args.classes, units=args.units,
+                         voxel_size=args.voxel_size, level=args.level)
+        print(f"{src}: {len(df)} objects")
+        frames.append(df)
+    out = pd.concat(frames, ignore_index=True)
+    out.attrs = dict(frames[0].attrs)
+    out["obj_id"] = range(1, len(out) + 1)
+    write_objects(out, args.output, overwrite=args.overwrite)
+    print(f"{len(out)} objects -> {args.output}")
+
+
+# --- segment -----------------------------------------------------------------
+
+def _add_segment(sub):
+    p = _command(sub, "segment", "segment tomograms with a 3D U-Net on a Dask cluster; write score and "
+                 "label maps into each tomogram's OME-Zarr store (labels/scores, labels/classes)",
+                 "tomochunk segment tomo1.mrc tomo2.zarr -m net_weights_FINAL.h5 -o zarr/ --patch 160 --workers 2\n"
+                 "tomochunk segment zarr/*.zarr -m unet.keras -o zarr/ --scheduler tcp://head:8786")
+    p.add_argument("inputs", nargs="+", metavar="TOMO", help="tomograms (MRC, HDF5, TIFF, Zarr)")
+    p.add_argument("-m", "--model", required=True, help="network: .keras, or DeepFinder .h5 weights")
+    p.add_argument("-o", "--outdir", required=True, help="folder of OME-Zarr stores (<name>.zarr)")
+    p.add_argument("--patch", type=int, default=160, help="patch side in voxels (default 160)")
+    p.add_argument("--crop", type=int, default=25, help="voxels discarded per patch side (default 25)")
+    p.add_argument("--batch", type=int, default=None, help="patches per network call (default: auto)")
+    p.add_argument("--blend", choices=("crop", "gaussian"), default="crop",
+                   help="average overlapping cores (DeepFinder) or Gaussian-weight them")
+    p.add_argument("--normalize", choices=("meanstd", "percentile", "none"), default="meanstd",
+                   help="intensity normalisation before segmenting (default: global mean/std)")
+    p.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="score storage dtype")
+    p.add_argument("--chunks", type=int, default=256, help="storage chunk side of the outputs")
+    p.add_argument("--scheduler", default=None, help="address of a running Dask scheduler")
+    p.add_argument("--workers", type=int, default=None, help="worker processes of the embedded cluster")
+    p.add_argument("--dataset", default=None, help="HDF5 dataset name")
+    p.add_argument("--overwrite", action="store_true", help="redo tomograms that are already segmented")
+    p.set_defaults(run=_run_segment)
+
+
+def _run_segment(args):
+    from pathlib import Path
+
+    from .io.convert import convert, output_name
+    from .io.omezarr import is_complete
+    from .io.volume import open_volume
+    from .nn.segment import segment, write_segmentation
+    from .parallel import client_context
+
+    out = Path(args.outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = str(Path(args.model).resolve())
+    if not Path(model).exists():
+        from .errors import MissingError
+
+        raise MissingError("no such model file", args.model)
+    todo = []
+    for src in args.inputs:
+        dst = out / output_name(src)
+        labels = dst / "labels"
+        if not args.overwrite and all((labels / n).exists() and is_complete(labels / n)
+                                      for n in ("scores", "classes")):
+            print(f"{src}: already segmented in {labels}, skipped")
+            continue
+        todo.append((src, dst))
+    if not todo:
+        return 0
+    with client_context(scheduler=args.scheduler, n_workers=args.workers) as client:
+        print(f"Dask dashboard: {client.dashboard_link}")
+        for src, dst in todo:
+            if Path(src).resolve() != dst.resolve() and not (dst.exists() and is_complete(dst)):
+                convert(src, dst, dataset=args.dataset, progress=True)
+            vol = open_volume(dst)
+            scores = segment(vol, model, patch_size=args.patch, crop=args.crop, batch_size=args.batch,
+                             blend=args.blend, normalize=None if args.normalize == "none" else args.normalize,
+                             client=client)
+            print(f"{src}: segmenting {dict(zip(vol.dims, vol.shape))} into {dst / 'labels'}")
+            write_segmentation(scores, dst, dtype=args.dtype, chunks=args.chunks, overwrite=args.overwrite,
+                               client=client, progress=True)
+            print(f"\n{src} -> {dst / 'labels'}")
+    return 0
+
 
 def _ints(text: str):
     vals = tuple(int(v) for v in text.split(","))
     return vals[0] if len(vals) == 1 else vals
+
+
+# --- run ---------------------------------------------------------------------
+
+_RUN_EXAMPLE = """
+# pipeline.yaml
+inputs: ["tomograms/*.mrc"]
+outdir: out
+workers: 2
+segment: {model: phantom, patch_size: 48, crop: 8}
+pick: {method: meanshift, radius: 5, min_size: 20, formats: [xml, star]}
+
+tomochunk run pipeline.yaml      # rerun to resume: finished stages are skipped
+"""
+
+
+def _add_run(sub):
+    p = _command(sub, "run", "run convert -> segment -> pick (-> evaluate) over many tomograms from a YAML config",
+                 _RUN_EXAMPLE)
+    p.add_argument("config", help="YAML config (see tomochunk.pipeline)")
+    p.add_argument("--scheduler", default=None, help="address of a running Dask scheduler")
+    p.add_argument("--workers", type=int, default=None, help="workers of the embedded LocalCluster")
+    p.set_defaults(run=_run_run)
+
+
+def _run_run(args):
+    from .pipeline import load_config, run
+
+    cfg = load_config(args.config)
+    if args.scheduler:
+        cfg["scheduler"] = args.scheduler
+    if args.workers:
+        cfg["workers"] = args.workers
+    table = run(cfg, progress=True)
+    print(table.to_string(index=False))
 
 
 # --- tirf: the TIRF exocytosis workflow (ExoDeepFinder's steps) ---------------------------
@@ -283,6 +648,12 @@ def _run_tirf_events(args):
 
 _COMMANDS = [
     _add_convert,
+    _add_phantom,
+    _add_target,
+    _add_train,
+    _add_pick,
+    _add_segment,
+    _add_run,
     _add_tirf,
 ]
 

@@ -15,9 +15,15 @@ used by DeepFinder. The rotation matrix, acting on column vectors ``(x, y, z)``,
 (first ``phi`` about z, then ``the`` about x, then ``psi`` about z; this is
 TOM's ``tom_rotmatrix``). It is an *active* rotation: a point ``b`` of an
 object's body frame (its unrotated template, centred on the origin) appears at
-``centre + R @ b`` in the tomogram. :func:`euler_matrix` builds ``R`` and
-:func:`rotate_template` applies it; every rotation in this package goes
-through these two functions.
+``centre + R @ b`` in the tomogram. :func:`euler_matrix` builds ``R``.
+
+Templates are cubes of even side ``D`` whose centre is voxel ``D // 2``
+(DeepFinder's template convention), and :func:`rotate_template` rotates them
+about that voxel with :func:`tomochunk.ops.targets.rotate_template_deepfinder`
+(linear interpolation, ``round(value) == 1`` is inside), the one implementation
+of DeepFinder's rotation in this package, whose matrix equals ``R`` (tested).
+So ``tomochunk.targets.shapes(objects, shape, class_templates(classes))``
+rebuilds a phantom's label map voxel for voxel.
 """
 
 from __future__ import annotations
@@ -129,21 +135,21 @@ def _class_specs(classes) -> tuple[tuple[str, float], ...]:
 
 
 def _half(size: float) -> int:
-    """Half-width of the odd template cube holding a shape of this size, with room to rotate."""
-    return int(math.ceil(size)) + 1
+    """Half-side of the even template cube holding a shape of this size, with room to rotate."""
+    return int(math.ceil(size)) + 2
 
 
 @lru_cache(maxsize=64)
 def _template(name: str, size: float) -> np.ndarray:
     h = _half(size)
-    z, y, x = np.mgrid[-h:h + 1, -h:h + 1, -h:h + 1].astype(np.float32)
+    z, y, x = np.mgrid[-h:h, -h:h, -h:h].astype(np.float32)
     mask = SHAPES[name][0](x, y, z, size) <= 0
     mask.setflags(write=False)
     return mask
 
 
 def class_templates(classes=None) -> dict[int, np.ndarray]:
-    """Unrotated boolean masks of the phantom classes, centred in odd cubes.
+    """Unrotated boolean masks of the phantom classes, centred in even cubes.
 
     Parameters
     ----------
@@ -155,14 +161,16 @@ def class_templates(classes=None) -> dict[int, np.ndarray]:
     Returns
     -------
     dict
-        ``{label: mask}``, labels from 1, each mask ``[z, y, x]`` of odd side
-        ``2 * (ceil(size) + 1) + 1`` with the shape centred on the middle voxel.
+        ``{label: mask}``, labels from 1, each mask ``[z, y, x]`` a cube of even
+        side ``D = 2 * (ceil(size) + 2)`` with the shape centred on voxel
+        ``D // 2`` (DeepFinder's convention: that voxel lands on the object's
+        coordinates), leaving room to rotate it.
 
     Examples
     --------
     >>> t = class_templates(["sphere", ("rod", 6)])
     >>> sorted(t), t[1].shape
-    ([1, 2], (13, 13, 13))
+    ([1, 2], (14, 14, 14))
     """
     return {k: _template(name, size).copy() for k, (name, size) in enumerate(_class_specs(classes), 1)}
 
@@ -186,41 +194,37 @@ def euler_matrix(phi: float, psi: float, the: float) -> np.ndarray:
     return rz(s) @ rx @ rz(p)
 
 
-def _rotate_float(vol: np.ndarray, phi: float, psi: float, the: float, order: int = 1) -> np.ndarray:
-    from scipy import ndimage
+def _rotate_float(vol: np.ndarray, phi: float, psi: float, the: float) -> np.ndarray:
+    """Linear-interpolated rotation about voxel ``D / 2`` (float32); see the module doc."""
+    from .ops.targets import rotate_template_deepfinder
 
     vol = np.asarray(vol, dtype=np.float32)
     if phi == 0 and psi == 0 and the == 0:
         return vol.copy()
-    r = euler_matrix(phi, psi, the)
-    # affine_transform maps output index o to input index M @ o + offset, in (z, y, x) order:
-    # the input point of output voxel o is R^T (o - c) + c, with the axes reversed.
-    m = r.T[::-1, ::-1]
-    c = (np.array(vol.shape, dtype=float) - 1) / 2
-    return ndimage.affine_transform(vol, m, offset=c - m @ c, order=order, mode="constant", cval=0.0,
-                                    prefilter=order > 1)
+    return rotate_template_deepfinder(vol, phi, psi, the).astype(np.float32)
 
 
-def rotate_template(mask: np.ndarray, phi: float, psi: float, the: float, *, order: int = 1) -> np.ndarray:
-    """Rotate a template about its centre voxel by the Euler angles (degrees, ZXZ; see the module doc).
+def rotate_template(mask: np.ndarray, phi: float, psi: float, the: float) -> np.ndarray:
+    """Rotate a cubic template about voxel ``D / 2`` by Euler angles (degrees, ZXZ; see the module doc).
 
-    Boolean masks are interpolated linearly and thresholded at 0.5, which is
-    exactly how :func:`phantom_tomogram` draws its label maps; other arrays are
-    interpolated with ``order`` and returned as float32.
+    Boolean masks are interpolated linearly and ``round(value) == 1`` is kept,
+    exactly as :func:`phantom_tomogram` draws its label maps and
+    :mod:`tomochunk.targets` its targets; other arrays are returned
+    interpolated (float32).
 
     Examples
     --------
     >>> rod = class_templates(["rod"])[1]
     >>> flat = rotate_template(rod, 0, 0, 90)   # the rod's z axis turned onto -y
-    >>> flat.shape == rod.shape, int(flat[:, :, 9].sum()) > 0
+    >>> flat.shape == rod.shape, bool(flat[10, :, 10].sum() > 8)
     (True, True)
     """
     mask = np.asarray(mask)
-    if mask.ndim != 3:
-        raise ValueProblem(f"rotate_template needs a 3D array, got {mask.ndim}D")
+    if mask.ndim != 3 or len(set(mask.shape)) != 1:
+        raise ValueProblem(f"rotate_template needs a cubic 3D array, got shape {mask.shape}")
     if mask.dtype == bool:
-        return _rotate_float(mask, phi, psi, the, order=1) >= 0.5
-    return _rotate_float(mask, phi, psi, the, order=order)
+        return np.round(_rotate_float(mask, phi, psi, the)) == 1
+    return _rotate_float(mask, phi, psi, the)
 
 
 def _random_angles(rng, n):
@@ -281,12 +285,14 @@ def missing_wedge_filter(volume: np.ndarray, tilt: float = 60.0) -> np.ndarray:
     >>> v.shape, v.dtype
     ((16, 16, 16), dtype('float32'))
     """
+    from scipy import fft
+
     v = np.asarray(volume, dtype=np.float32)
     if tilt is None or tilt >= 90:
         return v.copy()
-    f = np.fft.rfftn(v)
+    f = fft.rfftn(v)  # complex64 for float32 input: half numpy's memory
     f *= _wedge_keep(v.shape, tilt)
-    return np.fft.irfftn(f, s=v.shape).astype(np.float32)
+    return fft.irfftn(f, s=v.shape, overwrite_x=True).astype(np.float32, copy=False)
 
 
 # --- tomogram -----------------------------------------------------------------------------------
@@ -377,22 +383,22 @@ class _TomoPlan:
         return o[oi], mb[mi]
 
 
-def _render_block(plan_small, offset, bshape):
-    """Density (float32, particles and membranes, before contrast) and labels (uint8) of one block."""
+def _render_block(plan_small, offset, bshape, *, density=True, labels=True):
+    """Particle and membrane density (float32, times the contrasts) and labels (uint8) of one block."""
     specs, contrast, membrane_contrast, objs, mems = plan_small
     offset = np.asarray(offset, int)
     bshape = tuple(int(s) for s in bshape)
-    dens = np.zeros(bshape, np.float32)
-    lab = np.zeros(bshape, np.uint8)
+    dens = np.zeros(bshape if density else (1, 1, 1), np.float32)
+    lab = np.zeros(bshape if labels else (1, 1, 1), np.uint8)
     for row in objs:
         k = int(row[0])
         name, size = specs[k - 1]
         rot = _rotate_float(_template(name, size), row[4], row[5], row[6])
-        h = rot.shape[0] // 2
+        h = rot.shape[0] // 2  # template voxel D // 2 lands on the object's voxel
         c = row[1:4].astype(int) - offset
         dst, src = [], []
         for ax in range(3):
-            lo, hi = c[ax] - h, c[ax] + h + 1
+            lo, hi = c[ax] - h, c[ax] - h + rot.shape[ax]
             a, b = max(lo, 0), min(hi, bshape[ax])
             if a >= b:
                 break
@@ -400,9 +406,11 @@ def _render_block(plan_small, offset, bshape):
             src.append(slice(a - lo, b - lo))
         else:
             piece = rot[tuple(src)]
-            dens[tuple(dst)] += contrast * piece
-            lab[tuple(dst)][piece >= 0.5] = k
-    for zc, yc, xc, r in mems:
+            if density:
+                dens[tuple(dst)] += contrast * piece
+            if labels:
+                lab[tuple(dst)][np.round(piece) == 1] = k
+    for zc, yc, xc, r in (mems if density else ()):
         c = np.array([zc, yc, xc]) - offset
         ext = int(math.ceil(r + _MEMBRANE_THICK + 1))
         lo = np.maximum(np.floor(c - ext).astype(int), 0)
@@ -424,7 +432,10 @@ def _gauss_scale(sigma: float) -> float:
 def _gaussian(block, sigma):
     from scipy import ndimage
 
-    return ndimage.gaussian_filter(block, sigma, mode="reflect", truncate=4.0)
+    return ndimage.gaussian_filter(block, sigma, mode="reflect", truncate=_TRUNCATE)
+
+
+_TRUNCATE = 3.0  # gaussian kernel radius in sigmas (the blockwise margin depends on it)
 
 
 def phantom_tomogram(shape=(128, 256, 256), classes=None, *, n_objects=None, density=0.15, snr=1.0,
@@ -483,9 +494,12 @@ def phantom_tomogram(shape=(128, 256, 256), classes=None, *, n_objects=None, den
         Return dask arrays with these chunks, generated block by block; nothing
         ever holds the whole volume. Labels and the noise-free particle density
         are exactly the same as without chunks; the background and noise too
-        (they are drawn per fixed 64-voxel tile, so independent of chunking).
+        (they are drawn per fixed 64-voxel tile, so independent of chunking,
+        and each block filters the background with a 3-sigma margin).
         Only the missing-wedge filter is approximate: each block is filtered
-        with an overlap of 16 voxels, not the whole volume at once.
+        with a margin of 16 voxels, not the whole volume at once. Every block is
+        one task with no dependencies (it renders its own margin), so computing
+        or writing one chunk costs one task.
     tomo : str or int
         Value of the ``tomo`` column.
 
@@ -587,71 +601,118 @@ def phantom_tomogram(shape=(128, 256, 256), classes=None, *, n_objects=None, den
              var_signal, noise_std)
 
     plan = _TomoPlan(shape, specs, objects, mem, contrast, mcon)
-    bg_scale = background * _gauss_scale(background_sigma)
     tilt = None if missing_wedge is None or missing_wedge >= 90 else float(missing_wedge)
-
+    params = _VolumeParams(seed, background * _gauss_scale(background_sigma) if background else 0.0,
+                           float(background_sigma), noise_std, tilt, shape)
     if chunks is None:
-        dens, lab = _render_block((specs, contrast, mcon, objects, mem), (0, 0, 0), shape)
-        vol = dens
-        if background:
-            vol += bg_scale * _gaussian(_tiled_normal(seed, 1, (0, 0, 0), shape), background_sigma)
-        if noise_std:
-            vol += noise_std * _tiled_normal(seed, 2, (0, 0, 0), shape)
-        if tilt is not None:
-            vol = missing_wedge_filter(vol, tilt)
-        return vol, df, lab
-    vol, lab = _lazy_tomogram(plan, shape, chunks, seed, bg_scale, background_sigma, noise_std, tilt)
-    return vol, df, lab
-
-
-def _lazy_tomogram(plan, shape, chunks, seed, bg_scale, bg_sigma, noise_std, tilt):
+        o, m = plan.subset((0, 0, 0), shape)
+        dens, lab = _render_block((plan.specs, contrast, mcon, o, m), (0, 0, 0), shape)
+        return _finish_volume(dens, (0, 0, 0), params), df, lab
     import dask.array as da
 
     chunks = da.core.normalize_chunks(chunks, shape, dtype=np.float32)
-    dens, lab = _blockwise_pair(plan, chunks)
-    vol = dens
-    if bg_scale:
-        noise = _lazy_normal(seed, 1, chunks)
-        depth = int(math.ceil(4 * bg_sigma))  # dask rechunks if a chunk is smaller
-        vol = vol + bg_scale * noise.map_overlap(_gaussian, depth=depth, boundary="none", sigma=bg_sigma,
-                                                 dtype=np.float32)
-    if noise_std:
-        vol = vol + noise_std * _lazy_normal(seed, 2, chunks)
-    if tilt is not None:
-        depth = tuple(min(16, s) for s in shape)
-        vol = vol.map_overlap(missing_wedge_filter, depth=depth, boundary="none", tilt=tilt, dtype=np.float32)
-    return vol, lab
+    token = (plan.shape, plan.specs, plan.objects, plan.membranes, contrast, params.__dict__)
+
+    def vol_args(off, bsh):
+        lo, hi = params.extended(off, bsh)
+        return (plan.specs, contrast, mcon) + plan.subset(lo, hi - lo) + (params,)
+
+    vol = _blockwise(_tomo_volume_block, vol_args, chunks, ("volume",) + token, np.float32)
+    lab = _blockwise(_tomo_label_block, lambda off, bsh: (plan.specs, plan.subset(off, bsh)[0]), chunks,
+                     ("labels",) + token, np.uint8)
+    return vol, df, lab
+
+
+_WEDGE_MARGIN = 16  # overlap (voxels) of the blockwise missing-wedge filter
+
+
+class _VolumeParams:
+    """Background, noise and wedge settings, and the margin a block needs around it."""
+
+    def __init__(self, seed, bg_scale, bg_sigma, noise_std, tilt, shape):
+        self.seed, self.bg_scale, self.bg_sigma = int(seed), float(bg_scale), float(bg_sigma)
+        self.noise_std, self.tilt, self.shape = float(noise_std), tilt, tuple(shape)
+        m = int(math.ceil(_TRUNCATE * bg_sigma)) if bg_scale else 0
+        if tilt is not None:
+            m += _WEDGE_MARGIN
+        self.margin = m
+
+    def extended(self, offset, bshape):
+        lo = np.maximum(np.asarray(offset) - self.margin, 0)
+        hi = np.minimum(np.asarray(offset) + np.asarray(bshape) + self.margin, self.shape)
+        return lo, hi
+
+
+def _tomo_volume_block(args, offset, bshape):
+    """One block of the phantom volume, computed on its own from a margin around it.
+
+    Particles, membranes, background and noise are exact (the background filter
+    sees 4 sigma of margin, so it matches filtering the whole volume); the
+    missing wedge is applied to the block plus ``_WEDGE_MARGIN`` voxels and
+    cropped, which approximates filtering the whole volume.
+    """
+    specs, contrast, mcon, objs, mems, p = args
+    offset = np.asarray(offset, int)
+    bshape = np.asarray(bshape, int)
+    lo, hi = p.extended(offset, bshape)
+    ext = tuple(int(v) for v in hi - lo)
+    vol, _ = _render_block((specs, contrast, mcon, objs, mems), lo, ext, labels=False)
+    vol = _finish_volume(vol, lo, p)
+    crop = tuple(slice(int(a), int(a + n)) for a, n in zip(offset - lo, bshape))
+    return np.ascontiguousarray(vol[crop])
+
+
+def _finish_volume(vol, lo, p):
+    """Add background and noise to the particle density of the region at ``lo``, then the wedge."""
+    if p.bg_scale:
+        vol += p.bg_scale * _gaussian(_tiled_normal(p.seed, 1, lo, vol.shape), p.bg_sigma)
+    if p.noise_std:
+        vol += p.noise_std * _tiled_normal(p.seed, 2, lo, vol.shape)
+    if p.tilt is not None:
+        vol = missing_wedge_filter(vol, p.tilt)
+    return vol
+
+
+def _tomo_label_block(args, offset, bshape):
+    specs, objs = args
+    return _render_block((specs, 0.0, 0.0, objs, np.zeros((0, 4))), offset, bshape, density=False)[1]
 
 
 def _offsets(chunks):
     return [np.concatenate([[0], np.cumsum(c)[:-1]]).astype(int) for c in chunks]
 
 
-def _blockwise_pair(plan, chunks):
-    """Two dask arrays (density, labels) from one render task per block, each given only its objects."""
-    import operator
+class _Opaque:
+    """Wraps task arguments so that dask passes them through untouched (no key lookups)."""
 
+    def __init__(self, value):
+        self.value = value
+
+
+def _call_opaque(func, args, offset, bshape):
+    return func(args.value, offset, bshape)
+
+
+def _blockwise(render, block_args, chunks, token, dtype):
+    """A dask array with one independent ``render(args, offset, shape)`` task per block.
+
+    ``block_args(offset, shape)`` is called here, at graph construction, so that every
+    task carries only what its block needs (the objects that touch it). Tasks have no
+    dependencies, so computing one block (``array[region].compute()``) runs one task.
+    """
     import dask.array as da
     from dask.base import tokenize
     from dask.highlevelgraph import HighLevelGraph
 
-    tok = tokenize(plan.shape, plan.specs, plan.objects, plan.membranes, plan.contrast, chunks)
-    rname, dname, lname = f"phantom-render-{tok}", f"phantom-density-{tok}", f"phantom-labels-{tok}"
+    name = f"phantom-{tokenize(token, chunks)}"
     offs = _offsets(chunks)
-    rdsk, ddsk, ldsk = {}, {}, {}
+    dsk = {}
     for idx in product(*[range(len(c)) for c in chunks]):
-        off = tuple(int(offs[a][i]) for a, i in enumerate(idx))
-        bsh = tuple(int(chunks[a][i]) for a, i in enumerate(idx))
-        o, m = plan.subset(off, bsh)
-        rdsk[(rname,) + idx] = (_render_block, (plan.specs, plan.contrast, plan.membrane_contrast, o, m),
-                                list(off), list(bsh))
-        ddsk[(dname,) + idx] = (operator.getitem, (rname,) + idx, 0)
-        ldsk[(lname,) + idx] = (operator.getitem, (rname,) + idx, 1)
-    graph_d = HighLevelGraph({rname: rdsk, dname: ddsk}, {rname: set(), dname: {rname}})
-    graph_l = HighLevelGraph({rname: rdsk, lname: ldsk}, {rname: set(), lname: {rname}})
-    dens = da.Array(graph_d, dname, chunks, meta=np.empty((0, 0, 0), np.float32))
-    lab = da.Array(graph_l, lname, chunks, meta=np.empty((0, 0, 0), np.uint8))
-    return dens, lab
+        off = [int(offs[a][i]) for a, i in enumerate(idx)]
+        bsh = [int(chunks[a][i]) for a, i in enumerate(idx)]
+        dsk[(name,) + idx] = (_call_opaque, render, _Opaque(block_args(off, bsh)), off, bsh)
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=())
+    return da.Array(graph, name, chunks, meta=np.empty((0,) * len(chunks), dtype))
 
 
 def _normal_block(seed, stream, block_info=None):
@@ -665,3 +726,294 @@ def _lazy_normal(seed, stream, chunks):
 
     return da.map_blocks(_normal_block, seed, stream, chunks=chunks, dtype=np.float32,
                          name=f"phantom-noise-{seed}-{stream}-" + da.core.tokenize(chunks))
+
+
+# --- TIRF movie ---------------------------------------------------------------------------------
+
+class _MoviePlan:
+    """Emitters of a phantom movie, one row per emitter per frame, and the cell footprint."""
+
+    def __init__(self, shape, emit, cell, bleach):
+        self.shape = shape
+        self.emit = emit   # float n x 6: t, y, x, amplitude, sigma, label radius; + label column
+        self.cell = cell   # (cy, cx, ay, ax, angle, level, texture blobs m x 4: y, x, sigma, weight)
+        self.bleach = bleach
+
+    def subset(self, offset, bshape):
+        e = self.emit
+        lo, hi = np.asarray(offset), np.asarray(offset) + np.asarray(bshape)
+        reach = np.maximum(4 * e[:, 4], e[:, 5]) + 1
+        keep = ((e[:, 0] >= lo[0]) & (e[:, 0] < hi[0])
+                & (e[:, 1] + reach >= lo[1]) & (e[:, 1] - reach < hi[1])
+                & (e[:, 2] + reach >= lo[2]) & (e[:, 2] - reach < hi[2]))
+        return e[keep], self.cell, self.bleach, self.shape[0]
+
+
+def _footprint(cell, y, x):
+    """Cell footprint in [0, 1] (a soft ellipse with a smooth texture) at pixel coordinates."""
+    cy, cx, ay, ax, ang, blobs = cell
+    ca, sa = math.cos(ang), math.sin(ang)
+    u = ((y - cy) * ca + (x - cx) * sa) / ay
+    v = (-(y - cy) * sa + (x - cx) * ca) / ax
+    rho = np.sqrt(u * u + v * v)
+    f = 1.0 / (1.0 + np.exp((rho - 1.0) * 12.0))
+    tex = np.zeros(np.broadcast_shapes(np.shape(y), np.shape(x)), np.float32)
+    for by, bx, bs, bw in blobs:
+        tex += bw * np.exp(-((y - by) ** 2 + (x - bx) ** 2) / (2 * bs * bs))
+    return (f * (1.0 + tex)).astype(np.float32)
+
+
+def _render_movie_block(args, offset, bshape, *, intensity=True, labels=True):
+    """Noise-free intensity (float32) and labels (uint8) of one [t, y, x] block."""
+    emit, cell, bleach, nt = args
+    t0, y0, x0 = (int(o) for o in offset)
+    bt, by, bx = (int(s) for s in bshape)
+    yy = np.arange(y0, y0 + by, dtype=np.float32)
+    xx = np.arange(x0, x0 + bx, dtype=np.float32)
+    tt = np.arange(t0, t0 + bt, dtype=np.float32)
+    if intensity:
+        fp = _footprint(cell, yy[:, None], xx[None, :])
+        img = (0.1 + 0.4 * fp[None] * np.exp(-tt / bleach)[:, None, None]).astype(np.float32)
+    else:
+        img = np.zeros((1, 1, 1), np.float32)
+    lab = np.zeros((bt, by, bx), np.uint8)
+    if len(emit):
+        order = np.argsort(emit[:, 0], kind="stable")
+        emit = emit[order]
+        ti = emit[:, 0].astype(int) - t0
+        starts = np.searchsorted(ti, np.arange(bt + 1))
+        for f in range(bt):
+            e = emit[starts[f]:starts[f + 1]]
+            if not len(e):
+                continue
+            if intensity:
+                gy = np.exp(-(yy[None, :] - e[:, 1:2]) ** 2 / (2 * e[:, 4:5] ** 2)).astype(np.float32)
+                gx = np.exp(-(xx[None, :] - e[:, 2:3]) ** 2 / (2 * e[:, 4:5] ** 2)).astype(np.float32)
+                img[f] += (gy * e[:, 3:4].astype(np.float32)).T @ gx
+            if not labels:
+                continue
+            # labels: discs of radius e[:, 5], events (2) drawn after spots (1) so they win
+            for row in e[np.argsort(e[:, 6], kind="stable")]:
+                r = row[5]
+                if r < 0:
+                    continue
+                cy, cx = row[1] - y0, row[2] - x0
+                a0, a1 = max(int(math.floor(cy - r)), 0), min(int(math.ceil(cy + r)) + 1, by)
+                b0, b1 = max(int(math.floor(cx - r)), 0), min(int(math.ceil(cx + r)) + 1, bx)
+                if a0 >= a1 or b0 >= b1:
+                    continue
+                dy = np.arange(a0, a1)[:, None] - cy
+                dx = np.arange(b0, b1)[None, :] - cx
+                lab[f, a0:a1, b0:b1][dy * dy + dx * dx <= r * r] = int(row[6])
+    return img, lab
+
+
+def _movie_block(args, offset, bshape):
+    sub, seed, noise_std = args
+    img = _render_movie_block(sub, offset, bshape, labels=False)[0]
+    if noise_std:
+        img += noise_std * _tiled_normal(seed, 11, offset, bshape)
+    return img
+
+
+def _movie_label_block(args, offset, bshape):
+    return _render_movie_block(args[0], offset, bshape, intensity=False)[1]
+
+
+def _brownian(rng, n, start, y, x, step, shape):
+    """Reflected random walks: (n, 2) positions from the start position."""
+    d = rng.normal(0.0, step, (n, 2))
+    d[0] = 0.0
+    p = np.cumsum(d, axis=0) + [y, x]
+    for ax, size in ((0, shape[0]), (1, shape[1])):
+        lo, hi = 2.0, size - 3.0
+        span = hi - lo
+        q = np.mod(p[:, ax] - lo, 2 * span)
+        p[:, ax] = lo + np.where(q > span, 2 * span - q, q)
+    return p
+
+
+def phantom_movie(shape=(300, 256, 256), *, n_spots=None, n_events=None, seed=0, snr=4.0, voxel_size=100.0,
+                  spot_sigma=1.3, diffusion=0.3, event_amplitude=2.5, chunks=None, tomo=0,
+                  return_tracks=False):
+    """A TIRF-like movie of diffusing vesicles and exocytosis events, with ground truth.
+
+    The movie is float32 intensity in arbitrary units, indexed ``[t, y, x]``: a
+    dim offset (0.1) plus a cell footprint (a soft textured ellipse, up to about
+    0.4 + texture, slowly photobleaching), diffusing spots (gaussian PSF of
+    ``spot_sigma`` pixels, peak amplitude 0.7-1.3, Brownian motion with
+    ``diffusion`` px²/frame, each alive for a random span of frames), and
+    exocytosis events: at a random place in the cell a spot brightens over two
+    frames to ``event_amplitude`` (±20%), then spreads (sigma² grows by 1
+    px²/frame) and fades (× exp(-dt/6) on top of the spreading) until it falls
+    below 5% of its peak, about 8 frames in all. White gaussian noise
+    of standard deviation ``1 / snr`` is added, so ``snr`` is the ratio of a
+    unit spot's peak amplitude to the noise standard deviation (the usual
+    definition in single-particle tracking).
+
+    Parameters
+    ----------
+    shape : tuple of int
+        ``(t, y, x)``: frames and image size.
+    n_spots, n_events : int, optional
+        Number of diffusing spots (default one per 1300 px² of image) and of
+        exocytosis events (default one per 2 Mpx of movie, at least 1).
+    seed : int
+        The output is a deterministic function of the seed and parameters.
+    snr : float or None
+        Spot peak amplitude / noise std; ``None``: no noise.
+    voxel_size : float
+        Pixel size in Å (100 nm TIRF pixels are 1000 Å; the default 100 Å keeps the
+        object-list conventions of the tomograms; set the real value when it matters).
+    chunks : int or tuple, optional
+        Return dask arrays built block by block; labels and the noise-free
+        movie are identical to the eager ones, and so is the noise (drawn per
+        fixed tile), so the lazy movie equals the eager one.
+    return_tracks : bool
+        Also return a DataFrame of the spot trajectories, one row per spot per
+        frame: ``track_id, t, x, y, amplitude``.
+
+    Returns
+    -------
+    movie : numpy.ndarray or dask.array.Array
+        float32 ``[t, y, x]``.
+    objects : pandas.DataFrame
+        Object list (CONVENTIONS.md), ``z`` holding the frame. Class 2
+        (``exocytosis``, the main ground truth): one row per event at its centre
+        and its peak frame (onset = peak - 2), ``size`` = its labelled voxels.
+        Class 1 (``spot``): one row per diffusing spot at its first frame and
+        position, ``size`` = its number of frames. ``obj_id`` is unique; a
+        spot's ``obj_id`` is its ``track_id``. Angles are absent.
+    labels : numpy.ndarray or dask.array.Array
+        uint8 ``[t, y, x]``: 1 within 2 px of a spot's centre, 2 within an
+        event's extent (1.5 sigma + 1 px, at most 6 px, while it is above a
+        tenth of its peak), 0 elsewhere.
+    tracks : pandas.DataFrame
+        Only with ``return_tracks=True``.
+
+    Examples
+    --------
+    >>> movie, obj, lab = phantom_movie((40, 64, 64), n_events=2, seed=0)
+    >>> movie.shape, sorted(obj.class_label.unique().tolist())
+    ((40, 64, 64), [1, 2])
+    """
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != 3 or min(shape) < 1:
+        raise ValueProblem(f"shape must be three positive sizes (t, y, x), got {shape}")
+    if snr is not None and not snr > 0:
+        raise ValueProblem(f"snr must be positive (or None for no noise), got {snr}")
+    nt, ny, nx = shape
+    rng_cell, rng_spots, rng_events = (np.random.default_rng(s) for s in
+                                       np.random.SeedSequence([int(seed), 7]).spawn(3))
+    if n_spots is None:
+        n_spots = int(round(ny * nx / 1300))
+    if n_events is None:
+        n_events = max(1, int(round(nt * ny * nx / 2e6)))
+
+    # cell footprint: a soft ellipse covering most of the field, with a smooth texture
+    cell_blobs = np.column_stack([rng_cell.uniform(0, ny, 6), rng_cell.uniform(0, nx, 6),
+                                  rng_cell.uniform(0.05, 0.15, 6) * max(ny, nx),
+                                  rng_cell.uniform(-0.3, 0.3, 6)])
+    cell = (ny / 2 + rng_cell.uniform(-0.05, 0.05) * ny, nx / 2 + rng_cell.uniform(-0.05, 0.05) * nx,
+            0.42 * ny, 0.42 * nx, float(rng_cell.uniform(0, np.pi)), cell_blobs)
+    bleach = 5.0 * nt
+
+    def inside_cell(rng, k, margin):
+        out = []
+        for _ in range(100):
+            y = rng.uniform(margin, ny - 1 - margin, 4 * k + 8)
+            x = rng.uniform(margin, nx - 1 - margin, 4 * k + 8)
+            ok = _footprint(cell, y, x) > 0.5
+            out.extend(zip(y[ok], x[ok]))
+            if len(out) >= k:
+                break
+        return np.array(out[:k]).reshape(-1, 2)
+
+    # spots: Brownian tracks alive over random frame spans
+    rows, tracks, emit = [], [], []
+    starts = inside_cell(rng_spots, n_spots, 3)
+    step = math.sqrt(2 * diffusion)
+    for i, (y, x) in enumerate(starts):
+        t0 = int(rng_spots.integers(-nt // 2, nt))
+        length = int(max(5, rng_spots.exponential(nt / 2)))
+        t0, t1 = max(t0, 0), min(t0 + length, nt)
+        if t1 - t0 < 2:
+            t0, t1 = max(nt - 5, 0), nt
+        amp = rng_spots.uniform(0.7, 1.3)
+        p = _brownian(rng_spots, t1 - t0, t0, y, x, step, (ny, nx))
+        t = np.arange(t0, t1)
+        emit.append(np.column_stack([t, p, np.full(len(t), amp), np.full(len(t), spot_sigma),
+                                     np.full(len(t), 2.0), np.full(len(t), 1)]))
+        tracks.append(pd.DataFrame({"track_id": i, "t": t, "x": p[:, 1], "y": p[:, 0], "amplitude": amp}))
+        rows.append((1, p[0, 1], p[0, 0], float(t0), t1 - t0, i))
+
+    # exocytosis events, apart from each other in space-time
+    ev = []
+    cand = inside_cell(rng_events, 20 * n_events + 20, 8)
+    for y, x in cand:
+        if len(ev) >= n_events:
+            break
+        tpk = int(rng_events.integers(2, max(nt - 8, 3)))
+        if any(abs(tpk - e[0]) < 15 and math.hypot(y - e[1], x - e[2]) < 12 for e in ev):
+            continue
+        ev.append((tpk, y, x, event_amplitude * rng_events.uniform(0.8, 1.2)))
+    if len(ev) < n_events:
+        log.warning("placed only %d of %d exocytosis events in %s", len(ev), n_events, shape)
+    for j, (tpk, y, x, amp) in enumerate(ev):
+        frames = []
+        for dt in (-2, -1):
+            frames.append((tpk + dt, amp * (3 + dt) / 3, spot_sigma))
+        dt = 0
+        while True:
+            sig2 = spot_sigma ** 2 + 1.0 * dt
+            a = amp * spot_sigma ** 2 / sig2 * math.exp(-dt / 6.0)
+            if a < 0.05 * amp or dt > 40:
+                break
+            frames.append((tpk + dt, a, math.sqrt(sig2)))
+            dt += 1
+        fr = np.array([f for f in frames if 0 <= f[0] < nt])
+        # labelled while above a tenth of the peak; fainter tail frames are drawn but unlabelled (-1)
+        lrad = np.where(fr[:, 1] >= 0.1 * amp, np.minimum(1.5 * fr[:, 2] + 1, 6.0), -1.0)
+        emit.append(np.column_stack([fr[:, 0], np.full(len(fr), y), np.full(len(fr), x), fr[:, 1], fr[:, 2],
+                                     lrad, np.full(len(fr), 2)]))
+        size = int(sum(_disc_count(y, x, r, ny, nx) for r in lrad if r >= 0))
+        rows.append((2, x, y, float(tpk), size, n_spots + j))
+    emit = np.concatenate(emit) if emit else np.zeros((0, 7))
+
+    df = pd.DataFrame(rows, columns=["class_label", "x", "y", "z", "size", "obj_id"])
+    df = df.astype({"class_label": int, "x": float, "y": float, "z": float, "size": int, "obj_id": int})
+    df.insert(0, "tomo", [tomo] * len(df))
+    df = df.sort_values("obj_id", ignore_index=True)
+    df.attrs["voxel_size"] = float(voxel_size)
+    df.attrs["classes"] = {1: "spot", 2: "exocytosis"}
+
+    plan = _MoviePlan(shape, emit, cell, bleach)
+    noise_std = 0.0 if snr is None or not np.isfinite(snr) else 1.0 / snr
+    if chunks is None:
+        sub = plan.subset((0, 0, 0), shape)
+        movie = _movie_block((sub, seed, noise_std), (0, 0, 0), shape)
+        lab = _movie_label_block((sub, seed, noise_std), (0, 0, 0), shape)
+    else:
+        import dask.array as da
+
+        chunks = da.core.normalize_chunks(chunks, shape, dtype=np.float32)
+        token = ("movie", shape, emit, cell, bleach, seed, noise_std)
+        movie = _blockwise(_movie_block, lambda o, b: (plan.subset(o, b), seed, noise_std), chunks,
+                           token, np.float32)
+        lab = _blockwise(_movie_label_block, lambda o, b: (plan.subset(o, b), seed, noise_std), chunks,
+                         token + ("labels",), np.uint8)
+    out = (movie, df, lab)
+    if return_tracks:
+        tr = pd.concat(tracks, ignore_index=True) if tracks else pd.DataFrame(
+            columns=["track_id", "t", "x", "y", "amplitude"])
+        out += (tr,)
+    return out
+
+
+def _disc_count(y, x, r, ny, nx):
+    """Pixels of the disc of radius r around (y, x), clipped to the image (as the renderer draws it)."""
+    a0, a1 = max(int(math.floor(y - r)), 0), min(int(math.ceil(y + r)) + 1, ny)
+    b0, b1 = max(int(math.floor(x - r)), 0), min(int(math.ceil(x + r)) + 1, nx)
+    dy = np.arange(a0, a1)[:, None] - y
+    dx = np.arange(b0, b1)[None, :] - x
+    return int((dy * dy + dx * dx <= r * r).sum())

@@ -17,8 +17,10 @@ voxel-identical, which fixes these rules:
   Offsets run from ``-Rmax`` to ``Rmax - 1``, so the spheres of the largest
   radius lose their one-voxel caps on the + side (DeepFinder's box).
 * **Rotation.** When an object has all three Euler angles, its template is
-  rotated first (also spheres), see :func:`rotate_template_deepfinder`, then
-  rounded (linear interpolation, ``round(v) == 1`` is inside).
+  rotated first (also spheres) with tomochunk's convention
+  (:func:`tomochunk.phantom.euler_matrix`) about DeepFinder's centre, see
+  :func:`rotate_template_deepfinder`, then rounded (linear interpolation,
+  ``round(v) == 1`` is inside).
 * **Overlap.** Objects are painted in list order: **a later object overwrites
   earlier ones** where they overlap, and objects overwrite the ``initial``
   volume (e.g. membranes) wherever their template is inside.
@@ -61,16 +63,17 @@ def sphere_template(box: int, radius: float) -> np.ndarray:
 
 
 def rotate_template_deepfinder(template: np.ndarray, phi: float, psi: float, the: float) -> np.ndarray:
-    """Rotate a cubic template by Euler angles the way DeepFinder (TOM/PyTOM) does.
+    """Rotate a cubic template by Euler angles exactly as DeepFinder's target builder does.
 
-    This is the single place where tomochunk defines how target templates
-    are rotated. Angles are in degrees, ``phi, psi, the`` as in object lists
-    (TOM/PyTOM convention, as cryoet-deepfinder 0.2 applies it). The rotation
-    matrix is ``scipy.spatial.transform.Rotation.from_euler('YZY', [-phi,
-    -the, -psi], degrees=True)``; it acts on centred voxel positions ordered
-    ``(axis 1, axis 0, axis 2)`` (the matrix's first two coordinates are
-    swapped with respect to array order), the centre is ``D / 2`` and the
-    output samples the input there by linear interpolation (zero outside).
+    The rotation itself is tomochunk's single convention,
+    :func:`tomochunk.phantom.euler_matrix` (degrees, TOM/PyTOM ZXZ, an active
+    rotation ``R``): the output voxel ``o`` samples the input at
+    ``R^T (o - c) + c`` by linear interpolation (zero outside). What is
+    specific to DeepFinder (cryoet-deepfinder 0.2) and kept here for
+    voxel-identical targets is the centre ``c = D / 2`` (``D`` = cube size),
+    which for odd ``D`` is half a voxel off the template's centre voxel
+    ``D // 2``; :func:`tomochunk.phantom.rotate_template` uses the true
+    centre ``(D - 1) / 2``.
 
     Parameters
     ----------
@@ -90,22 +93,19 @@ def rotate_template_deepfinder(template: np.ndarray, phi: float, psi: float, the
     True
     """
     from scipy.ndimage import map_coordinates
-    from scipy.spatial.transform import Rotation
+
+    from ..phantom import euler_matrix
 
     a = np.asarray(template, dtype=float)
     if a.ndim != 3 or len(set(a.shape)) != 1:
         raise ShapeError(f"a template to rotate must be a cube, not shape {a.shape}")
     n = a.shape[0]
     half = float(n) / 2
-    g0, g1, g2 = np.meshgrid(np.arange(n), np.arange(n), np.arange(n), indexing="ij")
-    # Centred positions, first component along axis 1, second along axis 0.
-    pos = np.vstack([g1.reshape(-1) - half, g0.reshape(-1) - half, g2.reshape(-1) - half])
-    mat = Rotation.from_euler("YZY", [-phi, -the, -psi], degrees=True).as_matrix()
-    t = np.dot(mat, pos)
-    c1 = (t[0, :] + half).reshape(a.shape)
-    c0 = (t[1, :] + half).reshape(a.shape)
-    c2 = (t[2, :] + half).reshape(a.shape)
-    return map_coordinates(a, [c0, c1, c2], order=1)
+    # R^T acting on (z, y, x) index vectors: reverse the (x, y, z) axes of R^T.
+    m = euler_matrix(phi, psi, the).T[::-1, ::-1]
+    g = np.indices(a.shape).reshape(3, -1).astype(float) - half
+    src = np.dot(m, g) + half
+    return map_coordinates(a, src.reshape((3,) + a.shape), order=1)
 
 
 # --- object table --------------------------------------------------------------------------
