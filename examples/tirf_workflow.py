@@ -36,6 +36,8 @@ def main(argv=None):
     ap.add_argument("--filters", default="small", help="'small' (8/12/16) or 'default' (32/48/64)")
     ap.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (DeepFinder: 1e-4, for long runs)")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--seg-patch", type=int, default=64, help="segmentation patch side (ExoDeepFinder: 160)")
+    ap.add_argument("--seg-crop", type=int, default=8, help="voxels cropped from each patch side")
     args = ap.parse_args(argv)
 
     import pandas as pd
@@ -109,7 +111,8 @@ def main(argv=None):
 
         # 6. segment the held-out movie; 7. pick events
         t0 = time.perf_counter()
-        seg = tirf.segment_movies([movies["cell3"]], model, out / "seg", overwrite=True)[str(movies["cell3"])]
+        seg = tirf.segment_movies([movies["cell3"]], model, out / "seg", patch_size=args.seg_patch,
+                                  crop=args.seg_crop, overwrite=True)[str(movies["cell3"])]
         step("segment", t0)
         t0 = time.perf_counter()
         events = tirf.events_from_segmentation(seg, radius=5)
@@ -119,7 +122,9 @@ def main(argv=None):
     # 8. evaluate against the phantom's truth (events within 5 px in x, y, t)
     true_ev = truth["cell3"][truth["cell3"].class_label == 2][["x", "y", "z"]].copy()
     true_ev.insert(0, "class_label", 1)
-    pred = events[["class_label", "x", "y", "z"]]
+    pred = events[["class_label", "x", "y", "z"]].copy()
+    for df in (true_ev, pred):
+        df.attrs = {"voxel_size": 1.0, "classes": {1: "exocytosis"}}
     table = tomochunk.evaluate(pred, true_ev, max_dist=5)
     row = table.loc["all"]
     print(table.to_string())

@@ -617,9 +617,10 @@ def _run_tirf_train(args):
     from .ops.tirf import train_events
 
     kw = {} if args.patch is None else {"patch_size": args.patch}
-    path = train_events(args.manifest, args.outdir, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
-                        batch_size=args.batch_size, **kw)
-    print(path)
+    _, history = train_events(args.manifest, args.outdir, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
+                              batch_size=args.batch_size, **kw)
+    print(history.tail(1).to_string(index=False))
+    print(f"model: {args.outdir}/model_final.keras")
 
 
 def _run_tirf_segment(args):
