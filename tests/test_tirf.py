@@ -339,6 +339,10 @@ def test_cli_detect_annotate_merge_dataset(tmp_path, movie):
                  "--objects", *[str(tmp_path / "cell1" / "merged_annotation.xml")] * 2,
                  "-o", str(tmp_path / "ds")]) == 0
     assert (tmp_path / "ds" / "dataset.json").exists()
+    assert main(["tirf", "events", str(tmp_path / "cell1" / "merged_segmentation.zarr"), "-o",
+                 str(tmp_path / "ev"), "--method", "cc"]) == 0
+    ev = read_objects(tmp_path / "ev" / "merged_segmentation_events.xml")
+    assert len(ev) == 2 and (ev.class_label == 1).all()
     bad = tmp_path / "bad_annotation.csv"
     bad.write_text("tomo_idx,class_label,x,y,z\n0,2,10,12,3\n")
     assert main(["tirf", "annotate", m, str(bad), "-o", str(tmp_path / "x.zarr")]) == 2
