@@ -639,7 +639,7 @@ def merge_annotations(spots, events, shape, *, match_radius=5.0, match_frames=No
     if objects_path is not None:
         from ..io.objects import write_objects
 
-        write_objects(objs, objects_path, overwrite=overwrite) if overwrite else write_objects(objs, objects_path)
+        write_objects(objs, objects_path)
     return labels, objs
 
 
