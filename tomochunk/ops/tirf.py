@@ -1005,7 +1005,7 @@ def segment_movies(movies, model, outdir, *, patch_size=MOVIE_SEGMENT_PATCH, ove
     >>> segment_movies(["cell1.zarr", "cell2.zarr"], "model.keras", "seg/")  # doctest: +SKIP
     """
     from ..io.omezarr import is_complete
-    from ..io.volume import write_volume
+    from ..io.volume import open_volume, write_volume
     from ..nn.segment import labelmap
 
     outdir = Path(outdir)
@@ -1025,8 +1025,10 @@ def segment_movies(movies, model, outdir, *, patch_size=MOVIE_SEGMENT_PATCH, ove
             log.info("skip complete %s", dst)
             continue
         sc = segment_movie(m, net, patch_size=patch_size, **kw)
-        if scores:
-            write_volume(sc.astype(np.float16), outdir / f"{stem}_scores.zarr", levels=1, overwrite=True)
+        if scores:  # computed once: the label map is then read back from the written scores
+            sp = outdir / f"{stem}_scores.zarr"
+            write_volume(sc.astype(np.float16), sp, levels=1, overwrite=True)
+            sc = open_volume(sp)
         lab = labelmap(sc)
         write_volume(_as_tyx(getattr(lab, "data", lab).astype(np.uint8)), dst, levels=1, overwrite=True)
         log.info("segmented %s -> %s", m, dst)
