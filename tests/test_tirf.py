@@ -403,7 +403,9 @@ def _segment_checks(tmp_path):
     sc = tirf.segment_movie(tmp_path / "m.zarr", tmp_path / "w.keras", patch_size=32, crop=4)
     assert sc.dims == ("c", "t", "y", "x") and sc.shape == (3, 12, 32, 32)
     np.testing.assert_allclose(sc.sum("c").values, 1, atol=1e-4)
-    out = tirf.segment_movies([tmp_path / "m.zarr"], tmp_path / "w.h5", tmp_path / "seg", patch_size=32, crop=4)
+    out = tirf.segment_movies([tmp_path / "m.zarr"], tmp_path / "w.h5", tmp_path / "seg", patch_size=32, crop=4,
+                              scores=True)
+    assert open_volume(tmp_path / "seg" / "m_scores.zarr").shape == (3, 12, 32, 32)
     dst = out[str(tmp_path / "m.zarr")]
     assert dst.name == "m_segmentation.zarr"
     lab = open_volume(dst)
