@@ -74,6 +74,9 @@ def main():
               f"plan {r['plan_s']:.1f} s, volume written in {r['volume_s']:.1f} s ({rate:.1f} Mvox/s, "
               f"{rate / eager_rate:.2f}x eager), total {r['total_s']:.1f} s, CPU {r['cpu_s']:.1f} s, "
               f"{disk:.2f} GiB on disk")
+        cpu_rate = 2 * nvox / r["cpu_s"] / 1e6  # volume and labels both rendered
+        print(f"CPU throughput {cpu_rate:.2f} Mvox/s (volume + labels) vs eager "
+              f"{vol.size / eager_cpu / 1e6:.2f} Mvox/s: {cpu_rate / (vol.size / eager_cpu / 1e6):.2f}x")
         print(f"peak RSS {rss_gib:.2f} GiB = {rss_gib / gib:.3f}x the volume size")
     finally:
         shutil.rmtree(out, ignore_errors=True)

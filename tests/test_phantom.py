@@ -270,5 +270,15 @@ def test_cli_phantom(tmp_path, capsys):
     np.testing.assert_array_equal(back.class_label.to_numpy(), obj.class_label.to_numpy())
     # refuses to overwrite; a movie as MRC
     assert main(["phantom", str(out), "--shape", "32,64,64", "--objects", str(truth)]) == 2
-    assert main(["phantom", str(tmp_path / "m.mrc"), "--movie", "--shape", "20,48,48", "--n-events", "2"]) == 0
+    assert main(["phantom", str(tmp_path / "m.mrc"), "--movie", "--shape", "20,48,48", "--n-events", "2",
+                 "--chunks", "10,48,48"]) == 0
     assert (tmp_path / "m_labels.mrc").exists() and (tmp_path / "m_objects.csv").exists()
+
+
+def test_membranes_are_unlabelled_clutter():
+    vol, obj, lab = phantom_tomogram((64, 96, 96), classes=2, n_objects=8, membranes=1, snr=None,
+                                     missing_wedge=None, background=0.0, seed=4)
+    membrane = (vol < -0.4) & (lab == 0)
+    assert membrane.sum() > 1000          # a dark vesicle shell, not in the label map
+    assert (vol[lab > 0] < -0.4).mean() > 0.5
+    assert len(obj) == 8

@@ -297,7 +297,6 @@ def missing_wedge_filter(volume: np.ndarray, tilt: float = 60.0) -> np.ndarray:
 
 # --- tomogram -----------------------------------------------------------------------------------
 
-_OBJ_COLS = ["class_label", "x", "y", "z", "phi", "psi", "the"]
 _MEMBRANE_THICK = 1.0  # half-thickness (voxels) of the unlabeled vesicle membranes
 
 
@@ -359,7 +358,7 @@ def _place(rng, shape, halves, radii, n, *, max_tries, taken_pos=None, taken_rad
 
 
 class _TomoPlan:
-    """Everything needed to render any block of a phantom tomogram (picklable, small)."""
+    """The objects and membranes of a phantom tomogram; hands each block the ones that touch it."""
 
     def __init__(self, shape, specs, objects, membranes, contrast, membrane_contrast):
         self.shape = shape
@@ -715,19 +714,6 @@ def _blockwise(render, block_args, chunks, token, dtype):
     return da.Array(graph, name, chunks, meta=np.empty((0,) * len(chunks), dtype))
 
 
-def _normal_block(seed, stream, block_info=None):
-    info = block_info[None]
-    off = [lo for lo, _ in info["array-location"]]
-    return _tiled_normal(seed, stream, off, info["chunk-shape"])
-
-
-def _lazy_normal(seed, stream, chunks):
-    import dask.array as da
-
-    return da.map_blocks(_normal_block, seed, stream, chunks=chunks, dtype=np.float32,
-                         name=f"phantom-noise-{seed}-{stream}-" + da.core.tokenize(chunks))
-
-
 # --- TIRF movie ---------------------------------------------------------------------------------
 
 class _MoviePlan:
@@ -735,8 +721,8 @@ class _MoviePlan:
 
     def __init__(self, shape, emit, cell, bleach):
         self.shape = shape
-        self.emit = emit   # float n x 6: t, y, x, amplitude, sigma, label radius; + label column
-        self.cell = cell   # (cy, cx, ay, ax, angle, level, texture blobs m x 4: y, x, sigma, weight)
+        self.emit = emit   # float n x 7: t, y, x, amplitude, sigma, label radius (-1: none), label
+        self.cell = cell   # (cy, cx, ay, ax, angle, texture blobs m x 4: y, x, sigma, weight)
         self.bleach = bleach
 
     def subset(self, offset, bshape):
