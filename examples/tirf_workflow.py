@@ -34,7 +34,7 @@ def main(argv=None):
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--steps", type=int, default=40, help="steps per epoch")
     ap.add_argument("--filters", default="small", help="'small' (8/12/16) or 'default' (32/48/64)")
-    ap.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (DeepFinder: 1e-4, for long runs)")
+    ap.add_argument("--lr", type=float, default=3e-4, help="Adam learning rate (DeepFinder: 1e-4, for long runs)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seg-patch", type=int, default=64, help="segmentation patch side (ExoDeepFinder: 160)")
     ap.add_argument("--seg-crop", type=int, default=8, help="voxels cropped from each patch side")
