@@ -488,7 +488,11 @@ def _add_tirf(sub):
     p = sub.add_parser("tirf", help="TIRF exocytosis workflow (ExoDeepFinder's steps) on OME-Zarr movies",
                        description="TIRF exocytosis workflow: convert -> detect -> annotate -> merge -> dataset "
                                    "-> train -> segment -> events. Movies are [t, y, x]; object lists hold "
-                                   "x, y in pixels and z = frame.")
+                                   "x, y in pixels and z = frame.",
+                       epilog="example:\n  tomochunk tirf convert experiment/ -o zarr/\n"
+                              "  tomochunk tirf detect zarr/cell1.zarr -o spots/\n"
+                              "  tomochunk tirf STEP --help   # each step's options and example",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     tsub = p.add_subparsers(dest="tirf_command", metavar="STEP")
     tsub.required = True
 

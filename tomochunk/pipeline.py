@@ -123,9 +123,9 @@ def run(config, *, client=None, progress=False) -> pd.DataFrame:
     model = seg.pop("model")
     model = shipped_model(model) if not Path(str(model)).suffix else (
         Path(model) if Path(model).is_absolute() else base / model)
-    rows = []
+    rows, inputs = [], _inputs(cfg)  # before starting any cluster: bad patterns fail fast
     with client_context(client, scheduler=cfg.get("scheduler"), n_workers=cfg.get("workers")) as c:
-        for src in _inputs(cfg):
+        for src in inputs:
             name = Path(output_name(src)).stem
             store = outdir / f"{name}.zarr"
             if not (store.exists() and is_complete(store)):

@@ -1,0 +1,58 @@
+"""`tomochunk run`: convert -> segment -> pick -> evaluate over several tomograms, and resume."""
+
+import numpy as np
+import pytest
+import yaml
+
+import tomochunk as tc
+from tomochunk.errors import FormatError, MissingError
+from tomochunk.pipeline import load_config, run
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("project")
+    (root / "tomos").mkdir()
+    (root / "truth").mkdir()
+    for i in range(2):
+        vol, objs, _ = tc.phantom_tomogram((32, 48, 48), classes=2, seed=i, tomo=f"t{i}")
+        tc.write_volume(vol, root / "tomos" / f"t{i}.mrc", voxel_size=10.0)
+        tc.write_objects(objs, root / "truth" / f"t{i}.xml")
+    tc.save_model(tc.deepfinder_unet(3, filters=(4, 4, 4)), root / "tiny.keras")
+    cfg = {"inputs": ["tomos/*.mrc"], "outdir": "out",
+           "segment": {"model": "tiny.keras", "patch_size": 32, "crop": 4},
+           "pick": {"method": "cc", "min_size": 1, "formats": ["xml", "star"]},
+           "evaluate": {"truth": "truth/{name}.xml", "max_dist": 4}}
+    (root / "run.yaml").write_text(yaml.safe_dump(cfg))
+    return root
+
+
+def test_run_all_stages_then_resume(project, client):
+    table = run(project / "run.yaml", client=client)
+    assert list(table["tomogram"].map(lambda p: p.split("/")[-1])) == ["t0.mrc", "t1.mrc"]
+    assert {"precision", "recall", "f1", "picks"} <= set(table.columns)
+    out = project / "out"
+    for name in ("t0", "t1"):
+        assert tc.io.omezarr.is_complete(out / f"{name}.zarr" / "labels" / "classes")
+        assert (out / f"{name}.xml").exists() and (out / f"{name}.star").exists()
+        seg = tc.open_volume(out / f"{name}.zarr" / "labels" / "classes")
+        assert seg.shape == (32, 48, 48) and seg.dtype == np.uint8
+    stamp = (out / "t0.xml").stat().st_mtime_ns
+    again = run(project / "run.yaml", client=client)  # everything complete: nothing is redone
+    assert (out / "t0.xml").stat().st_mtime_ns == stamp
+    assert list(again["picks"]) == list(table["picks"])
+
+
+def test_config_errors(tmp_path):
+    with pytest.raises(MissingError):
+        load_config(tmp_path / "none.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("inputs: [a\n")
+    with pytest.raises(FormatError, match="bad.yaml"):
+        load_config(bad)
+    bad.write_text("inputs: [a]\nsegmnt: {}\n")
+    with pytest.raises(FormatError, match="unknown config keys: segmnt"):
+        load_config(bad)
+    bad.write_text("inputs: [nothing/*.mrc]\n")
+    with pytest.raises(MissingError, match="no input matches"):
+        run(bad)
