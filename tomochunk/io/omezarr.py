@@ -307,7 +307,7 @@ class PyramidWriter:
             if label:
                 ome["image-label"] = {"source": {"image": "../../"}}
             meta = {"ome": ome, "tomochunk": rec, **user}
-        g.attrs.update(_jsonable(meta))
+        g.attrs.update(jsonable(meta))
         self.group = g
 
     # progress record: "level i j k [n sum sumsq min max nonfinite]"
@@ -462,8 +462,9 @@ class PyramidWriter:
                 "nonfinite": int(st["nonfinite"])}
 
     def finish(self, **extra):
-        mark_complete(self.path, **_jsonable(extra))
+        mark_complete(self.path, **jsonable(extra))
 
 
-def _jsonable(obj):
+def jsonable(obj):
+    """A JSON-safe copy of ``obj`` (arrays become lists, anything else unknown a string)."""
     return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))

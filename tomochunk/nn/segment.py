@@ -535,7 +535,7 @@ def write_segmentation(scores, store, *, labels=True, dtype="float16", chunks=25
     import xarray as xr
     import zarr
 
-    from ..io.omezarr import is_complete, mark_complete
+    from ..io.omezarr import is_complete, jsonable, mark_complete
 
     if not isinstance(scores, xr.DataArray):
         scores = xr.DataArray(scores, dims=("c", "z", "y", "x"))
@@ -554,7 +554,7 @@ def write_segmentation(scores, store, *, labels=True, dtype="float16", chunks=25
     chunks = -(-int(chunks) // f) * f  # label levels need chunk edges aligned at every level
     voxel_size = float(scores.attrs.get("voxel_size") or 1.0)
     layout = {"shape": [n_classes, *shape], "chunks": chunks, "dtype": np.dtype(dtype).str, "levels": levels,
-              "segment": _jsonable({k: v for k, v in scores.attrs.get("segment", {}).items() if k != "model"})}
+              "segment": jsonable({k: v for k, v in scores.attrs.get("segment", {}).items() if k != "model"})}
 
     if lpath.exists() and (store / "labels" / "scores").exists():
         if overwrite:
@@ -634,7 +634,3 @@ def _compute(tasks, client, progress):
         dask.compute(*tasks)
 
 
-def _jsonable(obj):
-    import json
-
-    return json.loads(json.dumps(obj, default=str))
