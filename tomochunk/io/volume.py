@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._chunks import block_slices
 from .._log import get_logger
 from ..errors import FormatError, MissingError, ShapeError
 from ._source import warn
@@ -183,8 +184,7 @@ def write_volume(array, path, *, voxel_size=None, levels=3, chunks=None, overwri
         raise ExistsError("output exists; pass overwrite=True to replace it", path)
     if data.ndim != 3:
         raise ShapeError(f"{suf} holds 3D volumes, got {data.ndim}D", path)
-    blocks = [tuple(slice(s, s + n) for s, n in zip(starts, sizes))
-              for starts, sizes in _block_slices(data.chunks)]
+    blocks = [sl for _, sl in block_slices(data.chunks)]
     computed = _BlockReader(data)
     if suf in MRC_SUFFIXES:
         write_mrc(computed, path, voxel_size=voxel_size, block_slices=blocks)
@@ -203,11 +203,3 @@ class _BlockReader:
 
     def __getitem__(self, key):
         return self.data[key].compute()
-
-
-def _block_slices(chunks):
-    from itertools import product
-
-    starts = [np.concatenate([[0], np.cumsum(c)[:-1]]).astype(int) for c in chunks]
-    for idx in product(*[range(len(c)) for c in chunks]):
-        yield tuple(int(starts[a][i]) for a, i in enumerate(idx)), tuple(int(chunks[a][i]) for a, i in enumerate(idx))

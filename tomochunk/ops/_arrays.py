@@ -56,12 +56,3 @@ def object_frame(columns: dict, voxel_size=None):
     if voxel_size is not None:
         df.attrs["voxel_size"] = float(voxel_size)
     return df
-
-
-def block_slices(chunks):
-    """Yield ``(block_index, tuple_of_slices)`` over a dask ``chunks`` tuple."""
-    import itertools
-
-    starts = [np.concatenate([[0], np.cumsum(c)]) for c in chunks]
-    for idx in itertools.product(*[range(len(c)) for c in chunks]):
-        yield idx, tuple(slice(int(s[i]), int(s[i + 1])) for s, i in zip(starts, idx))
