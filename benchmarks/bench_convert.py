@@ -76,7 +76,7 @@ def main():
     print(f"cp:      {t_cp:6.2f} s  {size / t_cp / 1e9:.2f} GB/s   (runs: {', '.join(f'{x:.2f}' for x in t_cps)})")
     print(f"convert: {t_conv:6.2f} s  {size / t_conv / 1e9:.2f} GB/s   (runs: {', '.join(f'{x:.2f}' for x in t_convs)})")
     print(f"ratio convert/cp throughput: {t_cp / t_conv:.2f}x  (target >= 0.5x)")
-    print(f"peak RSS of convert: {max(rss):.0f} MB  (target <= 1024 MB)")
+    print(f"peak RSS of convert: {max(rss):.0f} MB  (target <= 1024 MB; runs: {', '.join(f'{x:.0f}' for x in rss)})")
     shutil.rmtree(os.path.join(d, "big.zarr"), ignore_errors=True)
     if not a.dir:
         shutil.rmtree(d, ignore_errors=True)

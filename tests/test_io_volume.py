@@ -326,6 +326,45 @@ def test_incomplete_store_refused_then_resumed(tmp_path, vol):
         float(vol.astype(np.float64).mean()), rel=1e-6)
 
 
+def test_convert_compression_auto_raw_for_noise(tmp_path, vol):
+    """Noisy floats are stored raw, smooth floats and integers compressed; a resumed store keeps its codec."""
+    def codec(store):
+        return json.loads((store / "0" / ".zarray").read_text())["compressor"]
+
+    tc.convert(_mrc(tmp_path / "noise.mrc", vol), tmp_path / "noise.zarr")
+    assert codec(tmp_path / "noise.zarr") is None
+    smooth = np.broadcast_to(np.arange(27, dtype=np.float32), vol.shape).copy()
+    tc.convert(_mrc(tmp_path / "smooth.mrc", smooth), tmp_path / "smooth.zarr")
+    assert codec(tmp_path / "smooth.zarr")["cname"] == "lz4"
+    tc.convert(tmp_path / "noise.mrc", tmp_path / "forced.zarr", compression=True)
+    assert codec(tmp_path / "forced.zarr")["id"] == "blosc"
+    np.testing.assert_array_equal(tc.open_volume(tmp_path / "forced.zarr").values, vol)
+    np.testing.assert_array_equal(tc.open_volume(tmp_path / "noise.zarr").values, vol)
+    labels = (vol > 1).astype(np.int8)
+    tc.convert(_mrc(tmp_path / "lab.mrc", labels), tmp_path / "lab.zarr")
+    assert codec(tmp_path / "lab.zarr")["cname"] == "zstd"
+    with pytest.raises(TomochunkError, match="compression"):
+        tc.convert(tmp_path / "noise.mrc", tmp_path / "x.zarr", compression="gzip")
+
+
+def test_memmap_source_slices_like_numpy(tmp_path, rng):
+    from tomochunk.io._source import MemmapSource
+
+    a = rng.normal(size=(7, 9, 11)).astype(">f4")
+    (tmp_path / "a.raw").write_bytes(b"x" * 37 + a.tobytes())
+    src = MemmapSource(tmp_path / "a.raw", a.shape, a.dtype, 37)
+    src.WINDOW = 2 * 9 * 11 * 4  # several windows per read
+    for _ in range(300):
+        key = tuple(slice(int(rng.integers(-12, 12)), int(rng.integers(-12, 12)), int(rng.choice([1, 2, -1, -3])))
+                    for _ in range(3))
+        out = src[key]
+        np.testing.assert_array_equal(out, a[key])
+        assert out.dtype == np.float32
+    (tmp_path / "a.raw").write_bytes(b"x" * 37 + a.tobytes()[:-100])  # truncated after opening
+    with pytest.raises(FormatError, match="ended early"):
+        src[6:7]
+
+
 def test_convert_h5_and_zarr_sources(tmp_path, vol):
     p = tmp_path / "t.h5"
     with h5py.File(p, "w") as f:

@@ -52,6 +52,8 @@ def _add_convert(sub):
     p.add_argument("--chunks", type=_ints, default=None, help="storage chunks, e.g. 256 or 64,512,512")
     p.add_argument("--levels", type=int, default=3, help="multiscale levels (1x, 2x, 4x, ...)")
     p.add_argument("--dataset", default=None, help="HDF5 dataset name")
+    p.add_argument("--compression", choices=("auto", "on", "off"), default="auto",
+                   help="auto: store noisy float data raw when a sample compresses < 1.15x (default)")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(run=_run_convert)
 
@@ -66,7 +68,8 @@ def _run_convert(args):
     for src in args.inputs:
         dst = out / output_name(src)
         convert(src, dst, chunks=args.chunks, levels=args.levels, overwrite=args.overwrite,
-                dataset=args.dataset, progress=True)
+                dataset=args.dataset, progress=True,
+                compression={"auto": "auto", "on": True, "off": False}[args.compression])
         print(f"{src} -> {dst}")
 
 # --- target ------------------------------------------------------------------

@@ -7,6 +7,7 @@ each worker opens the file itself.
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import numpy as np
@@ -50,7 +51,7 @@ def _normalize_key(key, shape):
     for k, n in zip(key, shape):
         if isinstance(k, (int, np.integer)):
             k = int(k) % n if n else int(k)
-            out.append(slice(k, k + 1))  # integer indices are squeezed by the caller below
+            out.append(slice(k, k + 1, 1))  # integer indices are squeezed by the caller below
         else:
             out.append(slice(*k.indices(n)))
     return tuple(out)
@@ -65,31 +66,46 @@ class MemmapSource(Source):
         self.dtype = np.dtype(dtype)
         self.offset = int(offset)
 
+    #: bytes mapped at a time: bounds the file pages resident on behalf of one read
+    WINDOW = 16 << 20
+
     def read(self, key):
-        """Positional reads of whole rows into a small buffer: unlike a memory map, nothing
-        stays mapped, so resident memory is the block itself."""
+        """Copy the region out of short-lived memory-mapped windows of the file.
+
+        Only the requested columns are copied (reading whole rows costs ``nx / width``
+        times more for chunked reads), and each window is unmapped before the next, so
+        resident memory is the block itself plus one window.
+        """
+        import mmap
+
         nz, ny, nx = self.shape if self.ndim == 3 else (1,) + tuple(self.shape)
         if self.ndim != 3:
-            key = (slice(0, 1),) + tuple(key)
+            key = (slice(0, 1, 1),) + tuple(key)
         zs, ys, xs = key
-        if zs.step != 1 or ys.step != 1:
-            out = self.read((slice(zs.start, zs.stop), slice(ys.start, ys.stop), slice(None)))
-            return out[::zs.step, ::ys.step, xs]
-        z0, z1, y0, y1 = zs.start, max(zs.start, zs.stop), ys.start, max(ys.start, ys.stop)
-        item = self.dtype.itemsize
-        full_x = xs.start == 0 and xs.stop == nx and xs.step == 1
-        out = np.empty((z1 - z0, y1 - y0, nx if full_x else len(range(*xs.indices(nx)))), self.dtype)
-        buf = out if full_x else np.empty((y1 - y0, nx), self.dtype)
-        with open(self.path, "rb", buffering=0) as fh:
-            for i, z in enumerate(range(z0, z1)):
-                target = out[i] if full_x else buf
-                fh.seek(self.offset + ((z * ny) + y0) * nx * item)
-                n = fh.readinto(memoryview(target).cast("B"))
-                if n != target.nbytes:
-                    from ..errors import FormatError
+        zr, yr = range(zs.start, zs.stop, zs.step), range(ys.start, ys.stop, ys.step)  # normalised slices
+        nxr = len(range(xs.start, xs.stop, xs.step))
+        xs = slice(xs.start, xs.stop if xs.stop >= 0 else None, xs.step)  # -1 means 'past 0' here
+        out = np.empty((len(zr), len(yr), nxr), self.dtype.newbyteorder("="))
+        if out.size:
+            item = self.dtype.itemsize
+            row, plane = nx * item, ny * nx * item
+            y0, y1 = min(yr[0], yr[-1]), max(yr[0], yr[-1]) + 1
+            span = (y1 - y0) * row  # bytes of one z plane that the region touches
+            per = max(1, self.WINDOW // max(plane, 1)) if len(zr) > 1 and zr.step == 1 else 1
+            with open(self.path, "rb") as fh:
+                size = os.fstat(fh.fileno()).st_size
+                for i in range(0, len(zr), per):
+                    zk = zr[i:i + per]
+                    start = self.offset + (zk[0] * ny + y0) * row
+                    stop = start + (len(zk) - 1) * plane + span
+                    if stop > size:
+                        from ..errors import FormatError
 
-                    raise FormatError("file ended early (truncated?)", self.path)
-                if not full_x:
-                    out[i] = buf[:, xs]
-        out = out.astype(self.dtype.newbyteorder("="), copy=False)
+                        raise FormatError("file ended early (truncated?)", self.path)
+                    base = start - start % mmap.ALLOCATIONGRANULARITY
+                    with mmap.mmap(fh.fileno(), stop - base, access=mmap.ACCESS_READ, offset=base) as mm:
+                        v = np.ndarray((len(zk), y1 - y0, nx), self.dtype, buffer=mm, offset=start - base,
+                                       strides=(plane, row, item))
+                        out[i:i + len(zk)] = v[:, yr.start - y0::yr.step, xs]
+                        del v  # the window cannot close while a view exports its buffer
         return out if self.ndim == 3 else out[0]

@@ -281,8 +281,13 @@ class PyramidWriter:
         self.done = done
         mode = "r+" if self.path.exists() else "w"  # after the checks above, existing means resumable
         g = zarr.open_group(str(self.path), mode=mode, zarr_format=self.zarr_format)
-        comp = compressor or default_compressor(self.dtype, self.zarr_format)
-        self._direct = comp if self.zarr_format == 2 and hasattr(comp, "encode") else None
+        if mode == "r+" and self.zarr_format == 2 and "0" in g:
+            compressor = g["0"].metadata.compressor or False  # a resumed store keeps its codec
+        # compressor=False stores raw chunks (see convert's ``compression="auto"``)
+        comp = None if compressor is False else (compressor or default_compressor(self.dtype, self.zarr_format))
+        self._encode = None
+        if self.zarr_format == 2 and (comp is None or hasattr(comp, "encode")):
+            self._encode = comp.encode if comp is not None else memoryview
         self.arrays = []
         for k, shp in enumerate(self.shapes):
             if str(k) in g and mode == "r+":
@@ -368,18 +373,26 @@ class PyramidWriter:
         return block
 
     def _block_stats(self, block):
-        """(n, sum, sum of squares, min, max, non-finite count) without a float64 copy of the block."""
-        rows = block.reshape(block.shape[0], -1) if block.ndim > 1 else block.reshape(1, -1)
-        total = float(rows.sum(dtype=np.float64))
-        nf = 0
-        if block.dtype.kind == "f" and not math.isfinite(total):
-            finite = np.isfinite(block)
-            nf = int(block.size - np.count_nonzero(finite))
-            rows = block[finite].reshape(1, -1)
-            total = float(rows.sum(dtype=np.float64))
+        """(n, sum, sum of squares, min, max, non-finite count) of a block.
+
+        Sums run along the short x rows in the block's own precision (numpy sums
+        pairwise there, so float32 stays accurate) and only the row sums are
+        added in float64: no float64 copy of the block, half the time of a
+        float64 reduction.
+        """
+        rows = block.reshape(-1, block.shape[-1]) if block.ndim else block.reshape(1, 1)
+        nf, total = 0, None
+        if block.dtype.kind == "f":
+            total = float(rows.sum(axis=1).sum(dtype=np.float64))
+            if not math.isfinite(total):
+                finite = np.isfinite(block)
+                nf = int(block.size - np.count_nonzero(finite))
+                rows, total = block[finite].reshape(1, -1), None
         if not rows.size:
             return (0, 0.0, 0.0, math.inf, -math.inf, nf)
-        f = rows.astype(np.float32, copy=False) if rows.dtype.itemsize <= 4 else rows
+        f = rows.astype(np.float32, copy=False) if rows.dtype.itemsize <= 4 else rows.astype(np.float64)
+        if total is None:
+            total = float(f.sum(axis=1).sum(dtype=np.float64))
         sumsq = float(np.einsum("ij,ij->i", f, f).sum(dtype=np.float64))
         return (rows.size, total, sumsq, float(rows.min()), float(rows.max()), nf)
 
@@ -387,7 +400,7 @@ class PyramidWriter:
         """Write whole chunks; Zarr 2 chunk files are encoded here and renamed into place, which
         is faster than Zarr's generic path and never leaves a torn chunk."""
         arr = self.arrays[k]
-        if self.zarr_format != 2 or self._direct is None:
+        if self._encode is None:
             arr[region] = data
             return
         idx = tuple(r.start // c for r, c in zip(region, self.chunks))
@@ -399,7 +412,7 @@ class PyramidWriter:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{threading.get_ident()}.tmp")
         with open(tmp, "wb") as fh:
-            fh.write(self._direct.encode(np.ascontiguousarray(data)))
+            fh.write(self._encode(np.ascontiguousarray(data)))
         os.replace(tmp, path)
 
     def _build(self, k, idx, reader, pool):
