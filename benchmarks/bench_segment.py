@@ -14,6 +14,11 @@ DeepFinder's timing also excludes building its network), writing the OME-Zarr ou
 
 ``--fast-patch N`` adds a run with larger patches (the network is fully convolutional),
 which is not DeepFinder's tiling but shows what the overlap overhead costs.
+
+``--precision float32,bfloat16`` (the default) times both arithmetics in the same run:
+float32 is the equivalence check; bfloat16 (``segment(..., precision="bfloat16")``, Keras
+``mixed_bfloat16``: AMX/AVX512-BF16 on this CPU) is the fast path, whose own max |delta|
+against DeepFinder's float32 scores is printed too.
 """
 
 import argparse
@@ -76,6 +81,19 @@ print("DFTIME", dt)
 """
 
 
+def bare_patch_seconds(path, precision, patch, n=3):
+    """Seconds per patch of the bare network call on a worker (its cached model; no tiling, Dask or I/O)."""
+    from tomochunk.nn.segment import get_model
+
+    m = get_model(path, precision)
+    x = np.random.default_rng(0).standard_normal((1, patch, patch, patch, 1)).astype(np.float32)
+    m.predict_on_batch(x)
+    t = time.perf_counter()
+    for _ in range(n):
+        m.predict_on_batch(x)
+    return (time.perf_counter() - t) / n
+
+
 def network_flops_per_voxel(model_builder, patch):
     """Multiply-adds x 2 of every convolution, per voxel of the output (full resolution)."""
     m = model_builder(patch)
@@ -110,6 +128,7 @@ def main():
     ap.add_argument("--filters", default="32,48,64")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--fast-patch", type=int, default=0)
+    ap.add_argument("--precision", default="float32,bfloat16", help="comma-separated: float32, bfloat16")
     ap.add_argument("--df", default="/work/venvs/df/bin/python")
     ap.add_argument("--dir", default=None)
     args = ap.parse_args()
@@ -162,13 +181,17 @@ def main():
     from tomochunk.parallel import client_context
 
     with client_context(n_workers=args.workers) as client:
-        client.run(preload_model, kpath)  # warm: TensorFlow imported and the model loaded once per worker
+        precisions = args.precision.split(",")
+        for prec in precisions:  # warm: TensorFlow imported and the model loaded once per worker
+            client.run(preload_model, kpath, prec)
         print("dashboard", client.dashboard_link)
-        runs = [("crop", args.patch)] + ([("crop", args.fast_patch)] if args.fast_patch else [])
-        for blend, patch in runs:
-            store = os.path.join(work, f"ours_{patch}.zarr")
+        runs = [("crop", args.patch, prec) for prec in precisions]
+        runs += [("crop", args.fast_patch, prec) for prec in precisions] if args.fast_patch else []
+        for blend, patch, prec in runs:
+            store = os.path.join(work, f"ours_{patch}_{prec}.zarr")
             t = time.perf_counter()
-            scores = segment(vol, kpath, patch_size=patch, crop=args.crop, blend=blend, client=client)
+            scores = segment(vol, kpath, patch_size=patch, crop=args.crop, blend=blend, precision=prec,
+                             client=client)
             write_segmentation(scores, store, dtype="float32", overwrite=True, client=client)
             dt = time.perf_counter() - t
             ours = zarr.open_array(os.path.join(store, "labels", "scores", "0"))[:]
@@ -180,10 +203,18 @@ def main():
                                  for n in shape])
             executed = n_patches * patch ** 3 * fpv
             raw = n_vox * fpv
-            print(f"tomochunk patch {patch}: {dt:.1f} s, {n_vox / dt / 1e6:.3f} Mvox/s, "
+            print(f"tomochunk patch {patch}, {prec}: {dt:.1f} s, {n_vox / dt / 1e6:.3f} Mvox/s, "
                   f"{executed / dt / 1e9:.1f} GFLOP/s executed, {raw / dt / 1e9:.1f} GFLOP/s useful "
-                  f"(raw cost {fpv / 1e6:.3f} MFLOP/voxel); overlap overhead {executed / raw:.2f}x "
-                  f"({n_patches} patches of {patch}^3)")
+                  f"(raw cost {fpv / 1e6:.3f} MFLOP/voxel); tiling overhead {executed / raw:.2f}x "
+                  f"({n_patches} patches of {patch}^3: the patch tiling's own recomputation; the block "
+                  f"plan adds no patch beyond it)")
+            # all workers at once, as in the run: the bare network cost of the same patches
+            per = float(np.mean(list(client.run(bare_patch_seconds, kpath, prec, patch).values())))
+            n_workers = len(client.scheduler_info(n_workers=-1)["workers"])
+            bare = n_patches * per / n_workers
+            print(f"  bare network calls for these {n_patches} patches: {bare:.1f} s ({executed / bare / 1e9:.1f} "
+                  f"GFLOP/s); pipeline overhead over them (normalise, tile, blend, write) "
+                  f"{dt / bare:.2f}x (target <= 1.4x)")
             if df_time:
                 df = np.load(df_out).astype(np.float32)
                 print(f"  vs DeepFinder: max |delta| = {np.abs(ours - df).max():.2e}, "

@@ -147,6 +147,18 @@ def test_gaussian_blend(client, vol, net, ref):
     assert np.abs(g - ref).max() < 0.2  # the same predictions, weighted differently
 
 
+def test_bfloat16_precision_close_to_float32(client, vol, net, ref):
+    from tomochunk import ValueProblem, segment
+
+    scores = segment(vol, net[1], patch_size=P, crop=CROP, block_patches=3, precision="bfloat16")
+    assert scores.attrs["segment"]["precision"] == "bfloat16"
+    out = scores.values
+    assert out.dtype == np.float32 and 0 < np.abs(out - ref).max() < 2e-2
+    np.testing.assert_allclose(out.sum(axis=0), 1.0, atol=1e-3)
+    with pytest.raises(ValueProblem, match="precision"):
+        segment(vol, net[1], patch_size=P, crop=CROP, precision="float8")
+
+
 def test_labelmap(client, vol, net, ref):
     from tomochunk import labelmap, segment
 

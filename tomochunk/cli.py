@@ -394,6 +394,8 @@ def _add_segment(sub):
     p.add_argument("--normalize", choices=("meanstd", "percentile", "none"), default="meanstd",
                    help="intensity normalisation before segmenting (default: global mean/std)")
     p.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="score storage dtype")
+    p.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+                   help="network arithmetic; bfloat16 is ~4.5x faster on CPUs with AMX/AVX512-BF16 and GPUs")
     p.add_argument("--chunks", type=int, default=256, help="storage chunk side of the outputs")
     p.add_argument("--scheduler", default=None, help="address of a running Dask scheduler")
     p.add_argument("--workers", type=int, default=None, help="worker processes of the embedded cluster")
@@ -437,7 +439,7 @@ def _run_segment(args):
             vol = open_volume(dst)
             scores = segment(vol, model, patch_size=args.patch, crop=args.crop, batch_size=args.batch,
                              blend=args.blend, normalize=None if args.normalize == "none" else args.normalize,
-                             client=client)
+                             precision=args.precision, client=client)
             print(f"{src}: segmenting {dict(zip(vol.dims, vol.shape))} into {dst / 'labels'}")
             write_segmentation(scores, dst, dtype=args.dtype, chunks=args.chunks, overwrite=args.overwrite,
                                client=client, progress=True)
