@@ -93,7 +93,9 @@ def main():
     ap.add_argument("--patch", type=int, default=128)
     ap.add_argument("--crop", type=int, default=8)
     ap.add_argument("--filters", default="2,3,4")
-    ap.add_argument("--memory-limit", default="1.3GB")
+    ap.add_argument("--memory-limit", default="1.7GB",
+                    help="worker limit: TensorFlow alone takes ~0.7 GB RSS and one block ~0.5 GB more; "
+                         "below ~1.5 GB the worker pauses at 80%% and never resumes")
     ap.add_argument("--kill-after", type=float, default=0)
     ap.add_argument("--reference", default=None, help="store of an undisturbed run to compare with")
     ap.add_argument("--keep", action="store_true")
