@@ -208,11 +208,16 @@ def main():
                   f"(raw cost {fpv / 1e6:.3f} MFLOP/voxel); tiling overhead {executed / raw:.2f}x "
                   f"({n_patches} patches of {patch}^3: the patch tiling's own recomputation; the block "
                   f"plan adds no patch beyond it)")
-            # all workers at once, as in the run: the bare network cost of the same patches
-            per = float(np.mean(list(client.run(bare_patch_seconds, kpath, prec, patch).values())))
-            n_workers = len(client.scheduler_info(n_workers=-1)["workers"])
-            bare = n_patches * per / n_workers
-            print(f"  bare network calls for these {n_patches} patches: {bare:.1f} s ({executed / bare / 1e9:.1f} "
+            # as many workers at once as the run had compute blocks to share out
+            from tomochunk.nn.segment import _auto_block_patches
+
+            k = _auto_block_patches(patch, core - 4)
+            n_blocks = np.prod([len(_axis_plan(n, patch, args.crop, 4, k, _weights(core, "crop")).groups)
+                                for n in shape])
+            busy = sorted(client.scheduler_info(n_workers=-1)["workers"])[:int(min(n_blocks, args.workers))]
+            per = float(np.mean(list(client.run(bare_patch_seconds, kpath, prec, patch, workers=busy).values())))
+            bare = n_patches * per / len(busy)
+            print(f"  bare network calls for these {n_patches} patches on {len(busy)} worker(s): {bare:.1f} s ({executed / bare / 1e9:.1f} "
                   f"GFLOP/s); pipeline overhead over them (normalise, tile, blend, write) "
                   f"{dt / bare:.2f}x (target <= 1.4x)")
             if df_time:
