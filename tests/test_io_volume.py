@@ -347,6 +347,22 @@ def test_convert_compression_auto_raw_for_noise(tmp_path, vol):
         tc.convert(tmp_path / "noise.mrc", tmp_path / "x.zarr", compression="gzip")
 
 
+@pytest.mark.parametrize("label", [False, True])
+def test_slabwise_stats_and_downsample_equal_whole_block(rng, label):
+    from tomochunk.io.omezarr import _downsample
+
+    block = rng.normal(size=(13, 10, 7)).astype(np.float32)
+    if label:
+        block = (block > 0.5).astype(np.uint8)
+    block[3, 2, 1] = np.nan if not label else 1
+    w = PyramidWriter.__new__(PyramidWriter)
+    w.factors, w.label = (2, 2, 2), label
+    stats, small = w._stats_and_downsample(block, True, slab_bytes=block[:1].nbytes * 4)
+    ref_stats = w._block_stats(block)
+    np.testing.assert_allclose(stats, ref_stats, rtol=1e-6)
+    np.testing.assert_array_equal(small, _downsample(block, (2, 2, 2), label))
+
+
 def test_memmap_source_slices_like_numpy(tmp_path, rng):
     from tomochunk.io._source import MemmapSource
 
