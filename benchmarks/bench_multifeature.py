@@ -183,6 +183,7 @@ def main(argv=None):
     ap.add_argument("--arch", default="unet2d")
     ap.add_argument("--noise", type=float, default=0.4)
     ap.add_argument("--dump", default=None, help="save probabilities and truth to this .npz")
+    ap.add_argument("--seed", type=int, default=0, help="another phantom pair and training draw")
     ap.add_argument("--load", default=None, help="evaluate a --dump file (no training)")
     args = ap.parse_args(argv)
     if args.load:
@@ -194,20 +195,21 @@ def main(argv=None):
 
     shape = tuple(args.size)
     t0 = time.perf_counter()
-    train_vol, train_lab = phantom(shape, 1, noise=args.noise)
-    test_vol, test_lab = phantom(shape, 2, noise=args.noise)
+    s0 = 100 * args.seed
+    train_vol, train_lab = phantom(shape, 1 + s0, noise=args.noise)
+    test_vol, test_lab = phantom(shape, 2 + s0, noise=args.noise)
     print(f"phantom {shape}: {time.perf_counter() - t0:.1f} s; test voxels per feature: "
           + ", ".join(f"{n} {np.count_nonzero(test_lab == i + 1)}" for i, n in enumerate(FEATURES)))
     annotated = list(range(2, shape[0] - 2, 6))  # sparse annotation: every 6th slice
     models = []
-    negatives = background_tiles(train_vol, train_lab, args.box, annotated, args.negatives, rng=5)
+    negatives = background_tiles(train_vol, train_lab, args.box, annotated, args.negatives, rng=5 + s0)
     for i, name in enumerate(FEATURES):
         t0 = time.perf_counter()
         tiles, masks = sample_tiles(train_vol, train_lab == i + 1, box=args.box, n=args.tiles, slices=annotated,
-                                    positive_fraction=1.0, rng=10 + i)
-        fm = new_model(args.arch, box_size=args.box, title=name, pixel_size=10.0, filters=(8, 16, 32), seed=i)
+                                    positive_fraction=1.0, rng=10 + i + s0)
+        fm = new_model(args.arch, box_size=args.box, title=name, pixel_size=10.0, filters=(8, 16, 32), seed=i + s0)
         hist = train_slices(fm, tiles, masks, negatives=negatives, n_copies=2, excess_negative=0.3,
-                            epochs=args.epochs, batch_size=16, learning_rate=2e-3, pixel_size=10.0, seed=i)
+                            epochs=args.epochs, batch_size=16, learning_rate=2e-3, pixel_size=10.0, seed=i + s0)
         models.append(fm)
         print(f"trained {name:9s} on {len(tiles)} positive + {len(negatives)} background tiles: "
               f"loss {hist.history['loss'][0]:.3f} -> {hist.history['loss'][-1]:.3f}, "
