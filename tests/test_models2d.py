@@ -170,3 +170,42 @@ def test_segment_features_many_models_many_tomograms(client, tmp_path, rng):
             "--scheduler", client.scheduler.address]
     assert main(argv) == 0
     assert (out / "t0.zarr" / "0" / "0" / "0" / "0").stat().st_mtime_ns == before
+
+
+def test_compete_maps_object_weight():
+    from tomochunk.errors import ValueProblem
+    from tomochunk.nn.features import compete_maps
+
+    p = np.zeros((2, 5, 9, 9), np.float32)
+    p[0, 2, 4, :] = 0.9
+    p[0, 2, 4, 3:6] = 0.6          # a filament, less confident where a particle model fires on it
+    p[1, 2, 4, 3:6] = 0.65
+    p[1, 2, 0:2, 0:2] = 0.9        # a real particle, with weak cross-talk from the filament model
+    p[0, 2, 0:2, 0:2] = 0.55
+    voxel = compete_maps(p, [0.5, 0.5])
+    obj = compete_maps(p, [0.5, 0.5], object_weight=0.5)
+    assert (voxel[2, 4, 3:6] == 2).all() and (obj[2, 4, 3:6] == 1).all()
+    assert (voxel[2, 0:2, 0:2] == 2).all() and (obj[2, 0:2, 0:2] == 2).all()
+    assert (obj[p.max(0) < 0.5] == 0).all() and (obj == voxel)[p.max(0) < 0.5].all()
+    with pytest.raises(ValueProblem, match="object_weight"):
+        compete_maps(p, [0.5, 0.5], object_weight=1.5)
+
+
+def test_segment_features_object_weight_matches_in_memory(client, tmp_path, rng):
+    from tomochunk import open_volume, write_volume
+    from tomochunk.nn.features import compete_maps, segment_features
+
+    models = []
+    for title, gain, bias in (("bright", 3.0, -3.0), ("mid", 1.0, 0.0)):
+        fm = _tap_model(box=32)
+        fm.model.get_layer("tap").set_weights([np.full((1, 1, 1, 1), gain, np.float32),
+                                               np.array([bias], np.float32)])
+        fm.info.title = title
+        models.append(save_archive(fm, tmp_path / f"{title}.tcm"))
+    v = ndi.gaussian_filter(rng.normal(scale=4.0, size=(6, 40, 40)), 1.5).astype(np.float32)
+    t = write_volume(v, tmp_path / "t.mrc", voxel_size=10.0)
+    segment_features([t], models, tmp_path / "out", client=client, slab=2, object_weight=0.5, object_halo=6)
+    v = open_volume(t).values
+    expect = compete_maps(_sig(np.stack([3 * v - 3, v])), [0.5, 0.5], object_weight=0.5)
+    assert (expect != compete_maps(_sig(np.stack([3 * v - 3, v])), [0.5, 0.5])).any()
+    np.testing.assert_array_equal(open_volume(tmp_path / "out" / "t.zarr").values, expect)

@@ -723,6 +723,9 @@ def _add_segment_features(sub):
     p.add_argument("--interaction", action="append", default=[], metavar="CHILD:MODE:PARENT:RADIUS",
                    help="keep a model's map near (colocalize) or away from (avoid) another's, radius in Å, "
                         "e.g. ribosome:colocalize:membrane:100 (repeatable)")
+    p.add_argument("--object-weight", type=float, default=0.0, metavar="W",
+                   help="0 (default): highest voxel score wins (EMAN2/Ais); W in (0, 1]: scores are mixed with "
+                        "their object's mean, so confident objects beat another model's weak fragments")
     p.add_argument("--slab", type=int, default=None, help="slices per task (default: ~64 MB)")
     p.add_argument("--levels", type=int, default=2, help="multiscale levels of the label stores")
     p.add_argument("--overwrite", action="store_true", help="redo tomograms already done")
@@ -745,7 +748,8 @@ def _run_segment_features(args):
         inter.append({"child": child, "mode": mode, "parent": parent, "radius": float(radius)})
     with client_context(scheduler=args.scheduler, n_workers=args.workers) as client:
         status = segment_features(args.tomograms, args.models, args.outdir, interactions=inter, client=client,
-                                  slab=args.slab, levels=args.levels, overwrite=args.overwrite)
+                                  slab=args.slab, levels=args.levels, overwrite=args.overwrite,
+                                  object_weight=args.object_weight)
     for tomo, state in status.items():
         print(f"{tomo}: {state}")
 

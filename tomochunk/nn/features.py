@@ -18,7 +18,16 @@ Competition (per voxel, models ``i = 1..N`` with maps ``p_i``)
        a child map is kept only near (``colocalize``) or away from (``avoid``)
        its thresholded parent map.
     3. EMAN2's argmax against a background threshold: the voxel gets label
-       ``1 + argmax_i p_i`` over the models with ``p_i >= threshold_i``, else 0.
+       ``1 + argmax_i s_i`` over the models with ``p_i >= threshold_i``, else 0.
+       By default ``s_i = p_i`` (EMAN2, Ais). With ``object_weight`` ``w > 0``
+       the score is ``s_i = (1 - w) p_i + w * mean(p_i over the object)``,
+       where the object is the connected component of ``p_i >= threshold_i``
+       holding the voxel: a model's confident, extended object then wins over
+       another model's weak, fragmentary response on the same voxels (the
+       cross-talk of one-feature models, e.g. a particle model firing on
+       filament cross-sections), while voxel scores still draw the boundary
+       between touching objects. In :func:`segment_features` objects are
+       found per z-slab plus a halo of ``object_halo`` slices.
 """
 
 from __future__ import annotations
@@ -35,7 +44,24 @@ from .slices import cached_model, model_ref, segment_slices
 log = get_logger(__name__)
 
 
-def compete_maps(probs, thresholds, *, emit=None, absorb=None):
+def object_mean(prob, mask):
+    """Each voxel of ``mask`` gets the mean of ``prob`` over its connected component (0 outside).
+
+    Examples
+    --------
+    >>> object_mean(np.array([0.9, 0.7, 0.0, 0.6]), np.array([1, 1, 0, 1], bool)).astype(float).round(2).tolist()
+    [0.8, 0.8, 0.0, 0.6]
+    """
+    from scipy import ndimage as ndi
+
+    cc, n = ndi.label(mask)
+    if n == 0:
+        return np.zeros(np.shape(prob), np.float32)
+    means = ndi.mean(np.asarray(prob, np.float32), cc, np.arange(1, n + 1))
+    return np.concatenate([[0.0], means]).astype(np.float32)[cc]
+
+
+def compete_maps(probs, thresholds, *, emit=None, absorb=None, object_weight=0.0):
     """Competition of N feature maps: ``uint8`` labels (0 = background, ``i + 1`` = model ``i``).
 
     Parameters
@@ -43,15 +69,24 @@ def compete_maps(probs, thresholds, *, emit=None, absorb=None):
     probs : ndarray
         ``[n, ...]`` probability maps, one per model.
     thresholds : sequence of float
-        Per-model background threshold.
+        Per-model background threshold (a voxel is a candidate for model ``i``
+        where ``probs[i] >= thresholds[i]``).
     emit, absorb : sequence of bool, optional
         Ais flags: absorbing maps are zeroed where an emitting map is higher.
+    object_weight : float
+        0 (default): the highest candidate probability wins (EMAN2, Ais).
+        ``w`` in (0, 1]: candidates compete with ``(1 - w) p + w * object
+        mean of p`` (see the module notes), so confident objects beat weak
+        fragments of another model.
 
     Examples
     --------
     >>> p = np.array([[0.9, 0.2, 0.6], [0.7, 0.1, 0.8]])
     >>> compete_maps(p, [0.5, 0.5]).tolist()
     [1, 0, 2]
+    >>> p = np.array([[0.9, 0.9, 0.9, 0.6], [0.0, 0.0, 0.0, 0.7]])   # model 1 fires on a voxel of model 0's object
+    >>> compete_maps(p, [0.5, 0.5]).tolist(), compete_maps(p, [0.5, 0.5], object_weight=0.5).tolist()
+    ([1, 1, 1, 2], [1, 1, 1, 1])
     """
     p = np.array(probs, dtype=np.float32, copy=True)
     n = p.shape[0]
@@ -64,15 +99,20 @@ def compete_maps(probs, thresholds, *, emit=None, absorb=None):
         others = [j for j in np.flatnonzero(emit) if j != i]
         if others:
             p[i][p[others].max(axis=0) > p[i]] = 0.0
+    if not 0.0 <= float(object_weight) <= 1.0:
+        raise ValueProblem(f"object_weight must be in [0, 1], got {object_weight}")
     above = p >= thr
+    if object_weight > 0:
+        w = np.float32(object_weight)
+        p = np.stack([(1 - w) * p[i] + w * object_mean(p[i], above[i]) for i in range(n)])
     masked = np.where(above, p, -1.0)
     lab = (np.argmax(masked, axis=0) + 1).astype(np.uint8)
     lab[~above.any(axis=0)] = 0
     return lab
 
 
-def _argmax_block(*blocks, thresholds):
-    return compete_maps(np.stack(blocks), thresholds)
+def _argmax_block(*blocks, thresholds, object_weight=0.0):
+    return compete_maps(np.stack(blocks), thresholds, object_weight=object_weight)
 
 
 def _combine(maps, infos, interactions, voxel_size):
@@ -113,7 +153,7 @@ def output_path(outdir, tomogram) -> Path:
 
 
 def segment_features(tomograms, models, outdir, *, interactions=None, client=None, slab=None, levels=2,
-                     overwrite=False, batch_size=32):
+                     overwrite=False, batch_size=32, object_weight=0.0, object_halo=8):
     """Apply N one-feature models to M tomograms in one distributed call; write one label map each.
 
     Parameters
@@ -139,6 +179,12 @@ def segment_features(tomograms, models, outdir, *, interactions=None, client=Non
         Multiscale levels of the label stores.
     overwrite : bool
         Recompute tomograms whose label store is complete (default: skip them).
+    object_weight : float
+        Weight of each candidate's object mean in the argmax (0: voxel scores,
+        EMAN2 / Ais; see :func:`compete_maps`).
+    object_halo : int
+        With ``object_weight > 0``: slices each side of a slab seen when
+        finding objects (objects longer than a slab plus halos are split).
 
     Returns
     -------
@@ -161,6 +207,8 @@ def segment_features(tomograms, models, outdir, *, interactions=None, client=Non
 
     if not models:
         raise ValueProblem("segment_features needs at least one model")
+    if not 0.0 <= float(object_weight) <= 1.0:
+        raise ValueProblem(f"object_weight must be in [0, 1], got {object_weight}")
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     refs = [model_ref(m) for m in models]
@@ -183,8 +231,15 @@ def segment_features(tomograms, models, outdir, *, interactions=None, client=Non
         maps = [segment_slices(vol, r, slab=slab, batch_size=batch_size).data[0] for r in refs]
         maps = _combine(maps, infos, interactions, vol.attrs.get("voxel_size"))
         maps = [m.rechunk(maps[0].chunks) for m in maps]
-        labels = da.map_blocks(_argmax_block, *maps, thresholds=thresholds, dtype=np.uint8,
-                               meta=np.empty((0, 0, 0), np.uint8), token=f"compete-{out.stem}")
+        if object_weight > 0 and object_halo > 0:
+            depth = {0: min(int(object_halo), maps[0].shape[0]), 1: 0, 2: 0}
+            labels = da.map_overlap(_argmax_block, *maps, depth=depth, boundary="none", thresholds=thresholds,
+                                    object_weight=float(object_weight), dtype=np.uint8,
+                                    meta=np.empty((0, 0, 0), np.uint8), token=f"compete-{out.stem}")
+        else:
+            labels = da.map_blocks(_argmax_block, *maps, thresholds=thresholds,
+                                   object_weight=float(object_weight), dtype=np.uint8,
+                                   meta=np.empty((0, 0, 0), np.uint8), token=f"compete-{out.stem}")
         tmp = outdir / f".{out.stem}.labels.tmp.zarr"
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -214,6 +269,7 @@ def segment_features(tomograms, models, outdir, *, interactions=None, client=Non
                           attrs={"classes": classes,
                                  "models": [{"title": i.title, "source": str(r), "threshold": i.threshold,
                                              "emit": i.emit, "absorb": i.absorb} for r, i in zip(refs, infos)],
+                                 "object_weight": float(object_weight),
                                  "interactions": list(interactions or [])})
         w.write(lambda region: np.asarray(src[region]))
         w.finish(source=str(t))
