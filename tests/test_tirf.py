@@ -377,6 +377,10 @@ def test_train_events_on_manifest(tmp_path, movie):
                                         valid_steps=1)
     assert model.output_shape[-1] == 3 and len(hist) == 1
     assert (tmp_path / "model" / "model_final.keras").exists()
+    # the movie default: Tversky + class-weighted cross-entropy (rare event voxels)
+    assert model.loss.ce_weight == 1.0 and model.loss.class_weights == list(tirf.EVENT_CLASS_WEIGHTS)
+    with pytest.raises(ValueProblem, match="one per class"):
+        tirf.train_events(man, tmp_path / "model2", class_weights=(1, 2), epochs=1)
 
 
 @pytest.mark.skipif(not (_has("tomochunk.nn.segment") and _has("tomochunk.ops.normalize")), reason="segment not merged")
