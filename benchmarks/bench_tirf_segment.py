@@ -72,6 +72,11 @@ def main(argv=None):
     from tomochunk.parallel import client_context
 
     shape = tuple(int(s) for s in args.shape.split(","))
+    # ExoDeepFinder's Segment pads by 25 and needs one whole patch inside: every side > patch - 50
+    # (a 100-frame movie at patch 160 fails there with an IndexError, after tomochunk has run)
+    if not args.skip_exo and min(shape) + 2 * 25 <= args.patch:
+        raise SystemExit(f"ExoDeepFinder's Segment needs every side > {args.patch - 50} at patch {args.patch}; "
+                         f"got {shape} (use --skip-exo, a longer movie or a smaller --patch)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     movie_zarr, movie_h5 = out / "movie.zarr", out / "movie.h5"
