@@ -47,6 +47,7 @@ def main(argv=None):
     ap.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (DeepFinder: 1e-4, for long runs)")
     ap.add_argument("--class-weights", type=float, nargs=3, default=(1, 10, 50), metavar=("BG", "SPOT", "EVENT"),
                     help="cross-entropy weights per class")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the network's initial weights")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seg-patch", type=int, default=96, help="segmentation patch side (ExoDeepFinder: 160)")
     ap.add_argument("--seg-crop", type=int, default=8, help="voxels cropped from each patch side")
@@ -54,6 +55,7 @@ def main(argv=None):
                     help="drop predicted events of fewer voxels (an event's cone is 63: 49 + 13 + 1)")
     args = ap.parse_args(argv)
 
+    import keras
     import pandas as pd
 
     import tomochunk
@@ -116,10 +118,12 @@ def main(argv=None):
 
         # 5. train the anisotropic network briefly: Tversky + class-weighted cross-entropy
         t0 = time.perf_counter()
+        keras.utils.set_random_seed(args.seed)  # the network's initial weights (patches follow train's seed)
         model, history = tirf.train_events(manifest, out / "model", epochs=args.epochs, steps_per_epoch=args.steps,
                                            batch_size=args.batch, patch_size=tuple(args.patch), shift=args.shift,
                                            filters=args.filters, lr=args.lr, ce_weight=1.0,
-                                           class_weights=tuple(args.class_weights), progress=False)
+                                           class_weights=tuple(args.class_weights), seed=args.seed,
+                                           progress=False)
         step("train", t0)
         last = history.iloc[-1]
         print("  last epoch: " + ", ".join(f"{k} {last[k]:.3f}" for k in history.columns
