@@ -13,9 +13,15 @@ Training uses the Tversky (Dice) loss plus a class-weighted cross-entropy
 0.2 % of a patch, and Dice alone (or with unweighted cross-entropy) first learns
 "background everywhere" and stays there for many epochs (F1 0 after 6 epochs here).
 
-Run (2 CPU cores: about 10 minutes with the small network)::
+Run (2 CPU cores, small network: about 3 minutes on a quiet machine, 8 under load)::
 
     python examples/tirf_workflow.py --frames 300 --out /tmp/tirf_demo
+
+Measured (defaults, quiet 2-core machine): training 124 s (val F1 of events 0.76 per voxel),
+segmentation of the held-out 300 x 128 x 160 movie 47 s; 40 of 40 events found, 1 false
+(precision 0.976; 1.000 without clusters under 32 voxels). Two earlier runs without a
+seeded initialisation, under load, gave recall 1.000 with precision 0.5 and 1.0: a brief
+training is not stable from one initialisation to the next.
 
 Each step is also a CLI command: ``tomochunk tirf convert|detect|annotate|merge|dataset|
 train|segment|events``.
