@@ -414,4 +414,10 @@ def _segment_checks(tmp_path):
     assert dst.name == "m_segmentation.zarr"
     lab = open_volume(dst)
     assert lab.shape == (12, 32, 32) and lab.dtype == np.uint8 and int(lab.max()) <= 2
+    # the label map is the argmax of the scores (computed once, then read back; no temporary left)
+    written = open_volume(tmp_path / "seg" / "m_scores.zarr").values
+    np.testing.assert_array_equal(lab.values, written.argmax(0))
+    ref = tirf.segment_movie(tmp_path / "m.zarr", tmp_path / "w.h5", patch_size=32, crop=4).values
+    np.testing.assert_allclose(written, ref, atol=1e-3)  # float16 storage
+    assert sorted(p.name for p in (tmp_path / "seg").iterdir()) == ["m_scores.zarr", "m_segmentation.zarr"]
     assert tirf.segment_movies([tmp_path / "m.zarr"], tmp_path / "w.h5", tmp_path / "seg") == out  # skipped
