@@ -21,7 +21,9 @@ Run::
 Measured (2 cores, 2 workers, --shape 128,300,400, 24 patches of 160^3 each): before the fix in
 ``segment_movies`` (scores computed once into Zarr) tomochunk took 575.5 s against ExoDeepFinder's
 256.7 s (0.45x; label maps agree on 0.999759 of voxels, max |score diff| 4.9e-4): write_volume
-computed region by region and re-ran every segmentation block cut by a region. After: 257.9 s.
+computed region by region and re-ran every segmentation block cut by a region. After: 257.9 s,
+against ExoDeepFinder's 360.7 s in the same run (1.40x; same agreement figures; ExoDeepFinder's
+time varies 257-361 s between runs on this shared machine).
 One 160^3 patch takes about 9-11 s in either venv (same Keras 3.15 / TF 2.21), so the network
 dominates and the two tile the movie identically. The full 1000-frame size was not run (2 shared
 cores; about 30 min per tool).
