@@ -377,6 +377,10 @@ def test_train_events_on_manifest(tmp_path, movie):
                                         valid_steps=1)
     assert model.output_shape[-1] == 3 and len(hist) == 1
     assert (tmp_path / "model" / "model_final.keras").exists()
+    # the movie default: Tversky + class-weighted cross-entropy (rare event voxels)
+    assert model.loss.ce_weight == 1.0 and model.loss.class_weights == list(tirf.EVENT_CLASS_WEIGHTS)
+    with pytest.raises(ValueProblem, match="one per class"):
+        tirf.train_events(man, tmp_path / "model2", class_weights=(1, 2), epochs=1)
 
 
 @pytest.mark.skipif(not (_has("tomochunk.nn.segment") and _has("tomochunk.ops.normalize")), reason="segment not merged")
@@ -410,4 +414,10 @@ def _segment_checks(tmp_path):
     assert dst.name == "m_segmentation.zarr"
     lab = open_volume(dst)
     assert lab.shape == (12, 32, 32) and lab.dtype == np.uint8 and int(lab.max()) <= 2
+    # the label map is the argmax of the scores (computed once, then read back; no temporary left)
+    written = open_volume(tmp_path / "seg" / "m_scores.zarr").values
+    np.testing.assert_array_equal(lab.values, written.argmax(0))
+    ref = tirf.segment_movie(tmp_path / "m.zarr", tmp_path / "w.h5", patch_size=32, crop=4).values
+    np.testing.assert_allclose(written, ref, atol=1e-3)  # float16 storage
+    assert sorted(p.name for p in (tmp_path / "seg").iterdir()) == ["m_scores.zarr", "m_segmentation.zarr"]
     assert tirf.segment_movies([tmp_path / "m.zarr"], tmp_path / "w.h5", tmp_path / "seg") == out  # skipped

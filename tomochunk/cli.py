@@ -565,6 +565,11 @@ def _add_tirf(sub):
     c.add_argument("--epochs", type=int, default=50)
     c.add_argument("--steps-per-epoch", type=int, default=100)
     c.add_argument("--batch-size", type=int, default=4)
+    c.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate")
+    c.add_argument("--ce-weight", type=float, default=None,
+                   help="weight of the cross-entropy term added to the Tversky loss (default 1)")
+    c.add_argument("--class-weights", type=_floats, default=None,
+                   help="cross-entropy weights of background,spot,exocytosis (default 1,10,50)")
     c.set_defaults(run=_run_tirf_train)
 
     c = _command(tsub, "segment", "segment movies with a trained model (label map: 1 spot, 2 exocytosis)",
@@ -668,8 +673,12 @@ def _run_tirf_train(args):
     from .ops.tirf import train_events
 
     kw = {} if args.patch is None else {"patch_size": args.patch}
+    if args.ce_weight is not None:
+        kw["ce_weight"] = args.ce_weight
+    if args.class_weights is not None:
+        kw["class_weights"] = args.class_weights
     _, history = train_events(args.manifest, args.outdir, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
-                              batch_size=args.batch_size, **kw)
+                              batch_size=args.batch_size, lr=args.lr, **kw)
     print(history.tail(1).to_string(index=False))
     print(f"model: {args.outdir}/model_final.keras")
 

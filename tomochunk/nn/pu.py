@@ -176,7 +176,8 @@ class MaskedDiceCELoss(keras.losses.Loss):
         return {**super().get_config(), "ce_weight": self.ce_weight}
 
 
-def make_loss(loss: str = "tversky", *, tau=None, alpha: float = 0.5, beta: float = 0.5, ce_weight: float = 0.0):
+def make_loss(loss: str = "tversky", *, tau=None, alpha: float = 0.5, beta: float = 0.5, ce_weight: float = 0.0,
+              class_weights=None):
     """The Keras loss named ``loss`` (``"tversky"``, ``"dice_ce"``, ``"pu"`` or ``"pu_balanced"``).
 
     A ``keras.losses.Loss`` instance is returned as it is.
@@ -192,7 +193,7 @@ def make_loss(loss: str = "tversky", *, tau=None, alpha: float = 0.5, beta: floa
     if isinstance(loss, keras.losses.Loss):
         return loss
     if loss == "tversky":
-        return TverskyLoss(alpha, beta, ce_weight) if ce_weight else TverskyLoss(alpha, beta)
+        return TverskyLoss(alpha, beta, ce_weight, class_weights) if ce_weight else TverskyLoss(alpha, beta)
     if loss == "dice_ce":
         return MaskedDiceCELoss()
     if loss in ("pu", "pu_balanced"):

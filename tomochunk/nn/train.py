@@ -264,7 +264,8 @@ def _latest_checkpoint(out_dir: Path):
 def train(volumes, targets, objects_train, objects_valid, *, n_classes, patch_size=48,
           batch_size=8, epochs=10, steps_per_epoch=50, valid_steps=4, lr=1e-4, out_dir,
           model=None, filters=DEFAULT_FILTERS, anisotropic=False, augment=None, shift=13,
-          bootstrap=True, loss_alpha=0.5, loss_beta=0.5, ce_weight=0.0, checkpoint_every=10,
+          bootstrap=True, loss_alpha=0.5, loss_beta=0.5, ce_weight=0.0, class_weights=None,
+          checkpoint_every=10,
           resume=False,
           workers=2, prefetch=4, seed=0, precision="float32", time_limit=None, legacy_h5=True,
           progress=True, loss="tversky", tau=None, region=None):
@@ -311,6 +312,9 @@ def train(volumes, targets, objects_train, objects_valid, *, n_classes, patch_si
         Tversky weights of false positives and false negatives (0.5: Dice).
     ce_weight : float
         Weight of an added cross-entropy term (0: DeepFinder's pure Tversky loss).
+    class_weights : sequence of float, optional
+        Per-class weights of that cross-entropy term (``n_classes`` values), for classes
+        of very few voxels per patch (see :class:`~tomochunk.nn.losses.TverskyLoss`).
     checkpoint_every : int
         Save ``checkpoint_epochNNNN.keras`` (with the optimiser state) every N epochs.
     resume : bool or path
@@ -411,7 +415,13 @@ def train(volumes, targets, objects_train, objects_valid, *, n_classes, patch_si
             raise ValueProblem(f"{what} has class labels {sorted(set(labels.tolist()))} but n_classes="
                                f"{n_classes} (labels 1..n_classes-1; 0 is background)")
     aug = None if augment in ("none", False) else augment
-    loss_fn = make_loss(loss, tau=tau, alpha=loss_alpha, beta=loss_beta, ce_weight=ce_weight)
+    if class_weights is not None:
+        if len(class_weights) != n_classes:
+            raise ValueProblem(f"class_weights needs {n_classes} values (one per class), got {list(class_weights)}")
+        if not ce_weight:
+            raise ValueProblem("class_weights weight the cross-entropy term: set ce_weight > 0 too")
+    loss_fn = make_loss(loss, tau=tau, alpha=loss_alpha, beta=loss_beta, ce_weight=ce_weight,
+                        class_weights=class_weights)
     is_tversky = isinstance(loss_fn, TverskyLoss)
     ignore = None if is_tversky else n_classes  # our other losses ignore an extra channel
     if region is not None and not isinstance(region, dict):
