@@ -396,12 +396,17 @@ class PyramidWriter:
     def _block_stats(self, block):
         """(n, sum, sum of squares, min, max, non-finite count) of a block.
 
-        Sums run along the short x rows in the block's own precision (numpy sums
-        pairwise there, so float32 stays accurate) and only the row sums are
+        Sums run along rows in the block's own precision (numpy sums pairwise
+        there, so float32 stays accurate) and only the row sums are
         added in float64: no float64 copy of the block, half the time of a
         float64 reduction.
         """
-        rows = block.reshape(-1, block.shape[-1]) if block.ndim else block.reshape(1, 1)
+        if not block.ndim:
+            rows = block.reshape(1, 1)
+        elif block.flags.c_contiguous and block.size % 8192 == 0:
+            rows = block.reshape(-1, 8192)  # long rows: numpy's reductions run ~2x faster than on short x rows
+        else:
+            rows = block.reshape(-1, block.shape[-1])
         nf, total = 0, None
         if block.dtype.kind == "f":
             total = float(rows.sum(axis=1).sum(dtype=np.float64))
