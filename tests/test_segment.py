@@ -182,9 +182,9 @@ def test_model_loaded_once_per_worker(client, tmp_path, vol, net):
     shutil.copy(net[1], path)
 
     def loads():
-        from tomochunk.nn import segment as s
+        from tomochunk.nn import _cache as s
 
-        return s.MODEL_LOADS
+        return s.LOADS
 
     before = client.run(loads)
     for _ in range(2):

@@ -36,7 +36,6 @@ import math
 import os
 import shutil
 import tempfile
-import threading
 from dataclasses import dataclass
 from itertools import product
 from pathlib import Path
@@ -45,15 +44,12 @@ import numpy as np
 
 from .._log import get_logger
 from ..errors import MissingError, ShapeError, ValueProblem
+from . import _cache
+from ._cache import cached
 
 log = get_logger(__name__)
 
 # --- model cache (one load per worker process) --------------------------------------
-
-_MODELS: dict = {}
-_MODEL_LOCK = threading.Lock()
-MODEL_LOADS = 0  # models loaded by this process; read by tests through Client.run
-
 
 def get_model(path, precision="float32"):
     """Load a model once per process; later calls with the same file (path and mtime) reuse it.
@@ -65,30 +61,15 @@ def get_model(path, precision="float32"):
     --------
     >>> model = get_model("unet.keras")  # doctest: +SKIP
     """
-    global MODEL_LOADS
-    path = os.path.abspath(os.fspath(path))
-    try:
-        key = (path, os.path.getmtime(path), precision)
-    except OSError:
-        raise MissingError("no such model file", path) from None
-    model = _MODELS.get(key)
-    if model is not None:
-        return model
-    with _MODEL_LOCK:
-        model = _MODELS.get(key)
-        if model is None:
-            model = _load(path) if precision == "float32" else _in_precision(_load(path), precision, path)
-            _MODELS.clear()  # one model per process at a time keeps memory bounded
-            _MODELS[key] = model
-            MODEL_LOADS += 1
-            log.info("loaded model %s in process %d", path, os.getpid())
-    return model
+    if precision == "float32":
+        return cached(path, _load)
+    return cached(path, lambda p: _in_precision(_load(p), precision, p), variant=precision)
 
 
 def preload_model(path, precision="float32") -> int:
     """Load the model into this process's cache (e.g. ``client.run(preload_model, path)``); returns the load count."""
     get_model(path, precision)
-    return MODEL_LOADS
+    return _cache.LOADS
 
 
 PRECISIONS = ("float32", "bfloat16")
@@ -129,7 +110,7 @@ def _model_path(model) -> str:
     from .models import save_model
 
     save_model(model, path)
-    _MODELS[(os.path.abspath(path), os.path.getmtime(path), "float32")] = model  # this process already has it
+    _cache.put(path, model)  # this process already has it
     return path
 
 

@@ -28,19 +28,17 @@ import atexit
 import os
 import shutil
 import tempfile
-import threading
 from pathlib import Path
 
 import numpy as np
 
 from .._log import get_logger
 from ..errors import ShapeError, ValueProblem
+from ._cache import cached
 from .archive import FeatureModel, load_archive, save_archive
 
 log = get_logger(__name__)
 
-_CACHE: dict = {}
-_CACHE_LOCK = threading.Lock()
 _TMPDIR = None
 
 
@@ -48,15 +46,7 @@ def cached_model(ref) -> FeatureModel:
     """The model for ``ref`` (an archive path or a FeatureModel), loaded once per process."""
     if isinstance(ref, FeatureModel):
         return ref
-    p = str(Path(ref).resolve())
-    key = (p, os.stat(p).st_mtime_ns)
-    with _CACHE_LOCK:
-        fm = _CACHE.get(key)
-        if fm is None:
-            fm = load_archive(p)
-            _CACHE[key] = fm
-            log.info("loaded model %s (%s) in process %d", fm.info.title, p, os.getpid())
-    return fm
+    return cached(ref, load_archive, variant="archive")
 
 
 def model_ref(model):
