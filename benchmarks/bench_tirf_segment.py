@@ -25,8 +25,13 @@ computed region by region and re-ran every segmentation block cut by a region. A
 against ExoDeepFinder's 360.7 s in the same run (1.40x; same agreement figures; ExoDeepFinder's
 time varies 257-361 s between runs on this shared machine).
 One 160^3 patch takes about 9-11 s in either venv (same Keras 3.15 / TF 2.21), so the network
-dominates and the two tile the movie identically. The full 1000-frame size was not run (2 shared
-cores; about 30 min per tool).
+dominates and the two tile the movie identically.
+
+Full size (2 cores, 2 workers, ``--shape 1000,300,400 --precision bfloat16``, 120 patches):
+tomochunk 362.5 s (0.331 Mvox/s, OME-Zarr in, label map and float16 scores out) against
+ExoDeepFinder's 1101.7 s (0.109 Mvox/s, in memory, float32) in the same run: 3.04x. Max |score
+diff| on frames 0-63 4.9e-4 (the float16 storage step); label maps agree on 0.9945 of voxels,
+the rest being near-ties of the untrained network's almost uniform scores.
 """
 
 from __future__ import annotations
