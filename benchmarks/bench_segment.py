@@ -209,11 +209,11 @@ def main():
                   f"({n_patches} patches of {patch}^3: the patch tiling's own recomputation; the block "
                   f"plan adds no patch beyond it)")
             # as many workers at once as the run had compute blocks to share out
-            from tomochunk.nn.segment import _auto_block_patches
+            from tomochunk.nn.segment import _auto_block_patches, _plan_axes
 
             k = _auto_block_patches(patch, core - 4)
-            n_blocks = np.prod([len(_axis_plan(n, patch, args.crop, 4, k, _weights(core, "crop")).groups)
-                                for n in shape])
+            n_blocks = np.prod([len(ax.groups) for ax in
+                                _plan_axes(shape, patch, args.crop, 4, k, _weights(core, "crop"), args.workers)])
             busy = sorted(client.scheduler_info(n_workers=-1)["workers"])[:int(min(n_blocks, args.workers))]
             per = float(np.mean(list(client.run(bare_patch_seconds, kpath, prec, patch, workers=busy).values())))
             bare = n_patches * per / len(busy)

@@ -10,8 +10,10 @@ def client():
     """A real multi-process LocalCluster shared by the whole test session."""
     from distributed import Client, LocalCluster
 
+    from tomochunk.parallel import worker_env
+
     cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                           dashboard_address=None, memory_limit="4GiB")
+                           dashboard_address=None, memory_limit="4GiB", env=worker_env(2))
     c = Client(cluster)
     yield c
     c.close()

@@ -299,3 +299,17 @@ def test_cli_segment_many_and_skip(client, tmp_path, vol, net, capsys):
     assert main(args) == 0
     assert capsys.readouterr().out.count("skipped") == 2
     assert main(["segment", paths[0], "-m", str(tmp_path / "missing.keras"), "-o", str(out)]) == 2
+
+
+def test_small_volume_is_split_so_every_worker_gets_a_block():
+    import math
+
+    from tomochunk.nn.segment import _auto_block_patches, _plan_axes, _weights
+
+    k = _auto_block_patches(160, 106)
+    args = ((200, 256, 256), 160, 25, 4, k, _weights(110, "crop"))
+    assert math.prod(len(ax.groups) for ax in _plan_axes(*args, 0)) == 1
+    for workers in (2, 4, 8):
+        axes = _plan_axes(*args, workers)
+        assert math.prod(len(ax.groups) for ax in axes) >= workers
+        assert all(sorted(sum(ax.groups, [])) == list(range(len(ax.starts))) for ax in axes)

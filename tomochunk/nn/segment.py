@@ -152,8 +152,8 @@ def _axis_plan(n, patch, crop, core_overlap, block_patches, w):
         starts.append(length - patch)
     k = max(1, int(block_patches))
     groups = [list(range(i, min(i + k, len(starts)))) for i in range(0, len(starts), k)]
-    if len(groups) > 1 and len(groups[-1]) == 1:  # the flush last patch may overlap a lot: keep it
-        last = groups.pop()                      # with its neighbour, so only neighbours share slabs
+    if k > 1 and len(groups) > 1 and len(groups[-1]) == 1:  # the flush last patch may overlap a lot:
+        last = groups.pop()                      # keep it with its neighbour, so only neighbours share slabs
         groups[-1] = groups[-1] + last
     core = patch - 2 * crop
     total = np.zeros(length, np.float64)
@@ -212,19 +212,34 @@ def _run(model, x):
 
 # --- client side ------------------------------------------------------------------------
 
-def _gpu_workers(client) -> bool:
+def _workers(client) -> dict:
+    """The scheduler's worker records ({} without a distributed client)."""
     if client is None:
         try:
             from distributed import default_client
 
             client = default_client()
         except (ImportError, ValueError):
-            return False
+            return {}
     try:
-        workers = client.scheduler_info(n_workers=-1)["workers"]
+        return client.scheduler_info(n_workers=-1)["workers"]
     except TypeError:  # older distributed
-        workers = client.scheduler_info()["workers"]
-    return any((w.get("resources") or {}).get("GPU", 0) > 0 for w in workers.values())
+        return client.scheduler_info()["workers"]
+
+
+def _plan_axes(shape, patch, crop, core_overlap, k, w, min_blocks):
+    """Axis plans with ``k`` patches per block and axis, fewer along the longest groups until
+    there are at least ``min_blocks`` blocks (one per worker), so no worker idles on a small volume."""
+    ks = [k] * len(shape)
+    while True:
+        axes = [_axis_plan(n, patch, crop, core_overlap, kk, w) for n, kk in zip(shape, ks)]
+        if math.prod(len(ax.groups) for ax in axes) >= min_blocks:
+            return axes
+        sizes = [max(len(g) for g in ax.groups) for ax in axes]
+        a = int(np.argmax(sizes))
+        if sizes[a] <= 1:
+            return axes
+        ks[a] = min(ks[a], sizes[a]) - 1
 
 
 def _auto_batch(patch):
@@ -262,7 +277,8 @@ def segment(volume, model, *, patch_size=160, crop=25, batch_size=None, blend="c
     core_overlap : int
         Voxels by which neighbouring cores overlap (4 = DeepFinder).
     block_patches : int, optional
-        Patches per axis in one compute block (default: blocks of about 288 voxels a side).
+        Patches per axis in one compute block (default: blocks of about 288 voxels a side,
+        smaller where a volume would otherwise have fewer blocks than the cluster has workers).
     dtype : {"float32", "float16"}
         Score dtype.
     precision : {"float32", "bfloat16"}
@@ -317,9 +333,13 @@ def segment(volume, model, *, patch_size=160, crop=25, batch_size=None, blend="c
     keras_model = model if not isinstance(model, (str, os.PathLike)) else get_model(model_path)
     n_classes = _n_classes(keras_model, patch)
     batch_size = int(batch_size or _auto_batch(patch))
-    k = block_patches or _auto_block_patches(patch, step)
+    workers = _workers(client)
     w = _weights(core, blend)
-    axes = [_axis_plan(n, patch, crop, core_overlap, k, w) for n in shape]
+    if block_patches:
+        axes = [_axis_plan(n, patch, crop, core_overlap, block_patches, w) for n in shape]
+    else:
+        axes = _plan_axes(shape, patch, crop, core_overlap, _auto_block_patches(patch, step), w, len(workers))
+    k = tuple(max(len(g) for g in ax.groups) for ax in axes)
 
     # zero padding after normalisation, as DeepFinder does
     pad = [(crop, ax.length - ax.n - crop) for ax in axes]
@@ -332,7 +352,9 @@ def segment(volume, model, *, patch_size=160, crop=25, batch_size=None, blend="c
     ext = da.block(pieces)
     ext = ext.rechunk(tuple(tuple(r[3] - r[2] for r in rr) for rr in ranges))
 
-    gpu = _gpu_workers(client) if gpu is None else bool(gpu)
+    if gpu is None:
+        gpu = any((wk.get("resources") or {}).get("GPU", 0) > 0 for wk in workers.values())
+    gpu = bool(gpu)
 
     def run_block(block, block_id=None):
         gs = block_id[1:]
