@@ -7,6 +7,7 @@ each worker opens the file itself.
 
 from __future__ import annotations
 
+import mmap
 import os
 import warnings
 
@@ -57,7 +58,7 @@ def _normalize_key(key, shape):
     return tuple(out)
 
 
-_POPULATE = getattr(__import__("mmap"), "MAP_POPULATE", 0)  # Linux only
+_POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # Linux only
 
 
 class MemmapSource(Source):
@@ -79,8 +80,6 @@ class MemmapSource(Source):
         times more for chunked reads), and each window is unmapped before the next, so
         resident memory is the block itself plus one window.
         """
-        import mmap
-
         nz, ny, nx = self.shape if self.ndim == 3 else (1,) + tuple(self.shape)
         if self.ndim != 3:
             key = (slice(0, 1, 1),) + tuple(key)

@@ -51,17 +51,22 @@ def cached(path, loader, variant=None):
         model = _MODELS.get(key)
         if model is None:
             model = loader(path)
-            _MODELS[key] = model
             LOADS += 1
             log.info("loaded model %s%s in process %d", path, f" ({variant})" if variant else "", os.getpid())
-            while len(_MODELS) > MAX_MODELS:
-                _MODELS.popitem(last=False)
-        _MODELS.move_to_end(key)
+        _keep(key, model)
     return model
+
+
+def _keep(key, model):
+    """Store as most recently used, dropping the least recently used beyond ``MAX_MODELS`` (lock held)."""
+    _MODELS[key] = model
+    _MODELS.move_to_end(key)
+    while len(_MODELS) > MAX_MODELS:
+        _MODELS.popitem(last=False)
 
 
 def put(path, model, variant=None) -> None:
     """Record a model this process already holds, so that ``cached`` does not load it again."""
     path = os.path.abspath(os.fspath(path))
     with _LOCK:
-        _MODELS[(path, os.stat(path).st_mtime_ns, variant)] = model
+        _keep((path, os.stat(path).st_mtime_ns, variant), model)

@@ -335,11 +335,8 @@ def segment(volume, model, *, patch_size=160, crop=25, batch_size=None, blend="c
     batch_size = int(batch_size or _auto_batch(patch))
     workers = _workers(client)
     w = _weights(core, blend)
-    if block_patches:
-        axes = [_axis_plan(n, patch, crop, core_overlap, block_patches, w) for n in shape]
-    else:
-        axes = _plan_axes(shape, patch, crop, core_overlap, _auto_block_patches(patch, step), w, len(workers))
-    k = tuple(max(len(g) for g in ax.groups) for ax in axes)
+    axes = _plan_axes(shape, patch, crop, core_overlap, block_patches or _auto_block_patches(patch, step), w,
+                      0 if block_patches else len(workers))
 
     # zero padding after normalisation, as DeepFinder does
     pad = [(crop, ax.length - ax.n - crop) for ax in axes]
@@ -365,7 +362,7 @@ def segment(volume, model, *, patch_size=160, crop=25, batch_size=None, blend="c
                               precision)
 
     out_chunks = ((n_classes,),) + tuple(tuple(r[1] - r[0] for r in rr) for rr in ranges)
-    name = f"segment-{dask.base.tokenize(data, model_path, os.path.getmtime(model_path), patch, crop, blend, core_overlap, k, batch_size, precision)}"
+    name = f"segment-{dask.base.tokenize(data, model_path, os.path.getmtime(model_path), patch, crop, blend, core_overlap, [ax.groups for ax in axes], batch_size, precision)}"
     ctx = dask.annotate(resources={"GPU": 1}) if gpu else _nullcontext()
     with ctx:
         scores = da.map_blocks(run_block, ext[None], chunks=out_chunks, dtype=np.float32, name=name,

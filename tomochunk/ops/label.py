@@ -17,7 +17,6 @@ it never builds ``label == i`` masks.
 from __future__ import annotations
 
 import itertools
-import operator
 
 import numpy as np
 
@@ -49,6 +48,12 @@ def _structure(ndim: int, structure=None, connectivity: int = 1) -> np.ndarray:
 
 # --------------------------------------------------------------------------- block tasks
 
+try:
+    import cc3d as _CC3D
+except ImportError:  # optional speed-up; scipy labels the blocks without it
+    _CC3D = None
+
+
 def _cc3d_connectivity(structure):
     """cc3d's name for ``structure`` (6/18/26 in 3D, 4/8 in 2D), or None where only scipy has it."""
     from scipy import ndimage as ndi
@@ -70,14 +75,9 @@ def _label_local(block, structure):
     """
     block = np.asarray(block)
     fg = block if block.dtype == bool else block != 0
-    conn = _cc3d_connectivity(structure)
-    if conn is not None:
-        try:
-            import cc3d
-        except ImportError:
-            conn = None
-    if conn is not None and fg.size < 2**31:
-        lab = cc3d.connected_components(fg, connectivity=conn, out_dtype=np.uint32)
+    conn = _cc3d_connectivity(structure) if fg.size < 2**31 else None
+    if conn is not None and _CC3D is not None:
+        lab = _CC3D.connected_components(fg, connectivity=conn, out_dtype=np.uint32)
         return lab.view(np.int32)  # fewer labels than voxels, so below 2**31: same values
     from scipy import ndimage as ndi
 
@@ -106,7 +106,6 @@ def _pairs(face0, ring, shapes, deltas):
     into a face one voxel wider on each side so diagonal neighbours that sit
     in edge/corner blocks are seen.
     """
-    nd = face0.ndim
     ext_shape = tuple(s + 2 for s in face0.shape)
     ext = np.zeros(ext_shape, dtype=np.int64)
     for pos, f in ring.items():
@@ -135,15 +134,14 @@ def _pairs(face0, ring, shapes, deltas):
 
 
 def _unique_pairs(p):
-    """Distinct rows of an ``(n, 2)`` array of non-negative labels; a 1D unique of
-    ``a * (max + 1) + b`` is ~10x faster than ``np.unique(axis=0)``."""
+    """Distinct rows of an ``(n, 2)`` integer array, sorted; a lexsort is ~3x faster
+    than ``np.unique(axis=0)`` and, unlike packing a pair into one int64, works for any label range."""
     if len(p) < 2:
         return p
-    k = int(p.max()) + 1
-    if k > 3_037_000_499:  # k * k would overflow int64
-        return np.unique(p, axis=0)
-    u = np.unique(p[:, 0] * k + p[:, 1])
-    return np.stack(np.divmod(u, k), axis=1)
+    p = p[np.lexsort((p[:, 1], p[:, 0]))]
+    keep = np.ones(len(p), bool)
+    keep[1:] = np.any(p[1:] != p[:-1], axis=1)
+    return p[keep]
 
 
 def _collect(pairs, counts):
@@ -157,7 +155,7 @@ def _relabel(block, structure, table):
 
 
 def _lookup(lab, table):
-    return table.take(lab, mode="clip")  # labels are in range; skipping the bounds check is ~30% faster
+    return table[lab]
 
 
 # --------------------------------------------------------------------------- plan
