@@ -418,3 +418,17 @@ def test_cli_convert_many(tmp_path, vol, rng, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "a.zarr" in err[0] and "Traceback" not in err[0]
     assert main(["convert", str(tmp_path / "missing.mrc"), "-o", str(out)]) == 2
+
+
+def test_raw_chunks_written_with_o_direct_where_aligned(tmp_path):
+    from tomochunk.io._source import aligned_empty
+    from tomochunk.io.omezarr import _write_direct
+
+    a = aligned_empty((16, 16, 16), np.float32)
+    a[...] = np.arange(a.size, dtype=np.float32).reshape(a.shape)
+    if _write_direct(tmp_path / "c", a):  # False on file systems without O_DIRECT (tmpfs)
+        assert (tmp_path / "c").read_bytes() == a.tobytes()
+    # unaligned memory or size: refused before anything is written (the caller writes buffered)
+    assert not _write_direct(tmp_path / "d", np.zeros(8193, np.uint8)[1:])
+    assert not _write_direct(tmp_path / "e", aligned_empty((1000,), np.uint8))
+    assert not (tmp_path / "d").exists() and not (tmp_path / "e").exists()

@@ -60,6 +60,24 @@ def _normalize_key(key, shape):
 
 _POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # Linux only
 
+#: alignment of blocks read here, so that writers can hand them to O_DIRECT unchanged
+ALIGN = 4096
+
+
+def aligned_empty(shape, dtype, align=ALIGN) -> np.ndarray:
+    """``np.empty`` whose data starts on an ``align``-byte boundary (numpy gives 16).
+
+    Examples
+    --------
+    >>> aligned_empty((4, 5), np.float32).ctypes.data % 4096
+    0
+    """
+    dtype = np.dtype(dtype)
+    n = int(np.prod(shape)) * dtype.itemsize
+    buf = np.empty(n + align, np.uint8)
+    off = (-buf.ctypes.data) % align
+    return buf[off:off + n].view(dtype).reshape(shape)
+
 
 class MemmapSource(Source):
     """A C-ordered raw block of a file (MRC data block, uncompressed TIFF)."""
@@ -87,7 +105,7 @@ class MemmapSource(Source):
         zr, yr = range(zs.start, zs.stop, zs.step), range(ys.start, ys.stop, ys.step)  # normalised slices
         nxr = len(range(xs.start, xs.stop, xs.step))
         xs = slice(xs.start, xs.stop if xs.stop >= 0 else None, xs.step)  # -1 means 'past 0' here
-        out = np.empty((len(zr), len(yr), nxr), self.dtype.newbyteorder("="))
+        out = aligned_empty((len(zr), len(yr), nxr), self.dtype.newbyteorder("="))
         if out.size:
             item = self.dtype.itemsize
             row, plane = nx * item, ny * nx * item

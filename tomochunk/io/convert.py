@@ -68,6 +68,9 @@ def convert(src, dst, *, chunks=None, levels=3, overwrite=False, dataset=None, n
         ``INCOMPRESSIBLE`` (1.15×): noisy float tomograms gain ~7% of disk
         with any lossless codec, for about half the conversion speed, so
         they are stored raw. ``True`` always compresses, ``False`` never.
+    threads : int, optional
+        Chunks in flight (default: cores + 2, as raw chunks are written with ``O_DIRECT``
+        and their threads wait on the disk; each holds one chunk, 64 MB at 256³ float32).
 
     Returns
     -------

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .._log import get_logger
+from ._source import ALIGN, aligned_empty
 from ..errors import ExistsError, FormatError, IncompleteError, MissingError
 
 log = get_logger(__name__)
@@ -234,6 +235,32 @@ def _downsample(block, factors, label):
     return acc.astype(block.dtype, copy=False) if block.dtype.kind == "f" else np.rint(acc).astype(block.dtype)
 
 
+_DIRECT = getattr(os, "O_DIRECT", 0)  # Linux
+
+
+def _write_direct(path, data) -> bool:
+    """Write a raw chunk with ``O_DIRECT`` (False where that cannot be done: unaligned data, a
+    file system without it). The page cache is bypassed: no kernel copy of the chunk (about
+    a third of a raw conversion's CPU time) and no dirty pages left to write back later."""
+    if not _DIRECT or data.nbytes % ALIGN or data.ctypes.data % ALIGN:
+        return False
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _DIRECT, 0o644)
+    except OSError:  # e.g. EINVAL on tmpfs
+        return False
+    try:
+        view = memoryview(data.reshape(-1).view(np.uint8))
+        done = 0
+        while done < len(view):
+            done += os.write(fd, view[done:])
+    except OSError:
+        os.close(fd)
+        os.unlink(path)
+        return False
+    os.close(fd)
+    return True
+
+
 class PyramidWriter:
     """Stream an array into an OME-Zarr multiscale store, chunk by chunk.
 
@@ -259,7 +286,7 @@ class PyramidWriter:
         self.label = label
         self.shapes = level_shapes(self.shape, self.dims, self.levels)
         self.zarr_format = 3 if str(ngff) == "0.5" else 2
-        self.threads = threads or max(1, os.cpu_count() or 1)
+        self.threads = threads or (os.cpu_count() or 1) + 2  # two more: raw chunks block in O_DIRECT writes
         self.stats = {"n": 0, "sum": 0.0, "sumsq": 0.0, "min": math.inf, "max": -math.inf, "nonfinite": 0}
         self._lock = threading.Lock()
 
@@ -431,14 +458,17 @@ class PyramidWriter:
             return
         idx = tuple(r.start // c for r, c in zip(region, self.chunks))
         if data.shape != self.chunks:
-            full = np.zeros(self.chunks, self.dtype)
+            full = aligned_empty(self.chunks, self.dtype)
+            full[...] = 0
             full[tuple(slice(0, n) for n in data.shape)] = data
             data = full
         path = self.path / str(k) / "/".join(str(i) for i in idx) if idx else self.path / str(k) / "0"
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{threading.get_ident()}.tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(self._encode(np.ascontiguousarray(data)))
+        data = np.ascontiguousarray(data)
+        if not (self._encode is memoryview and _write_direct(tmp, data)):
+            with open(tmp, "wb") as fh:
+                fh.write(self._encode(data))
         os.replace(tmp, path)
 
     def _build(self, k, idx, reader, pool):
@@ -450,7 +480,8 @@ class PyramidWriter:
         if key in self.done:
             self.progress(self._count0(k, idx))
             return self.arrays[k][region]
-        out = np.zeros(tuple(r.stop - r.start for r in region), self.dtype)
+        out = aligned_empty(tuple(r.stop - r.start for r in region), self.dtype)
+        out[...] = 0
         kids = self._children(k, idx)
 
         def child(j):
