@@ -194,6 +194,69 @@ def test_model_loaded_once_per_worker(client, tmp_path, vol, net):
     assert max(grown) <= 1 and sum(grown) >= 1
 
 
+# --- tiling="blocks" ----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def big():
+    rng = np.random.default_rng(3)
+    v = rng.normal(size=(64, 96, 80)).astype(np.float32)
+    v[10:20, 20:34, 12:30] += 3.0
+    return v
+
+
+def one_window(vol, model, lead):
+    """The network on the whole normalised volume in one call: ``lead`` zeros in front (the
+    phase of DeepFinder's first patch), zero-padded to multiples of 4 at the far end."""
+    v = (vol - vol.mean()) / vol.std()
+    v = np.pad(v, [(lead, (-(n + lead)) % 4) for n in v.shape])
+    pred = np.asarray(model.predict_on_batch(v[None, ..., None]))[0]
+    return np.moveaxis(pred[lead:lead + vol.shape[0], lead:lead + vol.shape[1], lead:lead + vol.shape[2]], -1, 0)
+
+
+@pytest.mark.parametrize("block_shape", [(32, 48, 40), (36, 96, 32)])
+def test_blocks_tiling_is_seamless(client, tmp_path, big, net, block_shape):
+    from tomochunk import segment
+    from tomochunk.nn.segment import write_segmentation
+
+    scores = segment(big, net[1], crop=25, tiling="blocks", block_shape=block_shape)
+    assert scores.data.numblocks[1:] != (1, 1, 1)
+    assert scores.attrs["segment"]["tiling"] == "blocks"
+    # halos of 28 voxels, all windows in one pooling phase: the blocks cannot be told apart
+    ref = one_window(big, net[0], lead=25 % 4)
+    assert np.abs(scores.values - ref).max() < 1e-4
+    # block chunks (not aligned to the storage chunks) write like any other scores
+    write_segmentation(scores, tmp_path / "b.zarr", chunks=16)
+    s, classes = _read(tmp_path / "b.zarr")
+    assert np.abs(s.astype(np.float32) - ref).max() < 2e-3
+
+
+def test_blocks_auto_plan_gives_every_worker_a_block(client, big, net):
+    from tomochunk import segment
+    from tomochunk.nn.segment import window_voxels
+
+    scores = segment(big, net[1], crop=8, tiling="blocks", client=client)
+    assert np.prod(scores.data.numblocks[1:]) >= 2  # two workers
+    assert all(c % 4 == 0 for c in scores.data.chunks[1][:-1])  # inner block sides: multiples of 4
+    assert window_voxels(scores.data.chunks[1:], 8) < 2.2 * big.size
+    np.testing.assert_allclose(scores.values.sum(axis=0), 1.0, atol=1e-5)
+
+
+def test_blocks_errors(tmp_path, big, net):
+    from tomochunk import ValueProblem, segment
+    from tomochunk.nn.models import deepfinder_unet, save_model
+
+    with pytest.raises(ValueProblem, match="tiling"):
+        segment(big, net[1], tiling="rows")
+    with pytest.raises(ValueProblem, match="block_shape"):
+        segment(big, net[1], tiling="blocks", block_shape=(0, 8, 8))
+    with pytest.raises(ValueProblem, match="thinner than the halo"):
+        segment(big, net[1], crop=13, tiling="blocks", block_shape=8)
+    fixed = tmp_path / "fixed.keras"
+    save_model(deepfinder_unet(3, 16, filters=(2, 3, 4)), fixed)
+    with pytest.raises(ValueProblem, match="any input size"):
+        segment(big, fixed, tiling="blocks")
+
+
 def test_gpu_annotation_survives_in_graph(vol, net):
     from tomochunk import segment
 
@@ -299,6 +362,22 @@ def test_cli_segment_many_and_skip(client, tmp_path, vol, net, capsys):
     assert main(args) == 0
     assert capsys.readouterr().out.count("skipped") == 2
     assert main(["segment", paths[0], "-m", str(tmp_path / "missing.keras"), "-o", str(out)]) == 2
+
+
+def test_cli_segment_blocks(client, tmp_path, big, net):
+    import mrcfile
+
+    from tomochunk.cli import main
+
+    p = tmp_path / "big.mrc"
+    with mrcfile.new(p) as f:
+        f.set_data(big)
+    out = tmp_path / "out"
+    assert main(["segment", str(p), "-m", net[1], "-o", str(out), "--tiling", "blocks", "--block", "32,48,40",
+                 "--dtype", "float32", "--chunks", "32", "--scheduler", client.scheduler.address]) == 0
+    s, classes = _read(out / "big.zarr")
+    assert np.abs(s - one_window(big, net[0], lead=25 % 4)).max() < 1e-4
+    np.testing.assert_array_equal(classes[0], s.argmax(0))
 
 
 def test_small_volume_is_split_so_every_worker_gets_a_block():

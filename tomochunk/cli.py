@@ -391,6 +391,11 @@ def _add_segment(sub):
     p.add_argument("--batch", type=int, default=None, help="patches per network call (default: auto)")
     p.add_argument("--blend", choices=("crop", "gaussian"), default="crop",
                    help="average overlapping cores (DeepFinder) or Gaussian-weight them")
+    p.add_argument("--tiling", choices=("patches", "blocks"), default="patches",
+                   help="patches: DeepFinder's patch tiling (its scores); blocks: one network call per "
+                        "block plus a halo of --crop voxels, about 4x less work (default: patches)")
+    p.add_argument("--block", type=_ints, default=None, metavar="N|Z,Y,X",
+                   help="block sides for --tiling blocks (default: sized to the workers' memory)")
     p.add_argument("--normalize", choices=("meanstd", "percentile", "none"), default="meanstd",
                    help="intensity normalisation before segmenting (default: global mean/std)")
     p.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="score storage dtype")
@@ -439,7 +444,7 @@ def _run_segment(args):
             vol = open_volume(dst)
             scores = segment(vol, model, patch_size=args.patch, crop=args.crop, batch_size=args.batch,
                              blend=args.blend, normalize=None if args.normalize == "none" else args.normalize,
-                             precision=args.precision, client=client)
+                             tiling=args.tiling, block_shape=args.block, precision=args.precision, client=client)
             print(f"{src}: segmenting {dict(zip(vol.dims, vol.shape))} into {dst / 'labels'}")
             write_segmentation(scores, dst, dtype=args.dtype, chunks=args.chunks, overwrite=args.overwrite,
                                client=client, progress=True)
