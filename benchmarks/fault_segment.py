@@ -7,6 +7,9 @@
    be marked complete; the rerun resumes (only missing regions) -> identical output.
 
     .venv/bin/python benchmarks/fault_segment.py [--shape 64,160,160] [--dir /tmp/fault_segment]
+        [--tiling patches|blocks]
+
+``--tiling blocks`` runs the same checks with ``segment(..., tiling="blocks")`` (blocks of 32³).
 """
 
 import argparse
@@ -23,7 +26,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 
-PATCH, CROP = 32, 6
+PATCH, CROP, BLOCK = 32, 6, 32
 
 
 def same(a_store, b_store):
@@ -42,6 +45,7 @@ def main():
     ap.add_argument("--shape", default="64,160,160")
     ap.add_argument("--dir", default=None)
     ap.add_argument("--cli-only", action="store_true", help="only part 3")
+    ap.add_argument("--tiling", choices=("patches", "blocks"), default="patches")
     args = ap.parse_args()
     shape = tuple(int(s) for s in args.shape.split(","))
     work = args.dir or tempfile.mkdtemp(prefix="fault_segment_")
@@ -69,7 +73,8 @@ def main():
         f.voxel_size = 10.0
 
     def run(store, kill_after=None, client=None):
-        scores = segment(vol, kpath, patch_size=PATCH, crop=CROP, block_patches=2, client=client)
+        scores = segment(vol, kpath, patch_size=PATCH, crop=CROP, block_patches=2, client=client,
+                         tiling=args.tiling, block_shape=BLOCK)
         if kill_after:
             def kill():
                 time.sleep(kill_after)
@@ -95,7 +100,8 @@ def main():
 
     def cli(outdir):
         return [sys.executable, "-m", "tomochunk.cli", "segment", mrc, "-m", kpath, "-o", outdir, "--patch",
-                str(PATCH), "--crop", str(CROP), "--chunks", "32", "--workers", "2"]
+                str(PATCH), "--crop", str(CROP), "--chunks", "32", "--workers", "2", "--tiling", args.tiling,
+                "--block", str(BLOCK)]
 
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd()] + sys.path[1:]))
     # the CLI reads the converted store, whose recorded statistics normalise: compare CLI with CLI
