@@ -109,3 +109,15 @@ def test_cli_pick_many_inputs(tmp_path):
     assert len(p) == 1
     # a score map is not a label map: clear one-line error, exit status 2
     assert main(["pick", str(tmp_path / "s.zarr"), "--method", "cc", "-o", str(tmp_path / "q.csv")]) == 2
+
+
+def test_squared_edt_matches_scipy():
+    from scipy import ndimage as ndi
+
+    from tomochunk.ops.pick import _squared_edt
+
+    rng = np.random.default_rng(0)
+    mask = ndi.gaussian_filter(rng.standard_normal((30, 40, 50)), 2) > 0.05
+    mask[0] = True  # foreground on a face: distances run to the nearest background inside only
+    ref = ndi.distance_transform_edt(mask) ** 2
+    np.testing.assert_array_equal(np.rint(_squared_edt(mask)), np.rint(ref))
