@@ -77,6 +77,8 @@ def main(argv=None):
     ap.add_argument("--skip-exo", action="store_true")
     ap.add_argument("--precision", default="float32", choices=("float32", "bfloat16"),
                     help="tomochunk's network arithmetic (ExoDeepFinder runs float32)")
+    ap.add_argument("--tiling", default="patches", choices=("patches", "blocks"),
+                    help="tomochunk's tiling (patches: ExoDeepFinder's; blocks: one network call per block)")
     ap.add_argument("--no-scores", dest="scores", action="store_false",
                     help="write only the label map (no score comparison)")
     args = ap.parse_args(argv)
@@ -120,10 +122,10 @@ def main(argv=None):
         t0 = time.perf_counter()
         seg = tirf.segment_movies([movie_zarr], weights_h5, out / "seg", patch_size=args.patch,
                                   overwrite=True, client=client, scores=args.scores,
-                                  precision=args.precision)[str(movie_zarr)]
+                                  precision=args.precision, tiling=args.tiling)[str(movie_zarr)]
         ours = time.perf_counter() - t0
         print(f"tomochunk   {ours:8.1f} s  {mvox / ours:6.3f} Mvox/s  ({shape}, patch {args.patch}, "
-              f"{args.workers} workers, {args.precision}{', label map + float16 scores written' if args.scores else ''})",
+              f"{args.workers} workers, {args.precision}, tiling {args.tiling}{', label map + float16 scores written' if args.scores else ''})",
               flush=True)
     ours_labels = tomochunk.open_volume(seg).values
     ours_slab = None

@@ -2,7 +2,8 @@
 
 1. generate a phantom tomogram (about 128x256x256, 4 particle classes) with its ground truth;
 2. convert it to OME-Zarr;
-3. segment it on an embedded LocalCluster with the small model shipped in the package;
+3. segment it on an embedded LocalCluster with the small model shipped in the package
+   (``tiling="blocks"``: one network call per block; ``--tiling patches`` for DeepFinder's tiling);
 4. pick particles and evaluate them against the truth.
 
 Outputs land in ``demo_out/``: the tomogram (MRC and OME-Zarr with its label map), the picks as
@@ -26,6 +27,8 @@ def main(argv=None):
     ap.add_argument("--model", default=None, help="a .keras model (default: the shipped phantom model)")
     ap.add_argument("--patch", type=int, default=96)
     ap.add_argument("--crop", type=int, default=12)
+    ap.add_argument("--tiling", default="blocks", choices=["patches", "blocks"],
+                    help="segment's tiling: DeepFinder's patches, or one network call per block")
     ap.add_argument("--method", default="cc", choices=["cc", "meanshift"],
                     help="cc: one object per connected component; meanshift: DeepFinder's clustering")
     ap.add_argument("--radius", type=float, default=6.0, help="mean-shift bandwidth, voxels")
@@ -81,7 +84,8 @@ def _segment_and_pick(store, out, args):
     print(f"[3/4] segment with {model.name} on a LocalCluster of {args.workers} workers ...")
     with client_context(n_workers=args.workers, memory_limit="4GiB") as client:
         print(f"      Dask dashboard: {client.dashboard_link}")
-        scores = tc.segment(tc.open_volume(store), model, patch_size=args.patch, crop=args.crop, client=client)
+        scores = tc.segment(tc.open_volume(store), model, patch_size=args.patch, crop=args.crop, client=client,
+                            tiling=args.tiling)
         tc.write_segmentation(scores, store, client=client, progress=True, overwrite=True)
         labels = tc.open_volume(store / "labels" / "classes")
         picks = tc.cluster(labels, radius=args.radius, min_size=args.min_size, method=args.method)

@@ -583,6 +583,8 @@ def _add_tirf(sub):
     c.add_argument("-m", "--model", required=True)
     c.add_argument("-o", "--outdir", required=True, help="writes MOVIE_segmentation.zarr")
     c.add_argument("--patch", type=_ints, default=None)
+    c.add_argument("--tiling", choices=("patches", "blocks"), default="patches",
+                   help="patches: ExoDeepFinder's patch tiling; blocks: one network call per block plus a halo")
     c.add_argument("--overwrite", action="store_true")
     c.set_defaults(run=_run_tirf_segment)
 
@@ -677,7 +679,7 @@ def _run_tirf_dataset(args):
 def _run_tirf_train(args):
     from .ops.tirf import train_events
 
-    kw = {} if args.patch is None else {"patch_size": args.patch}
+    kw = {"tiling": args.tiling} if args.patch is None else {"patch_size": args.patch, "tiling": args.tiling}
     if args.ce_weight is not None:
         kw["ce_weight"] = args.ce_weight
     if args.class_weights is not None:
@@ -691,7 +693,7 @@ def _run_tirf_train(args):
 def _run_tirf_segment(args):
     from .ops.tirf import segment_movies
 
-    kw = {} if args.patch is None else {"patch_size": args.patch}
+    kw = {"tiling": args.tiling} if args.patch is None else {"patch_size": args.patch, "tiling": args.tiling}
     for m, out in segment_movies(args.movies, args.model, args.outdir, overwrite=args.overwrite, **kw).items():
         print(f"{m} -> {out}")
 
