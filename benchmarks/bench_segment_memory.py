@@ -7,7 +7,7 @@ The scheduler and the worker run as separate processes (``dask scheduler`` / ``d
 so that their memory is measured apart from this client process, which is reported too.
 
     .venv/bin/python benchmarks/bench_segment_memory.py [--gb 3.2] [--workers 1] [--dir /tmp/bench_segmem]
-        [--kill-after 0]
+        [--kill-after 0] [--tiling patches|blocks]
 
 ``--kill-after S`` kills the worker process S seconds into the run (its nanny restarts it);
 the output is then compared with an undisturbed run of the same volume (``--reference DIR``).
@@ -96,6 +96,8 @@ def main():
     ap.add_argument("--memory-limit", default="1.7GB",
                     help="worker limit: TensorFlow alone takes ~0.7 GB RSS and one block ~0.5 GB more; "
                          "below ~1.5 GB the worker pauses at 80%% and never resumes")
+    ap.add_argument("--tiling", choices=("patches", "blocks"), default="patches",
+                    help="blocks: segment(..., tiling='blocks'), blocks sized to the worker's memory limit")
     ap.add_argument("--kill-after", type=float, default=0)
     ap.add_argument("--reference", default=None, help="store of an undisturbed run to compare with")
     ap.add_argument("--keep", action="store_true")
@@ -157,7 +159,9 @@ def main():
         if killer:
             killer.start()
         scores = segment(vol, kpath, patch_size=args.patch, crop=args.crop, batch_size=1, block_patches=2,
-                         client=client)
+                         client=client, tiling=args.tiling)
+        if args.tiling == "blocks":
+            print(f"blocks {[len(c) for c in scores.data.chunks[1:]]} of up to {scores.attrs['segment']['block_shape']}")
         write_segmentation(scores, out, chunks=128, client=client)
     dt = time.perf_counter() - t
     n = int(np.prod(vol.shape))

@@ -305,8 +305,9 @@ def segment(volume, model, *, patch_size=160, crop=25, batch_size=None, blend="c
         are not used.
     block_shape : int or tuple of 3 ints, optional
         Block sides for ``tiling="blocks"`` (default: the longest side halved until one
-        network call fits 60% of a worker's memory limit, at about 1 KB per voxel in
-        float32 and 0.5 KB in bfloat16 for the DeepFinder U-Net, and every worker has a block).
+        network call fits 60% of a worker's memory limit less 0.8 GB for TensorFlow, at
+        about 1 KB per voxel in float32 and 0.5 KB in bfloat16 for the DeepFinder U-Net, and
+        every worker has a block).
     dtype : {"float32", "float16"}
         Score dtype.
     precision : {"float32", "bfloat16"}
@@ -441,6 +442,7 @@ def _patch_scores(data, shape, model_path, patch, crop, core_overlap, blend, k, 
 
 POOL = 4  # the U-Net pools twice by 2: window sides must be multiples of 4
 MEMORY_FRACTION = 0.6  # of a worker's memory limit, for one network call on a window
+FRAMEWORK_BYTES = 0.8e9  # TensorFlow and the libraries in a worker (0.7 GB measured), outside the budget
 
 
 def _bytes_per_voxel(model, precision):
@@ -453,13 +455,15 @@ def _bytes_per_voxel(model, precision):
 
 def _memory_budget(workers):
     """Bytes one window may take: a fraction of the smallest worker memory limit (of the free
-    RAM shared by this machine's cores without a cluster)."""
+    RAM shared by this machine's cores without a cluster), less what TensorFlow itself holds."""
     limits = [int(wk.get("memory_limit") or 0) for wk in workers.values()]
     if limits and min(limits) > 0:
-        return MEMORY_FRACTION * min(limits)
-    import psutil
+        total = min(limits)
+    else:
+        import psutil
 
-    return MEMORY_FRACTION * psutil.virtual_memory().available / max(1, len(workers) or os.cpu_count() or 1)
+        total = psutil.virtual_memory().available / max(1, len(workers) or os.cpu_count() or 1)
+    return max(MEMORY_FRACTION * total - FRAMEWORK_BYTES, 0.1 * total)
 
 
 def _block_chunks(shape, crop, block_shape, bytes_per_voxel, workers):
