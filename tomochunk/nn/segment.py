@@ -307,7 +307,8 @@ def segment(volume, model, *, patch_size=160, crop=25, batch_size=None, blend="c
         Block sides for ``tiling="blocks"`` (default: the longest side halved until one
         network call fits 60% of a worker's memory limit less 0.8 GB for TensorFlow, at
         about 1 KB per voxel in float32 and 0.5 KB in bfloat16 for the DeepFinder U-Net, and
-        every worker has a block).
+        every worker has a block). The budget is the worker's host memory: on GPU workers
+        pass a ``block_shape`` whose window fits the GPU's memory.
     dtype : {"float32", "float16"}
         Score dtype.
     precision : {"float32", "bfloat16"}
