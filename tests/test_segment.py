@@ -260,9 +260,13 @@ def test_blocks_errors(tmp_path, big, net):
 def test_gpu_annotation_survives_in_graph(vol, net):
     from tomochunk import segment
 
-    scores = segment(vol, net[1], patch_size=P, crop=CROP, gpu=True, normalize=None)
-    annotated = [layer.annotations for layer in scores.data.dask.layers.values() if layer.annotations]
-    assert annotated and all(a == {"resources": {"GPU": 1}} for a in annotated)
+    for kw in ({"patch_size": P}, {"tiling": "blocks", "block_shape": 16}):
+        scores = segment(vol, net[1], crop=CROP, gpu=True, normalize=None, **kw)
+        annotated = {name: layer.annotations for name, layer in scores.data.dask.layers.items()
+                     if layer.annotations}
+        # only the network tasks: padding, halos and blending run on any worker
+        assert annotated and all(a == {"resources": {"GPU": 1}} for a in annotated.values())
+        assert all(name.startswith("segment-") for name in annotated)
     plain = segment(vol, net[1], patch_size=P, crop=CROP, normalize=None)  # no GPU workers here
     assert not any(layer.annotations for layer in plain.data.dask.layers.values())
 

@@ -366,21 +366,19 @@ def segment(volume, model, *, patch_size=160, crop=25, batch_size=None, blend="c
     workers = _workers(client)
     if gpu is None:
         gpu = any((wk.get("resources") or {}).get("GPU", 0) > 0 for wk in workers.values())
-    ctx = dask.annotate(resources={"GPU": 1}) if gpu else _nullcontext()
+    ctx = (lambda: dask.annotate(resources={"GPU": 1})) if gpu else _nullcontext
     if tiling == "blocks":
         n_classes = _n_classes(keras_model, None)
         chunks = _block_chunks(shape, crop, block_shape, _bytes_per_voxel(keras_model, precision), workers)
         log.info("segment: %d blocks of up to %s voxels; the network runs on %.2fx the volume",
                  math.prod(len(c) for c in chunks), [max(c) for c in chunks],
                  window_voxels(chunks, crop) / math.prod(shape))
-        with ctx:
-            scores = _block_scores(data, chunks, model_path, crop, n_classes, precision)
+        scores = _block_scores(data, chunks, model_path, crop, n_classes, precision, ctx)
     else:
         n_classes = _n_classes(keras_model, patch)
-        with ctx:
-            scores = _patch_scores(data, shape, model_path, patch, crop, core_overlap, blend,
-                                   block_patches or _auto_block_patches(patch, step), len(workers),
-                                   n_classes, int(batch_size or _auto_batch(patch)), precision)
+        scores = _patch_scores(data, shape, model_path, patch, crop, core_overlap, blend,
+                               block_patches or _auto_block_patches(patch, step), len(workers),
+                               n_classes, int(batch_size or _auto_batch(patch)), precision, ctx)
     if np.dtype(dtype) != np.float32:
         scores = scores.astype(dtype)
 
@@ -401,8 +399,9 @@ def segment(volume, model, *, patch_size=160, crop=25, batch_size=None, blend="c
 
 
 def _patch_scores(data, shape, model_path, patch, crop, core_overlap, blend, k, n_workers, n_classes,
-                  batch_size, precision):
-    """DeepFinder's patch tiling: lazy ``[c, z, y, x]`` scores (see the module docstring)."""
+                  batch_size, precision, annotate):
+    """DeepFinder's patch tiling: lazy ``[c, z, y, x]`` scores (see the module docstring).
+    ``annotate()`` is the context (GPU resources) for the network tasks only."""
     import dask
     import dask.array as da
 
@@ -430,8 +429,10 @@ def _patch_scores(data, shape, model_path, patch, crop, core_overlap, blend, k, 
 
     out_chunks = ((n_classes,),) + tuple(tuple(r[1] - r[0] for r in rr) for rr in ranges)
     name = f"segment-{dask.base.tokenize(data, model_path, os.path.getmtime(model_path), patch, crop, blend, core_overlap, [ax.groups for ax in axes], batch_size, precision)}"
-    scores = da.map_blocks(run_block, ext[None], chunks=out_chunks, dtype=np.float32, name=name,
-                           meta=np.empty((0, 0, 0, 0), np.float32))
+    ext = ext[None]
+    with annotate():
+        scores = da.map_blocks(run_block, ext, chunks=out_chunks, dtype=np.float32, name=name,
+                               meta=np.empty((0, 0, 0, 0), np.float32))
 
     # add the thin slabs where neighbouring blocks' cores overlap; crop the padding
     for a, (ax, rr) in enumerate(zip(axes, ranges)):
@@ -531,8 +532,9 @@ def _halo(crop):
     return -(-int(crop) // POOL) * POOL
 
 
-def _block_scores(data, chunks, model_path, crop, n_classes, precision):
-    """Lazy ``[c, z, y, x]`` scores, one network call per block of ``chunks`` plus its halo."""
+def _block_scores(data, chunks, model_path, crop, n_classes, precision, annotate):
+    """Lazy ``[c, z, y, x]`` scores, one network call per block of ``chunks`` plus its halo
+    (``annotate()``: the context for the network tasks)."""
     import dask
     import dask.array as da
 
@@ -551,8 +553,9 @@ def _block_scores(data, chunks, model_path, crop, n_classes, precision):
         return _predict_window(block, model_path, depth, inner, crop % POOL, precision)
 
     name = f"segment-blocks-{dask.base.tokenize(data, model_path, os.path.getmtime(model_path), crop, precision)}"
-    return da.map_blocks(run_block, ext, new_axis=0, chunks=((n_classes,),) + data.chunks, dtype=np.float32,
-                         name=name, meta=np.empty((0, 0, 0, 0), np.float32))
+    with annotate():
+        return da.map_blocks(run_block, ext, new_axis=0, chunks=((n_classes,),) + data.chunks,
+                             dtype=np.float32, name=name, meta=np.empty((0, 0, 0, 0), np.float32))
 
 
 def _predict_window(block, model_path, depth, inner, lead, precision):
