@@ -421,3 +421,22 @@ def _segment_checks(tmp_path):
     np.testing.assert_allclose(written, ref, atol=1e-3)  # float16 storage
     assert sorted(p.name for p in (tmp_path / "seg").iterdir()) == ["m_scores.zarr", "m_segmentation.zarr"]
     assert tirf.segment_movies([tmp_path / "m.zarr"], tmp_path / "w.h5", tmp_path / "seg") == out  # skipped
+
+
+def test_cli_tirf_segment_blocks(tmp_path):
+    import keras
+    import xarray as xr
+
+    import tomochunk
+    from tomochunk.cli import main
+    from tomochunk.nn.models import deepfinder_unet, save_model
+
+    keras.utils.set_random_seed(0)
+    save_model(deepfinder_unet(3, filters=(2, 3, 4), anisotropic=True), tmp_path / "m.keras")
+    mv = np.random.default_rng(0).integers(0, 1000, (12, 40, 48)).astype(np.uint16)
+    tomochunk.write_volume(xr.DataArray(mv, dims=("t", "y", "x"), attrs={"voxel_size": 1.0}),
+                           tmp_path / "cell.zarr", levels=1)
+    assert main(["tirf", "segment", str(tmp_path / "cell.zarr"), "-m", str(tmp_path / "m.keras"),
+                 "-o", str(tmp_path / "seg"), "--tiling", "blocks"]) == 0
+    out = [p for p in (tmp_path / "seg").iterdir() if p.name.endswith("_segmentation.zarr")]
+    assert len(out) == 1 and tomochunk.open_volume(out[0]).shape == mv.shape

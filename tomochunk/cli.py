@@ -679,7 +679,7 @@ def _run_tirf_dataset(args):
 def _run_tirf_train(args):
     from .ops.tirf import train_events
 
-    kw = {"tiling": args.tiling} if args.patch is None else {"patch_size": args.patch, "tiling": args.tiling}
+    kw = {} if args.patch is None else {"patch_size": args.patch}
     if args.ce_weight is not None:
         kw["ce_weight"] = args.ce_weight
     if args.class_weights is not None:

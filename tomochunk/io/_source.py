@@ -64,8 +64,9 @@ _POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # Linux only
 ALIGN = 4096
 
 
-def aligned_empty(shape, dtype, align=ALIGN) -> np.ndarray:
-    """``np.empty`` whose data starts on an ``align``-byte boundary (numpy gives 16).
+def aligned_empty(shape, dtype, align=ALIGN, fill=None) -> np.ndarray:
+    """``np.empty`` (``np.full`` with ``fill``) whose data starts on an ``align``-byte boundary
+    (numpy gives 16).
 
     Examples
     --------
@@ -76,7 +77,10 @@ def aligned_empty(shape, dtype, align=ALIGN) -> np.ndarray:
     n = int(np.prod(shape)) * dtype.itemsize
     buf = np.empty(n + align, np.uint8)
     off = (-buf.ctypes.data) % align
-    return buf[off:off + n].view(dtype).reshape(shape)
+    out = buf[off:off + n].view(dtype).reshape(shape)
+    if fill is not None:
+        out[...] = fill
+    return out
 
 
 class MemmapSource(Source):

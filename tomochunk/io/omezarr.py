@@ -458,8 +458,7 @@ class PyramidWriter:
             return
         idx = tuple(r.start // c for r, c in zip(region, self.chunks))
         if data.shape != self.chunks:
-            full = aligned_empty(self.chunks, self.dtype)
-            full[...] = 0
+            full = aligned_empty(self.chunks, self.dtype, fill=0)
             full[tuple(slice(0, n) for n in data.shape)] = data
             data = full
         path = self.path / str(k) / "/".join(str(i) for i in idx) if idx else self.path / str(k) / "0"
@@ -480,8 +479,7 @@ class PyramidWriter:
         if key in self.done:
             self.progress(self._count0(k, idx))
             return self.arrays[k][region]
-        out = aligned_empty(tuple(r.stop - r.start for r in region), self.dtype)
-        out[...] = 0
+        out = aligned_empty(tuple(r.stop - r.start for r in region), self.dtype, fill=0)
         kids = self._children(k, idx)
 
         def child(j):
