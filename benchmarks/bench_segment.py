@@ -207,7 +207,7 @@ def main():
                       f"{scores.attrs['segment']['block_shape']}, {prec}: {dt:.1f} s, {n_vox / dt / 1e6:.3f} Mvox/s, "
                       f"{executed / dt / 1e9:.1f} GFLOP/s executed, {raw / dt / 1e9:.1f} GFLOP/s useful; "
                       f"tiling overhead {executed / raw:.2f}x (target <= 1.4x)")
-                compare(ours, df_time, df_out, dt)
+                compare(ours, df_time, df_out, dt, args.crop)
                 continue
             # executed network cost: every patch is predicted whole
             from tomochunk.nn.segment import _axis_plan, _weights
@@ -234,15 +234,15 @@ def main():
             print(f"  bare network calls for these {n_patches} patches on {len(busy)} worker(s): {bare:.1f} s ({executed / bare / 1e9:.1f} "
                   f"GFLOP/s); pipeline overhead over them (normalise, tile, blend, write) "
                   f"{dt / bare:.2f}x (target <= 1.4x)")
-            compare(ours, df_time, df_out, dt)
+            compare(ours, df_time, df_out, dt, args.crop)
 
 
-def compare(ours, df_time, df_out, dt):
+def compare(ours, df_time, df_out, dt, crop):
     if df_time:
         df = np.load(df_out).astype(np.float32)
         d = np.abs(ours - df)
-        inner = d[:, 25:-25, 25:-25, 25:-25].max()
-        print(f"  vs DeepFinder: max |delta| = {d.max():.2e} ({inner:.2e} beyond 25 voxels of the faces), "
+        inner = d[:, crop:-crop, crop:-crop, crop:-crop].max()
+        print(f"  vs DeepFinder: max |delta| = {d.max():.2e} ({inner:.2e} beyond {crop} voxels of the faces), "
               f"speed ratio = {df_time / dt:.2f}x, labels agree on "
               f"{(ours.argmax(0) == df.argmax(0)).mean() * 100:.3f}% of voxels")
 

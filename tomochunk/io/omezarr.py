@@ -248,16 +248,17 @@ def _write_direct(path, data) -> bool:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _DIRECT, 0o644)
     except OSError:  # e.g. EINVAL on tmpfs
         return False
+    view, done = memoryview(data.reshape(-1).view(np.uint8)), 0
     try:
-        view = memoryview(data.reshape(-1).view(np.uint8))
-        done = 0
         while done < len(view):
             done += os.write(fd, view[done:])
     except OSError:
+        pass
+    finally:
         os.close(fd)
+    if done < len(view):
         os.unlink(path)
         return False
-    os.close(fd)
     return True
 
 

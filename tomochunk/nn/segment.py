@@ -42,6 +42,7 @@ and tasks carry only its path.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import math
 import os
 import shutil
@@ -369,7 +370,7 @@ def segment(volume, model, *, patch_size=160, crop=25, batch_size=None, blend="c
     workers = _workers(client)
     if gpu is None:
         gpu = any((wk.get("resources") or {}).get("GPU", 0) > 0 for wk in workers.values())
-    ctx = (lambda: dask.annotate(resources={"GPU": 1})) if gpu else _nullcontext
+    ctx = (lambda: dask.annotate(resources={"GPU": 1})) if gpu else contextlib.nullcontext
     if tiling == "blocks":
         n_classes = _n_classes(keras_model, None)
         chunks = _block_chunks(shape, crop, block_shape, _bytes_per_voxel(keras_model, precision), workers)
@@ -392,12 +393,12 @@ def segment(volume, model, *, patch_size=160, crop=25, batch_size=None, blend="c
     else:
         coords, attrs, spatial = {}, {}, ("z", "y", "x")
     coords["c"] = np.arange(n_classes)
-    spec = {"patch_size": patch, "crop": crop, "blend": blend, "normalize": normalize,
-            "core_overlap": core_overlap, "model": str(model_path), "precision": precision}
     if tiling == "blocks":
-        spec = {"tiling": tiling, "block_shape": [max(c) for c in chunks], "crop": crop, "normalize": normalize,
-                "model": str(model_path), "precision": precision}
-    attrs.update(segment=spec)
+        spec = {"tiling": tiling, "block_shape": [max(c) for c in chunks]}
+    else:
+        spec = {"patch_size": patch, "blend": blend, "core_overlap": core_overlap}
+    attrs.update(segment={**spec, "crop": crop, "normalize": normalize, "model": str(model_path),
+                          "precision": precision})
     return xr.DataArray(scores, dims=("c",) + spatial, coords=coords, attrs=attrs, name="scores")
 
 
@@ -478,7 +479,7 @@ def _block_chunks(shape, crop, block_shape, bytes_per_voxel, workers):
         bs = (int(block_shape),) * 3 if np.isscalar(block_shape) else tuple(int(b) for b in block_shape)
         if len(bs) != 3 or min(bs) < 1:
             raise ValueProblem(f"block_shape must be one or 3 positive integers, got {block_shape!r}")
-        return tuple(_axis_blocks(n, -(-b // POOL) * POOL, _halo(crop), crop % POOL) for n, b in zip(shape, bs))
+        return tuple(_axis_blocks(n, _up4(b), crop) for n, b in zip(shape, bs))
     max_vox = _memory_budget(workers) / bytes_per_voxel
     halo = _halo(crop)
     sides = list(shape)
@@ -495,19 +496,19 @@ def _block_chunks(shape, crop, block_shape, bytes_per_voxel, workers):
         a = int(np.argmax(sides))
         if sides[a] <= max(2 * halo, POOL):
             break
-        sides[a] = -(-math.ceil(sides[a] / 2) // POOL) * POOL
+        sides[a] = _up4(math.ceil(sides[a] / 2))
     if math.prod(window(a) for a in range(3)) > max_vox:
         log.warning("segment: windows of %s voxels exceed the memory budget (%.1f GB)",
                     [window(a) for a in range(3)], max_vox * bytes_per_voxel / 1e9)
-    return tuple(_axis_blocks(n, s, halo, crop % POOL) for n, s in zip(shape, sides))
+    return tuple(_axis_blocks(n, s, crop) for n, s in zip(shape, sides))
 
 
-def _axis_blocks(n, side, halo, lead):
-    """Blocks of ``side`` along an axis of ``n``, the first ``lead`` shorter (see :func:`_predict_window`);
-    a last one thinner than the halo joins its neighbour."""
-    first = min(n, side - lead)
+def _axis_blocks(n, side, crop):
+    """Blocks of ``side`` along an axis of ``n``, the first ``crop % 4`` shorter (see
+    :func:`_predict_window`); a last one thinner than the halo joins its neighbour."""
+    first = min(n, side - crop % POOL)
     c = [first] + list(_even_chunks(n - first, side) if n > first else ())
-    if len(c) > 1 and c[-1] < halo:
+    if len(c) > 1 and c[-1] < _halo(crop):
         last = c.pop()
         c[-1] += last
     return tuple(c)
@@ -526,13 +527,18 @@ def window_voxels(chunks, crop):
     sides = []
     for c in chunks:
         w = [n + (halo if i else lead) + halo * (i < len(c) - 1) for i, n in enumerate(c)]
-        sides.append([-(-v // POOL) * POOL for v in w])
+        sides.append([_up4(v) for v in w])
     return int(sum(math.prod(t) for t in product(*sides)))
+
+
+def _up4(v):
+    """``v`` rounded up to a multiple of 4 (``POOL``)."""
+    return -(-int(v) // POOL) * POOL
 
 
 def _halo(crop):
     """Context voxels per inner block side: ``crop`` rounded up to a multiple of 4."""
-    return -(-int(crop) // POOL) * POOL
+    return _up4(crop)
 
 
 def _block_scores(data, chunks, model_path, crop, n_classes, precision, annotate):
@@ -581,14 +587,6 @@ def _predict_window(block, model_path, depth, inner, lead, precision):
     core = tuple(slice(f + (depth[a] if lo else 0), f + n - (depth[a] if hi else 0))
                  for a, ((lo, hi), n, f) in enumerate(zip(inner, block.shape, front)))
     return np.ascontiguousarray(np.moveaxis(y[core], -1, 0))
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _overlap_add(arr, axis, regions, lo_keep, hi_keep):
