@@ -18,8 +18,11 @@ loss, trained for ``--steps`` steps by tomochunk.train and by DeepFinder's
 ``Train.launch`` (cryoet-deepfinder 0.2.1 in its own venv, DF_PYTHON,
 default /work/venvs/df). Throughput is measured the same way for both:
 patches from the end of the first optimiser step to the end of the last
-(graph tracing and validation left out). tomochunk is timed in float32 and
-in mixed bfloat16.
+(graph tracing and validation left out). tomochunk is timed in float32 (with
+micro-batches of 2 and with the whole batch per call) and in mixed bfloat16.
+This machine's speed drifts by tens of percent within minutes, so the runs
+alternate for ``--repeat`` rounds and each ratio is to DeepFinder's run of the
+same round; the median is reported.
 
 Run:  PYTHONPATH=. .venv/bin/python benchmarks/bench_train.py [--part all|f1|speed]
 """
@@ -114,39 +117,60 @@ def part_f1(d, objs, args):
           f"{last.elapsed_s / 60:.1f} min: {'PASS' if ok else 'FAIL'} (>= 0.6 each)")
 
 
-def part_speed(d, objs, args):
+def _speed_tomochunk(d, objs, args, prec, micro):
     import tomochunk
 
-    print(f"\n== Throughput: DeepFinder network, patch {args.patch}, batch {args.batch}, "
-          f"{args.speed_steps} steps, 4 classes")
-    res = {}
-    for prec in ("float32", "bfloat16"):
-        _, hist = tomochunk.train({"train": str(d / "train.zarr")}, {"train": str(d / "train_lab.zarr")},
-                                  objs["train"], objs["train"], n_classes=len(CLASSES) + 1,
-                                  patch_size=args.patch, batch_size=args.batch, epochs=1,
-                                  steps_per_epoch=args.speed_steps, valid_steps=1, lr=1e-4,
-                                  out_dir=d / f"run_speed_{prec}", precision=prec, progress=False,
-                                  legacy_h5=False)
-        res[prec] = float(hist["patches_per_s"].iloc[0])
-        print(f"tomochunk {prec:9s}: {res[prec]:.3f} patches/s "
-              f"(waited {hist['input_wait_s'].iloc[0]:.1f} s for input)")
-    if not Path(DF_PYTHON).exists():
-        print(f"DeepFinder venv not found ({DF_PYTHON}): no ratio")
-        return
+    _, hist = tomochunk.train({"train": str(d / "train.zarr")}, {"train": str(d / "train_lab.zarr")},
+                              objs["train"], objs["train"], n_classes=len(CLASSES) + 1,
+                              patch_size=args.patch, batch_size=args.batch, epochs=1,
+                              steps_per_epoch=args.speed_steps, valid_steps=1, lr=1e-4,
+                              out_dir=d / f"run_speed_{prec}_{micro}", precision=prec, progress=False,
+                              legacy_h5=False, micro_batch=micro)
+    return float(hist["patches_per_s"].iloc[0]), float(hist["input_wait_s"].iloc[0])
+
+
+def _speed_deepfinder(d, args):
+    import json
+
     out = d / "run_df"
     out.mkdir(exist_ok=True)
     p = subprocess.run([DF_PYTHON, "-c", DF_SCRIPT, str(d / "train.h5"), str(d / "train_lab.h5"),
                         str(d / "train_objs.csv"), str(out), str(len(CLASSES) + 1), str(args.patch),
                         str(args.batch), str(args.speed_steps)], capture_output=True, text=True)
     if p.returncode:
-        print("DeepFinder failed:\n" + p.stderr[-3000:])
-        return
-    import json
+        raise RuntimeError("DeepFinder failed:\n" + p.stderr[-3000:])
+    return json.loads(p.stdout.strip().splitlines()[-1])["patches_per_s"]
 
-    df_rate = json.loads(p.stdout.strip().splitlines()[-1])["patches_per_s"]
-    print(f"DeepFinder Train  : {df_rate:.3f} patches/s")
-    for prec, r in res.items():
-        print(f"ratio tomochunk {prec} / DeepFinder = {r / df_rate:.2f}x (target >= 1.5x)")
+
+def part_speed(d, objs, args):
+    print(f"\n== Throughput: DeepFinder network, patch {args.patch}, batch {args.batch}, "
+          f"{args.speed_steps} steps, 4 classes, {args.repeat} alternating rounds")
+    have_df = Path(DF_PYTHON).exists()
+    if not have_df:
+        print(f"DeepFinder venv not found ({DF_PYTHON}): no ratio")
+    variants = [("float32", args.micro_batch), ("float32", None), ("bfloat16", args.micro_batch)]
+    rates = {v: [] for v in variants}
+    ratios = {v: [] for v in variants}
+    for r in range(args.repeat):
+        df_rate = _speed_deepfinder(d, args) if have_df else None
+        if have_df:
+            print(f"round {r + 1}: DeepFinder Train {df_rate:.3f} patches/s")
+        for prec, micro in variants:
+            rate, wait = _speed_tomochunk(d, objs, args, prec, micro)
+            rates[(prec, micro)].append(rate)
+            line = (f"round {r + 1}: tomochunk {prec:8s} micro-batch {micro or args.batch}: {rate:.3f} "
+                    f"patches/s (waited {wait:.1f} s for input)")
+            if have_df:
+                ratios[(prec, micro)].append(rate / df_rate)
+                line += f", {rate / df_rate:.2f}x DeepFinder"
+            print(line, flush=True)
+    for v in variants:
+        med = float(np.median(rates[v]))
+        line = f"tomochunk {v[0]:8s} micro-batch {v[1] or args.batch}: median {med:.3f} patches/s"
+        if have_df:
+            line += (f"; ratio to DeepFinder of the same round: median {np.median(ratios[v]):.2f}x "
+                     f"(rounds {', '.join(f'{x:.2f}' for x in ratios[v])}; target >= 1.5x)")
+        print(line)
 
 
 def main():
@@ -162,7 +186,9 @@ def main():
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--filters", default="16,24,32", help="F1 part filters ('default' = 32,48,64)")
     ap.add_argument("--precision", default="bfloat16")
-    ap.add_argument("--speed-steps", type=int, default=5)
+    ap.add_argument("--speed-steps", type=int, default=6)
+    ap.add_argument("--repeat", type=int, default=3, help="speed part: alternating rounds")
+    ap.add_argument("--micro-batch", type=int, default=2, help="speed part: tomochunk's micro-batch")
     ap.add_argument("--ce-weight", type=float, default=1.0, help="F1 part: cross-entropy term weight")
     ap.add_argument("--shift", type=int, default=8, help="F1 part: random shift of patch centres")
     ap.add_argument("--snr", type=float, default=2.0, help="phantom signal-to-noise ratio")

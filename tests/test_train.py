@@ -1,6 +1,7 @@
 """Training from lazy arrays: outputs, resume, metrics, clear errors."""
 
 import dask.array as da
+import keras
 import numpy as np
 import pandas as pd
 import pytest
@@ -8,7 +9,8 @@ import zarr
 
 import tomochunk
 from tomochunk.errors import ShapeError, ValueProblem
-from tomochunk.nn.train import PatchSampler, _objects, class_scores, train
+from tomochunk.nn.losses import TverskyLoss
+from tomochunk.nn.train import PatchSampler, _micro_batches, _objects, class_scores, train
 from tomochunk.targets import spheres
 
 
@@ -62,6 +64,26 @@ def test_train_outputs_and_resume(data, tmp_path):
     np.testing.assert_allclose(hist2["loss"][:1], hist["loss"])
     assert (tmp_path / "checkpoint_epoch0002.keras").exists()
     assert tomochunk.train is train
+
+
+def test_micro_batches_same_step(data, tmp_path):
+    """Micro-batching is the same optimiser step as one call on the whole batch."""
+    vols, tgts, otrain, ovalid = data
+    kw = {**KW, "batch_size": 5, "epochs": 1, "checkpoint_every": 1, "legacy_h5": False}
+    nets = [tomochunk.deepfinder_unet(3, filters=KW["filters"]) for _ in range(2)]
+    nets[1].set_weights(nets[0].get_weights())
+    whole, h1 = train(vols, tgts, otrain, ovalid, out_dir=tmp_path / "whole", micro_batch=None,
+                      model=nets[0], **kw)
+    micro, h2 = train(vols, tgts, otrain, ovalid, out_dir=tmp_path / "micro", micro_batch=2,
+                      model=nets[1], **kw)
+    np.testing.assert_allclose(h2["loss"], h1["loss"], rtol=1e-5)
+    for a, b in zip(whole.get_weights(), micro.get_weights()):
+        np.testing.assert_allclose(b, a, atol=1e-5)
+    # the checkpoint of the micro-batched run carries the optimiser's state
+    ckpt = keras.saving.load_model(tmp_path / "micro" / "checkpoint_epoch0001.keras", compile=True,
+                                   custom_objects={"TverskyLoss": TverskyLoss})
+    assert int(ckpt.optimizer.iterations) == KW["steps_per_epoch"]
+    assert _micro_batches(5, 2) == [2, 4] and _micro_batches(2, 2) == _micro_batches(4, None) == []
 
 
 def test_sampler_augment_and_normalise(data):
