@@ -120,7 +120,7 @@ def test_train_pu_from_cli_on_zarr(tmp_path):
     out = tmp_path / "run"
     rc = main(["train", "--volumes", str(tmp_path / "t.zarr"), "--targets", str(tmp_path / "t_heat.zarr"),
                "--train", str(tmp_path / "lab.csv"), "--valid", str(tmp_path / "lab.csv"), "--n-classes", "2",
-               "--patch", "16", "--batch", "2", "--epochs", "1", "--steps", "2", "--valid-steps", "1",
+               "--patch", "16", "--batch", "3", "--micro-batch", "1", "--epochs", "1", "--steps", "2", "--valid-steps", "1",
                "--filters", "small", "--loss", "pu", "--tau", "0.05", "--region", "0:16,0:32,0:16",
                "--workers", "1", "-o", str(out)])
     assert rc == 0

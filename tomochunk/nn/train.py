@@ -381,9 +381,9 @@ def train(volumes, targets, objects_train, objects_valid, *, n_classes, patch_si
         Patches per network call within a step: the batch is cut into
         micro-batches of this many patches (the last may be smaller), run in one graph, and the
         loss is taken over the whole batch, so a step is the same maths (to
-        float round-off). oneDNN's 3D convolutions are faster on micro-batches
-        of 2 than on 4 patches (1.38x per step in float32 on 2 cores, 1.09x
-        in bfloat16). ``None``: one call per batch.
+        float round-off). On 2 cores oneDNN's 3D convolutions keep both busy
+        on micro-batches of 2 but not on 4 patches: a float32 step of batch 4
+        took 1.1-1.4x less time (1.1-1.2x in bfloat16). ``None``: one call per batch.
 
     Returns
     -------
