@@ -83,6 +83,12 @@ def test_micro_batches_same_step(data, tmp_path):
     ckpt = keras.saving.load_model(tmp_path / "micro" / "checkpoint_epoch0001.keras", compile=True,
                                    custom_objects={"TverskyLoss": TverskyLoss})
     assert int(ckpt.optimizer.iterations) == KW["steps_per_epoch"]
+    # and resuming from it continues the same optimiser
+    train(vols, tgts, otrain, ovalid, out_dir=tmp_path / "micro", micro_batch=2, resume=True,
+          **{**kw, "epochs": 2, "checkpoint_every": 2})
+    ckpt = keras.saving.load_model(tmp_path / "micro" / "checkpoint_epoch0002.keras", compile=True,
+                                   custom_objects={"TverskyLoss": TverskyLoss})
+    assert int(ckpt.optimizer.iterations) == 2 * KW["steps_per_epoch"]
     assert _micro_batches(5, 2) == [2, 4] and _micro_batches(2, 2) == _micro_batches(4, None) == []
 
 
@@ -124,6 +130,8 @@ def test_errors(data, tmp_path):
               out_dir=tmp_path, **KW)
     with pytest.raises(ShapeError):
         train(vols, {k: np.zeros((8, 8, 8)) for k in tgts}, otrain, ovalid, epochs=1, out_dir=tmp_path, **KW)
+    with pytest.raises(ValueProblem, match="micro_batch"):
+        train(vols, tgts, otrain, ovalid, epochs=1, out_dir=tmp_path, micro_batch=-1, **KW)
 
 
 def test_cli_train_bad_patch(data, tmp_path, capsys):

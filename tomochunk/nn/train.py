@@ -425,6 +425,8 @@ def train(volumes, targets, objects_train, objects_valid, *, n_classes, patch_si
                     ("workers", workers), ("prefetch", prefetch)):
         if int(v) < 1:
             raise ValueProblem(f"{name} must be >= 1, not {v}")
+    if micro_batch is not None and int(micro_batch) < 0:
+        raise ValueProblem(f"micro_batch must be >= 1 (0 or None: the whole batch per call), not {micro_batch}")
     augment = augment if augment is not None else ("movie" if anisotropic else "tomo")
     if augment not in ("tomo", "movie", "none", False):
         raise ValueProblem(f"augment must be 'tomo', 'movie' or None, not {augment!r}")
