@@ -383,7 +383,7 @@ def train(volumes, targets, objects_train, objects_valid, *, n_classes, patch_si
         loss is taken over the whole batch, so a step is the same maths (to
         float round-off). On 2 cores oneDNN's 3D convolutions keep both busy
         on micro-batches of 2 but not on 4 patches: a float32 step of batch 4
-        took 1.1-1.4x less time (1.1-1.2x in bfloat16). ``None``: one call per batch.
+        took 1.04-1.38x less time (1.1-1.2x in bfloat16). ``None``: one call per batch.
 
     Returns
     -------
