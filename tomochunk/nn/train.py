@@ -382,8 +382,9 @@ def train(volumes, targets, objects_train, objects_valid, *, n_classes, patch_si
         micro-batches of this many patches (the last may be smaller), run in one graph, and the
         loss is taken over the whole batch, so a step is the same maths (to
         float round-off). On 2 cores oneDNN's 3D convolutions keep both busy
-        on micro-batches of 2 but not on 4 patches: a float32 step of batch 4
-        took 1.04-1.38x less time (1.1-1.2x in bfloat16). ``None``: one call per batch.
+        on micro-batches of 2 but not on 4 patches: float32 steps of batch 4
+        ran 1.12-1.38x faster in steady loops (1.05-1.09x in the median of
+        ``bench_train.py``'s noisier rounds). ``None``: one call per batch.
 
     Returns
     -------
