@@ -152,8 +152,8 @@ def part_speed(d, objs, args):
     rates = {v: [] for v in variants}
     ratios = {v: [] for v in variants}
     for r in range(args.repeat):
-        df_rate = _speed_deepfinder(d, args) if have_df else None
         if have_df:
+            df_rate = _speed_deepfinder(d, args)
             print(f"round {r + 1}: DeepFinder Train {df_rate:.3f} patches/s")
         for prec, micro in variants:
             rate, wait = _speed_tomochunk(d, objs, args, prec, micro)

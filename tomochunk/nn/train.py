@@ -257,9 +257,8 @@ def _plot_history(hist, path, n_classes):
 
 def _micro_batches(batch_size: int, micro_batch) -> list:
     """Where a batch is cut into micro-batches of ``micro_batch`` patches (the last may be smaller)."""
-    if not micro_batch or int(micro_batch) >= batch_size:
-        return []
-    return list(range(int(micro_batch), batch_size, int(micro_batch)))
+    m = int(micro_batch or 0)
+    return list(range(m, batch_size, m)) if 0 < m < batch_size else []
 
 
 def _micro_batched(net, cuts: list):
