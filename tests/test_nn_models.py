@@ -154,3 +154,63 @@ def test_bfloat16_policy_same_weights(model, patch):
     assert np.mean(np.abs(y - model.predict(patch, verbose=0))) < 0.05
     back = with_dtype(fast)
     np.testing.assert_array_equal(back.predict(patch, verbose=0), model.predict(patch, verbose=0))
+
+
+def _deepfinder_layout(n_classes, f, pool=(2, 2, 2)):
+    """DeepFinder's own layer sequence (UpSampling3D, then a 2x2x2 Conv3D), as tf.keras 2 built it."""
+    import keras
+    from keras import layers
+
+    def conv(x, n, k, act="relu"):
+        return layers.Conv3D(n, k, padding="same", activation=act)(x)
+
+    inp = keras.Input((None, None, None, 1))
+    high = conv(conv(inp, f[0], 3), f[0], 3)
+    mid = conv(conv(layers.MaxPooling3D(pool)(high), f[1], 3), f[1], 3)
+    x = layers.MaxPooling3D(pool)(mid)
+    for _ in range(4):
+        x = conv(x, f[2], 3)
+    x = conv(layers.UpSampling3D(pool)(x), f[2], 2)
+    x = conv(conv(layers.Concatenate()([x, mid]), f[1], 3), f[1], 3)
+    x = conv(layers.UpSampling3D(pool)(x), f[1], 2)
+    x = conv(conv(layers.Concatenate()([x, high]), f[0], 3), f[0], 3)
+    return keras.Model(inp, conv(x, n_classes, 1, "softmax"))
+
+
+@pytest.mark.parametrize("pool", [(2, 2, 2), (1, 2, 2)])
+def test_up_conv_equals_upsampling_then_conv(pool):
+    """UpConv3D is DeepFinder's UpSampling3D + 2x2x2 Conv3D: same weights, same outputs."""
+    from keras import layers
+
+    from tomochunk.nn.layers import UpConv3D
+
+    x = np.random.default_rng(2).normal(size=(2, 3, 4, 6, 5)).astype("float32")
+    ref = layers.Conv3D(7, 2, padding="same", activation="relu")
+    want = np.asarray(ref(layers.UpSampling3D(pool)(x)))
+    fused = UpConv3D(7, up=pool, activation="relu")
+    fused.build(x.shape)
+    fused.set_weights(ref.get_weights())
+    got = np.asarray(fused(x))
+    assert got.shape == want.shape == (2, 3 * pool[0], 8, 12, 7)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    with pytest.raises(ValueProblem, match="1 or 2"):
+        UpConv3D(7, up=(3, 2, 2))
+
+
+@pytest.mark.parametrize("aniso", [False, True])
+def test_deepfinder_layout_file_loads_fused(aniso, patch, tmp_path):
+    """A .keras file with DeepFinder's up-sampling layers (older tomochunk) loads as the fused U-Net."""
+    old = _deepfinder_layout(3, (4, 6, 8), (1, 2, 2) if aniso else (2, 2, 2))
+    rng = np.random.default_rng(3)
+    # He-scaled: with the fixture's larger weights, float re-association shows as 1e-4 in the softmax
+    old.set_weights([rng.normal(0, np.sqrt(2 / np.prod(w.shape[:-1])) if w.ndim > 1 else 0.05,
+                                w.shape).astype("float32") for w in old.get_weights()])
+    old.save(tmp_path / "old.keras")
+    new = load_model(tmp_path / "old.keras")
+    kinds = [layer.__class__.__name__ for layer in new.layers]
+    assert "UpSampling3D" not in kinds and kinds.count("UpConv3D") == 2
+    assert model_info(new)["anisotropic"] is aniso
+    np.testing.assert_allclose(new.predict(patch, verbose=0), old.predict(patch, verbose=0), atol=1e-5)
+    save_model(new, tmp_path / "new.keras")    # the fused layer round-trips through .keras
+    again = load_model(tmp_path / "new.keras")
+    np.testing.assert_array_equal(again.predict(patch, verbose=0), new.predict(patch, verbose=0))

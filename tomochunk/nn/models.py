@@ -160,6 +160,8 @@ def deepfinder_unet(n_classes: int, patch_size=None, *, filters=DEFAULT_FILTERS,
     import keras
     from keras import layers
 
+    from .layers import UpConv3D
+
     n_classes = int(n_classes)
     if n_classes < 2:
         raise ValueProblem(f"n_classes must be >= 2 (background + at least one class), not {n_classes}")
@@ -172,11 +174,13 @@ def deepfinder_unet(n_classes: int, patch_size=None, *, filters=DEFAULT_FILTERS,
 
     counter = iter(range(_N_CONV))
 
-    def conv(x, level, k):
+    def conv(x, level, k, up=None):
         i = next(counter)
         n = n_classes if level == "out" else f[level]
         act = "softmax" if level == "out" else "relu"
         policy = "float32" if (level == "out" and dtype is not None) else dtype
+        if up is not None:
+            return UpConv3D(n, up=up, activation=act, dtype=policy, name=_conv_name(i))(x)
         return layers.Conv3D(n, (k, k, k), padding="same", activation=act, dtype=policy,
                              data_format="channels_last", name=_conv_name(i))(x)
 
@@ -190,15 +194,12 @@ def deepfinder_unet(n_classes: int, patch_size=None, *, filters=DEFAULT_FILTERS,
     x = layers.MaxPooling3D(pool, dtype=dtype, name="max_pooling3d_1")(mid)
     for _ in range(4):
         x = conv(x, 2, 3)
-    x = layers.UpSampling3D(pool, data_format="channels_last", dtype=dtype,
-                            name="up_sampling3d")(x)
-    x = conv(x, 2, 2)
+    # UpSampling3D + 2x2x2 Conv3D in DeepFinder, fused (same weights, same maths).
+    x = conv(x, 2, 2, up=pool)
     x = layers.Concatenate(axis=-1, dtype=dtype, name="concatenate")([x, mid])
     x = conv(x, 1, 3)
     x = conv(x, 1, 3)
-    x = layers.UpSampling3D(pool, data_format="channels_last", dtype=dtype,
-                            name="up_sampling3d_1")(x)
-    x = conv(x, 1, 2)
+    x = conv(x, 1, 2, up=pool)
     x = layers.Concatenate(axis=-1, dtype=dtype, name="concatenate_1")([x, high])
     x = conv(x, 0, 3)
     x = conv(x, 0, 3)
@@ -221,7 +222,9 @@ def model_info(model) -> dict:
     >>> model_info(deepfinder_unet(3, filters="small"))["multiple"]
     (4, 4, 4)
     """
-    convs = [layer for layer in model.layers if layer.__class__.__name__ == "Conv3D"]
+    import keras
+
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv3D)]
     pools = [layer for layer in model.layers if layer.__class__.__name__ == "MaxPooling3D"]
     aniso = bool(pools) and tuple(pools[0].pool_size) == (1, 2, 2)
     depth = 2 ** len(pools)
@@ -244,6 +247,22 @@ def with_dtype(model, dtype=None):
     out = deepfinder_unet(info["n_classes"], filters=info["filters"], anisotropic=info["anisotropic"],
                           dtype=dtype)
     out.set_weights(model.get_weights())
+    return out
+
+
+def _fused(model):
+    """A U-Net saved with DeepFinder's UpSampling3D + Conv3D pairs, rebuilt with UpConv3D (same weights)."""
+    if not any(layer.__class__.__name__ == "UpSampling3D" for layer in model.layers):
+        return model
+    try:
+        info = model_info(model)
+        policy = getattr(getattr(model.layers[1], "dtype_policy", None), "name", "float32")
+        out = deepfinder_unet(info["n_classes"], filters=info["filters"], anisotropic=info["anisotropic"],
+                              dtype=None if policy == "float32" else policy, name=model.name)
+        out.set_weights(model.get_weights())
+    except (ValueError, TypeError, IndexError):  # another architecture: keep it as it is
+        return model
+    log.info("%s: up-sampling layers fused into UpConv3D", model.name)
     return out
 
 
@@ -358,12 +377,14 @@ def load_model(path, *, anisotropic: bool | None = None):
     if path.suffix == ".keras" or path.is_dir():
         import keras
 
+        from . import layers as _registers_custom_layers  # noqa: F401
+
         try:
             model = keras.saving.load_model(path, compile=False)
         except Exception as exc:  # keras raises many kinds here
             raise FormatError(f"cannot read Keras model ({type(exc).__name__}: "
                               f"{str(exc).splitlines()[0] if str(exc) else ''})", path) from None
-        return model
+        return _fused(model)
     layers, attrs = _read_legacy_h5(path)
     n_classes, filters = _weights_to_config(layers, path)
     if anisotropic is None:
