@@ -97,11 +97,17 @@ def bare_patch_seconds(path, precision, patch, n=3):
 
 
 def network_flops_per_voxel(model_builder, patch):
-    """Multiply-adds x 2 of every convolution, per voxel of the output (full resolution)."""
+    """Multiply-adds x 2 of every convolution of DeepFinder's network, per voxel of the output.
+
+    tomochunk's UpConv3D counts as the up-sampling + 2x2x2 convolution it replaces (it does
+    27/64 of those multiply-adds), so the figures compare with DeepFinder's arithmetic.
+    """
+    import keras
+
     m = model_builder(patch)
     total = 0.0
     for layer in m.layers:
-        if type(layer).__name__ == "Conv3D":
+        if isinstance(layer, keras.layers.Conv3D):
             k = np.prod(layer.kernel_size)
             cin = layer.input.shape[-1]
             cout = layer.filters

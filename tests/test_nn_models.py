@@ -214,3 +214,13 @@ def test_deepfinder_layout_file_loads_fused(aniso, patch, tmp_path):
     save_model(new, tmp_path / "new.keras")    # the fused layer round-trips through .keras
     again = load_model(tmp_path / "new.keras")
     np.testing.assert_array_equal(again.predict(patch, verbose=0), new.predict(patch, verbose=0))
+
+
+def test_up_conv_with_free_input_size(model):
+    """Blocks of any size go through the fused up-sampling (TensorFlow traces them with None sizes)."""
+    import keras
+
+    free = keras.Model(model.inputs, model.outputs)
+    for shape in [(1, 8, 12, 16, 1), (1, 12, 8, 20, 1)]:
+        x = np.random.default_rng(5).normal(size=shape).astype("float32")
+        assert free.predict(x, verbose=0).shape == shape[:4] + (3,)

@@ -54,9 +54,14 @@ class UpConv3D(keras.layers.Conv3D):
         kernel = ops.transpose(kernel, (0, 1, 2, 4, 3))  # conv_transpose wants [..., out, in]
         y = ops.conv_transpose(inputs, kernel, strides=self.up, padding="valid",
                                data_format="channels_last")
-        # "valid" puts one extra voxel in front of every axis (u * n + 1 voxels). Dropped with
-        # split, not a slice: TensorFlow's gradient of y[:, 1:] is 2-3x slower here, and the Pad
-        # that ops.slice's gradient makes breaks grappler's remapper.
+        # "valid" puts one extra voxel in front of every axis (u * n + 1 voxels). Not y[:, 1:]:
+        # TensorFlow's gradient of a strided slice is 2-3x slower here. split where the sizes are
+        # static (training), because the Pad in ops.slice's gradient makes grappler's remapper
+        # fail; ops.slice where they are not (TensorFlow's inference on blocks of varying size).
+        if None in y.shape[1:4]:
+            size = list(ops.shape(y))
+            size[1:4] = [n - 1 for n in size[1:4]]
+            return ops.slice(y, (0, 1, 1, 1, 0), size)
         for axis in (1, 2, 3):
             y = ops.split(y, [1], axis=axis)[1]
         return y
