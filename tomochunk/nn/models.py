@@ -3,7 +3,10 @@
 The network is the one of DeepFinder (Moebel et al., Nature Methods 2021): a
 3D U-Net with two poolings, 32/48/64 filters and a per-voxel softmax. It is
 rebuilt here from the published description with ``keras.layers`` only, so
-it runs under the tensorflow, jax and torch backends.
+it runs under the tensorflow, jax and torch backends. Its two up-sampling
+steps (``UpSampling3D`` + a 2x2x2 ``Conv3D`` in DeepFinder) are one
+:class:`~tomochunk.nn.layers.UpConv3D` each: the same weights and maths,
+about half the time.
 
 Weight files
 ------------
