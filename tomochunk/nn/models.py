@@ -40,6 +40,7 @@ from ..errors import FormatError, MissingError, ShapeError, ValueProblem
 log = get_logger(__name__)
 
 __all__ = ["deepfinder_unet", "load_model", "save_model", "model_info", "check_patch_shape", "with_dtype",
+           "policy_name",
            "DEFAULT_FILTERS", "SMALL_FILTERS"]
 
 #: DeepFinder's filter counts at the three resolution levels.
@@ -253,16 +254,24 @@ def with_dtype(model, dtype=None):
     return out
 
 
+def policy_name(model) -> str:
+    """Name of the dtype policy of a U-Net's hidden layers (``'float32'``, ``'mixed_bfloat16'``...).
+
+    Examples
+    --------
+    >>> policy_name(deepfinder_unet(3, filters="small"))
+    'float32'
+    """
+    return getattr(getattr(model.layers[1], "dtype_policy", None), "name", "float32")
+
+
 def _fused(model):
     """A U-Net saved with DeepFinder's UpSampling3D + Conv3D pairs, rebuilt with UpConv3D (same weights)."""
     if not any(layer.__class__.__name__ == "UpSampling3D" for layer in model.layers):
         return model
+    policy = policy_name(model)
     try:
-        info = model_info(model)
-        policy = getattr(getattr(model.layers[1], "dtype_policy", None), "name", "float32")
-        out = deepfinder_unet(info["n_classes"], filters=info["filters"], anisotropic=info["anisotropic"],
-                              dtype=None if policy == "float32" else policy, name=model.name)
-        out.set_weights(model.get_weights())
+        out = with_dtype(model, None if policy == "float32" else policy)
     except (ValueError, TypeError, IndexError):  # another architecture: keep it as it is
         return model
     log.info("%s: up-sampling layers fused into UpConv3D", model.name)

@@ -30,7 +30,7 @@ import numpy as np
 from .._log import get_logger
 from ..errors import MissingError, ShapeError, ValueProblem
 from .models import (DEFAULT_FILTERS, check_patch_shape, deepfinder_unet, load_model, model_info,
-                     with_dtype)
+                     policy_name, with_dtype)
 
 log = get_logger(__name__)
 
@@ -496,8 +496,7 @@ def train(volumes, targets, objects_train, objects_valid, *, n_classes, patch_si
     if precision not in ("float32", "bfloat16"):
         raise ValueProblem(f"precision must be 'float32' or 'bfloat16', not {precision!r}")
     policy = "mixed_bfloat16" if precision == "bfloat16" else None
-    current = getattr(getattr(model.layers[1], "dtype_policy", None), "name", "float32")
-    if (policy or "float32") != current:
+    if (policy or "float32") != policy_name(model):
         model = with_dtype(model, policy)
     info = model_info(model)
     if info["n_classes"] != n_classes:
