@@ -39,6 +39,7 @@ class UpConv3D(keras.layers.Conv3D):
     """
 
     def __init__(self, filters, up=(2, 2, 2), **kwargs):
+        # from_config hands back Conv3D's own keys; the layer fixes them
         for key in ("kernel_size", "padding", "data_format", "strides", "dilation_rate", "groups"):
             kwargs.pop(key, None)
         super().__init__(filters, (2, 2, 2), padding="same", data_format="channels_last", **kwargs)
