@@ -68,6 +68,57 @@ def worker_env(n_workers: int, cores: int | None = None) -> dict:
     return {k: v for k, v in want.items() if k not in os.environ}
 
 
+def current_client(client=None):
+    """The client to compute on: ``client`` if given, else the default distributed client, else ``None``.
+
+    This is the one probe for a running client; ``None`` means "no distributed
+    scheduler, compute with dask's local scheduler".
+
+    Examples
+    --------
+    >>> current_client("given")
+    'given'
+    """
+    if client is not None:
+        return client
+    try:
+        from distributed import default_client
+    except ImportError:  # pragma: no cover - distributed is a dependency
+        return None
+    try:
+        return default_client()
+    except ValueError:
+        return None
+
+
+def worker_info(client=None) -> dict:
+    """The scheduler's worker records, ``{address: info}`` (``{}`` without a distributed client).
+
+    Examples
+    --------
+    >>> isinstance(worker_info(), dict)
+    True
+    """
+    client = current_client(client)
+    if client is None:
+        return {}
+    try:
+        return client.scheduler_info(n_workers=-1)["workers"]
+    except TypeError:  # older distributed has no n_workers argument
+        return client.scheduler_info()["workers"]
+
+
+def n_workers(client=None) -> int:
+    """How many workers share the work: the scheduler's count, or 1 without a client.
+
+    Examples
+    --------
+    >>> n_workers() >= 1
+    True
+    """
+    return max(1, len(worker_info(client)))
+
+
 def close_client(client, owned: bool) -> None:
     """Close a client obtained from :func:`get_client` if we started it."""
     if not owned:
