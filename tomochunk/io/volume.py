@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._chunks import block_slices
+from .._blocks import block_slices
 from .._log import get_logger
 from ..errors import FormatError, MissingError, ShapeError
 from ._source import warn
