@@ -13,12 +13,24 @@ import warnings
 
 import numpy as np
 
+from ..errors import FormatError
+
 
 class TomochunkWarning(UserWarning):
     """Warnings about suspicious but readable input (zero MRC machine stamp, NaN voxels, ...)."""
 
 
 def warn(message: str, path=None) -> None:
+    """Warn with a :class:`TomochunkWarning` whose message starts with the file name.
+
+    Examples
+    --------
+    >>> with warnings.catch_warnings(record=True) as w:
+    ...     warnings.simplefilter("always")
+    ...     warn("zero machine stamp", "t.mrc")
+    >>> str(w[0].message)
+    't.mrc: zero machine stamp'
+    """
     where = f"{path}: " if path is not None else ""
     warnings.warn(where + message, TomochunkWarning, stacklevel=3)
 
@@ -123,8 +135,6 @@ class MemmapSource(Source):
                     start = self.offset + (zk[0] * ny + y0) * row
                     stop = start + (len(zk) - 1) * plane + span
                     if stop > size:
-                        from ..errors import FormatError
-
                         raise FormatError("file ended early (truncated?)", self.path)
                     base = start - start % mmap.ALLOCATIONGRANULARITY
                     # MAP_POPULATE maps the cached pages in one call: ~15% faster than faulting them in
@@ -135,3 +145,15 @@ class MemmapSource(Source):
                         out[i:i + len(zk)] = v[:, yr.start - y0::yr.step, xs]
                         del v  # the window cannot close while a view exports its buffer
         return out if self.ndim == 3 else out[0]
+
+
+def slabs(shape, nbytes=256 << 20, itemsize=4):
+    """Slices of whole z slabs of about ``nbytes`` each, covering ``shape`` (the default write blocks).
+
+    Examples
+    --------
+    >>> slabs((5, 1024, 1024), nbytes=8 << 20)
+    [(slice(0, 2, None),), (slice(2, 4, None),), (slice(4, 5, None),)]
+    """
+    step = max(1, nbytes // max(1, int(np.prod(shape[1:])) * itemsize))
+    return [(slice(z, min(z + step, shape[0])),) for z in range(0, shape[0], step)]

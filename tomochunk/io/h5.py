@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FormatError, ShapeError
-from ._source import Source
+from ._source import Source, slabs
 
 H5_SUFFIXES = (".h5", ".hdf5", ".hdf")
 DEFAULT_DATASET = "dataset"
@@ -74,14 +74,12 @@ def write_h5(array, path, *, voxel_size=None, dataset=DEFAULT_DATASET, block_sli
     """Write a 3D array to ``dataset`` of an HDF5 file, block by block, through a temporary name."""
     import h5py
 
-    from .mrc import _slabs
-
     path = Path(path)
     tmp = path.with_name(f".{path.name}.partial")
     with h5py.File(tmp, "w") as f:
         chunks = tuple(min(64, s) for s in array.shape) if all(array.shape) else None
         d = f.create_dataset(dataset, shape=array.shape, dtype=array.dtype, chunks=chunks)
-        for sl in (block_slices or _slabs(array.shape)):
+        for sl in (block_slices or slabs(array.shape)):
             d[sl] = np.asarray(array[sl])
         if voxel_size:
             d.attrs["voxel_size"] = float(voxel_size)

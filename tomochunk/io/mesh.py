@@ -13,20 +13,20 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import xarray as xr
+from scipy import ndimage as ndi
 
 from .._log import get_logger
 from ..errors import ExistsError, ShapeError, ValueProblem
+from .volume import open_volume
 
 log = get_logger(__name__)
 
 
 def _as_array(data):
     """(dask-or-numpy array, dims, voxel_size, class names) from a path, numpy, dask or xarray input."""
-    import xarray as xr
-
     if isinstance(data, (str, os.PathLike)):
-        from .volume import open_volume
-
         data = open_volume(data)
     names = {}
     if isinstance(data, xr.DataArray):
@@ -54,7 +54,6 @@ def object_meshes(mask, *, field=None, level=0.5, min_volume=27, voxel_size=1.0,
     ``field`` (optional, same shape) is the scalar map the surface is drawn on at
     ``level`` (a score map gives smoother surfaces than the binary mask).
     """
-    from scipy import ndimage as ndi
     from skimage.measure import marching_cubes
 
     lab, n = ndi.label(mask)
@@ -136,8 +135,6 @@ def export_meshes(data, path, *, level=0.5, min_volume=27, voxel_size=None, clas
     >>> df = export_meshes(lab, "cube.obj", voxel_size=10.0)  # doctest: +SKIP
     >>> df[["class_label", "size", "n_vertices"]]  # doctest: +SKIP
     """
-    import pandas as pd
-
     arr, dims, vs, names = _as_array(data)
     voxel_size = float(voxel_size or vs or 1.0)
     if isinstance(classes, dict):

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FormatError, ShapeError
-from ._source import MemmapSource, warn
+from ._source import MemmapSource, slabs, warn
 
 MRC_SUFFIXES = (".mrc", ".rec", ".map", ".st", ".mrcs", ".ali")
 _HEADER_BYTES = 1024
@@ -101,7 +101,7 @@ def write_mrc(array, path, *, voxel_size=None, block_slices=None) -> None:
     mrc = mrcfile.new_mmap(str(tmp), shape=shape, mrc_mode=mrcfile.utils.mode_from_dtype(dtype),
                            overwrite=True)
     try:
-        for sl in (block_slices or _slabs(shape)):
+        for sl in (block_slices or slabs(shape)):
             mrc.data[sl] = np.asarray(array[sl]).astype(dtype, copy=False)
         if voxel_size:
             mrc.voxel_size = float(voxel_size)
@@ -110,7 +110,3 @@ def write_mrc(array, path, *, voxel_size=None, block_slices=None) -> None:
         mrc.close()
     os.replace(tmp, path)
 
-
-def _slabs(shape, nbytes=256 << 20):
-    step = max(1, nbytes // max(1, int(np.prod(shape[1:])) * 4))
-    return [(slice(z, min(z + step, shape[0])),) for z in range(0, shape[0], step)]

@@ -4,26 +4,46 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import dask.array as da
 import numpy as np
+import xarray as xr
 
 from .._blocks import block_slices
 from .._log import get_logger
-from ..errors import FormatError, MissingError, ShapeError
+from ..errors import ExistsError, FormatError, MissingError, ShapeError
 from ._source import warn
 from .h5 import H5_SUFFIXES, read_h5, write_h5
 from .mrc import MRC_SUFFIXES, read_mrc, write_mrc
+from .omezarr import PyramidWriter, read_multiscale
 from .tiff import TIFF_SUFFIXES, read_tiff_folder, read_tiff_stack
 
 log = get_logger(__name__)
 
 
 def is_zarr(path) -> bool:
-    """A ``.zarr`` path, or a folder holding Zarr metadata (a group inside a store, e.g. ``labels/classes``)."""
+    """A ``.zarr`` path, or a folder holding Zarr metadata (a group inside a store, e.g. ``labels/classes``).
+
+    Examples
+    --------
+    >>> is_zarr("tomo.ome.zarr"), is_zarr("tomo.mrc")
+    (True, False)
+    """
     p = Path(path)
     return p.suffix.lower() == ".zarr" or any((p / m).exists() for m in (".zgroup", ".zarray", "zarr.json"))
 
 
-def _kind(path: Path) -> str:
+def volume_kind(path) -> str:
+    """The reader that opens ``path``: ``"zarr"``, ``"tiff-folder"``, ``"mrc"``, ``"h5"`` or ``"tiff"``.
+
+    A folder that is not a Zarr store is a folder of TIFF frames; files are told
+    apart by their suffix. An unknown suffix raises :class:`FormatError`.
+
+    Examples
+    --------
+    >>> volume_kind("a/t1.rec"), volume_kind("b.hdf5"), volume_kind("c.ome.zarr")
+    ('mrc', 'h5', 'zarr')
+    """
+    path = Path(path)
     if is_zarr(path):
         return "zarr"
     if path.is_dir():
@@ -35,15 +55,16 @@ def _kind(path: Path) -> str:
     raise FormatError(f"unknown volume format {suf!r} (expected MRC, HDF5, TIFF, a TIFF folder or Zarr)", path)
 
 
+_kind = volume_kind  # the old private name, still imported by ops/tirf.py until it moves to workflows
+
+
 def open_source(path, *, dataset=None, level=0):
     """Open ``path`` lazily: ``(array-like or dask array, meta)``, meta holding dims, voxel_size, attrs."""
     path = Path(path)
     if not path.exists():
         raise MissingError("no such file or folder", path)
-    kind = _kind(path)
+    kind = volume_kind(path)
     if kind == "zarr":
-        from .omezarr import read_multiscale
-
         return read_multiscale(path, level)
     if kind == "mrc":
         src, meta = read_mrc(path)
@@ -95,9 +116,6 @@ def open_volume(path, *, dataset=None, level=0, chunks=None, check_finite=False)
     >>> vol.dims, vol.attrs["voxel_size"]  # doctest: +SKIP
     (('z', 'y', 'x'), 10.0)
     """
-    import dask.array as da
-    import xarray as xr
-
     src, meta = open_source(path, dataset=dataset, level=level)
     dims = tuple(meta["dims"])
     if isinstance(src, da.Array):
@@ -124,9 +142,6 @@ def open_volume(path, *, dataset=None, level=0, chunks=None, check_finite=False)
 
 def _as_dask(array):
     """(dask array, dims, voxel_size, attrs) from numpy, dask or xarray input."""
-    import dask.array as da
-    import xarray as xr
-
     if isinstance(array, xr.DataArray):
         dims, attrs = tuple(array.dims), dict(array.attrs)
         data = array.data
@@ -162,10 +177,6 @@ def write_volume(array, path, *, voxel_size=None, levels=3, chunks=None, overwri
     --------
     >>> write_volume(np.zeros((32, 64, 64), np.float32), "out.mrc", voxel_size=10.0)  # doctest: +SKIP
     """
-    from .omezarr import PyramidWriter
-
-    from ..errors import ExistsError
-
     path = Path(path)
     data, dims, vs, attrs = _as_dask(array)
     voxel_size = float(voxel_size or vs or 1.0)
