@@ -18,7 +18,9 @@ import xarray as xr
 from scipy import ndimage as ndi
 
 from .._log import get_logger
+from .._names import inside, safe_name
 from ..errors import ExistsError, ShapeError, ValueProblem
+from ._source import check_voxel_size
 from .volume import open_volume
 
 log = get_logger(__name__)
@@ -108,7 +110,9 @@ def export_meshes(data, path, *, level=0.5, min_volume=27, voxel_size=None, clas
     path : str or Path
         A file ending in ``.obj`` gets every object as a named group (``o class_obj``);
         any other path is a folder that gets one ``.obj`` per object,
-        ``<class name>_<obj id>.obj``.
+        ``<class name>_<obj id>.obj``. Class names from the data are made file-name safe
+        (:func:`tomochunk._names.safe_name`): a name such as ``../../x`` or ``/etc/x`` never
+        puts a file outside this folder.
     level : float
         Iso-level for score maps (label maps are meshed at the half-way level of their mask).
     min_volume : int
@@ -136,7 +140,8 @@ def export_meshes(data, path, *, level=0.5, min_volume=27, voxel_size=None, clas
     >>> df[["class_label", "size", "n_vertices"]]  # doctest: +SKIP
     """
     arr, dims, vs, names = _as_array(data)
-    voxel_size = float(voxel_size or vs or 1.0)
+    voxel_size = check_voxel_size(voxel_size) if voxel_size is not None else \
+        check_voxel_size(vs, "attrs['voxel_size']") if vs is not None else 1.0
     if isinstance(classes, dict):
         names.update({int(k): str(v) for k, v in classes.items()})
         classes = list(classes)
@@ -168,7 +173,8 @@ def export_meshes(data, path, *, level=0.5, min_volume=27, voxel_size=None, clas
     rows, offset = [], 0
     try:
         for c in classes:
-            cname = names.get(c, f"class{c}")
+            # names come from the map's metadata: made file-name safe, so no file leaves the output
+            cname = safe_name(names[c], f"class name of label {c}") if c in names else f"class{c}"
             if score:
                 field = _compute(arr[c]).astype(np.float32, copy=False)
                 mask = field >= level
@@ -183,7 +189,7 @@ def export_meshes(data, path, *, level=0.5, min_volume=27, voxel_size=None, clas
                     offset += len(verts)
                     out = path
                 else:
-                    out = path / f"{gname}.obj"
+                    out = inside(f"{gname}.obj", path)
                     if out.exists() and not overwrite:
                         raise ExistsError("output exists; pass overwrite=True to replace it", out)
                     with open(out, "w") as f1:

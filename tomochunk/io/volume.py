@@ -11,7 +11,7 @@ import xarray as xr
 from .._blocks import block_slices
 from .._log import get_logger
 from ..errors import ExistsError, FormatError, MissingError, ShapeError
-from ._source import warn
+from ._source import check_chunks, check_voxel_size, warn
 from .h5 import H5_SUFFIXES, read_h5, write_h5
 from .mrc import MRC_SUFFIXES, read_mrc, write_mrc
 from .omezarr import PyramidWriter, read_multiscale
@@ -99,25 +99,38 @@ def open_volume(path, *, dataset=None, level=0, chunks=None, check_finite=False)
         HDF5 dataset (default: ``dataset``, else the single 3D dataset).
     level : int
         Multiscale level of an OME-Zarr store (0 = full resolution).
-    chunks : tuple, optional
-        Dask chunks (default: the storage chunks, or 256³ / 64 frames).
+    chunks : int or tuple of int, optional
+        Dask chunks (default: the storage chunks, or 256³ / 64 frames); positive integers.
     check_finite : bool
         Count NaN/Inf voxels now (one pass over the data) and warn with the count.
 
     Returns
     -------
     xarray.DataArray
-        Dims ``(z, y, x)``, ``(t, y, x)`` or ``(c, z, y, x)``; spatial coords in Å;
-        ``attrs["voxel_size"]`` in Å and ``attrs["source"]``.
+        Dims ``(z, y, x)``, ``(t, y, x)`` or ``(c, z, y, x)``; spatial coords in Å, starting at
+        ``attrs["origin"]`` (``z, y, x`` Å, where the file records an origin: the MRC origin or
+        start indices, the NGFF translation); ``attrs["voxel_size"]`` in Å and ``attrs["source"]``.
+        MRC files also keep ``attrs["mrc_nstart"]`` (``nzstart, nystart, nxstart``) and
+        ``attrs["mrc_header"]``.
 
     Examples
     --------
-    >>> vol = open_volume("tomo.mrc")  # doctest: +SKIP
-    >>> vol.dims, vol.attrs["voxel_size"]  # doctest: +SKIP
-    (('z', 'y', 'x'), 10.0)
+    >>> import mrcfile, tempfile
+    >>> p = Path(tempfile.mkdtemp()) / "tomo.mrc"
+    >>> with mrcfile.new(p) as m:
+    ...     m.set_data(np.zeros((4, 5, 6), np.float32)); m.voxel_size = 10.0
+    ...     m.header.origin.x = 1000.0
+    >>> vol = open_volume(p)
+    >>> vol.dims, vol.attrs["voxel_size"], vol.attrs["origin"], float(vol.x[1])
+    (('z', 'y', 'x'), 10.0, (0.0, 0.0, 1000.0), 1010.0)
     """
+    explicit = isinstance(chunks, (tuple, list)) and any(isinstance(c, (tuple, list)) for c in chunks)
+    if chunks is not None and not explicit:  # a plain int or one int per axis; dask's per-block tuples pass
+        check_chunks(chunks, 1 if np.ndim(chunks) == 0 else len(chunks))
     src, meta = open_source(path, dataset=dataset, level=level)
     dims = tuple(meta["dims"])
+    if chunks is not None and not explicit:
+        chunks = check_chunks(chunks, len(dims))
     if isinstance(src, da.Array):
         arr = src if chunks is None else src.rechunk(chunks)
     else:
@@ -127,9 +140,15 @@ def open_volume(path, *, dataset=None, level=0, chunks=None, check_finite=False)
     if arr.ndim != len(dims):
         raise ShapeError(f"array is {arr.ndim}D but its axes are {dims}", path)
     vs = float(meta.get("voxel_size") or 1.0)
-    coords = {d: np.arange(n) * vs if d in "zyx" else np.arange(n) for d, n in zip(dims, arr.shape)}
+    origin = dict(zip("zyx", meta["origin"])) if meta.get("origin") is not None else {}
+    coords = {d: np.arange(n) * vs + origin.get(d, 0.0) if d in "zyx" else np.arange(n)
+              for d, n in zip(dims, arr.shape)}
     attrs = {k: v for k, v in meta.get("attrs", {}).items()}
     attrs.update(voxel_size=vs, source=str(path), units="angstrom")
+    if origin:
+        attrs["origin"] = tuple(float(origin.get(d, 0.0)) for d in "zyx")
+    if "nstart" in meta:
+        attrs["mrc_nstart"] = tuple(int(v) for v in meta["nstart"])
     if "header" in meta:
         attrs["mrc_header"] = meta["header"]
     out = xr.DataArray(arr, dims=dims, coords=coords, attrs=attrs, name=Path(path).stem)
@@ -167,19 +186,42 @@ def write_volume(array, path, *, voxel_size=None, levels=3, chunks=None, overwri
     array : array-like
         ``[z, y, x]`` (or ``[t, y, x]``/``[c, z, y, x]`` for Zarr, via xarray dims).
     voxel_size : float, optional
-        Å per voxel (default: ``array.attrs["voxel_size"]`` or 1).
+        Å per voxel, positive and finite (default: ``array.attrs["voxel_size"]`` or 1).
     levels : int
         Multiscale levels for Zarr output.
+    chunks : int or tuple of int, optional
+        Zarr storage chunks, positive integers.
     label : bool, optional
         Zarr only: downsample by striding (labels) rather than by the mean (default: integer dtype).
 
+    Notes
+    -----
+    MRC keeps values exactly or refuses them: integer labels wider than 16 bits are
+    stored as int16 or uint16 when they fit, and refused otherwise (never cast to
+    float32); uint8 is stored as uint16 (mode 0 is signed in MRC2014). The origin
+    (``attrs["origin"]``, ``z, y, x`` Å) and ``attrs["mrc_nstart"]`` go back into the header.
+
     Examples
     --------
-    >>> write_volume(np.zeros((32, 64, 64), np.float32), "out.mrc", voxel_size=10.0)  # doctest: +SKIP
+    >>> import tempfile
+    >>> p = Path(tempfile.mkdtemp()) / "out.mrc"
+    >>> write_volume(np.zeros((4, 8, 8), np.float32), p, voxel_size=10.0).name
+    'out.mrc'
+    >>> write_volume(np.zeros((4, 8, 8), np.float32), p, voxel_size=0, overwrite=True)
+    Traceback (most recent call last):
+    ...
+    tomochunk.errors.ValueProblem: voxel_size must be a positive, finite number of Å, got 0
     """
     path = Path(path)
     data, dims, vs, attrs = _as_dask(array)
-    voxel_size = float(voxel_size or vs or 1.0)
+    if voxel_size is not None:
+        voxel_size = check_voxel_size(voxel_size)
+    elif vs is not None:
+        voxel_size = check_voxel_size(vs, "attrs['voxel_size']")
+    else:
+        voxel_size = 1.0
+    if chunks is not None:
+        chunks = check_chunks(chunks, data.ndim)
     if dims is None or len(dims) != data.ndim:
         raise ShapeError(f"cannot write a {data.ndim}D array as a volume (expected 3D)", path)
     suf = path.suffix.lower()
@@ -198,7 +240,12 @@ def write_volume(array, path, *, voxel_size=None, levels=3, chunks=None, overwri
     blocks = [sl for _, sl in block_slices(data.chunks)]
     computed = _BlockReader(data)
     if suf in MRC_SUFFIXES:
-        write_mrc(computed, path, voxel_size=voxel_size, block_slices=blocks)
+        value_range = None
+        if data.dtype.kind in "iu" and data.dtype.itemsize > 2:
+            lo, hi = da.compute(data.min(), data.max()) if data.size else (0, 0)
+            value_range = (int(lo), int(hi))
+        write_mrc(computed, path, voxel_size=voxel_size, block_slices=blocks, value_range=value_range,
+                  origin=attrs.get("origin"), nstart=attrs.get("mrc_nstart"))
     elif suf in H5_SUFFIXES:
         write_h5(computed, path, voxel_size=voxel_size, dataset=dataset, block_slices=blocks)
     else:
