@@ -222,14 +222,18 @@ def read_multiscale(path, level=0, *, check=True):
     factor = {d: _ANGSTROM_PER.get(str(unit.get(d) or "angstrom").lower(), 1.0) for d in "zyx"}
     space = {d: float(s) * factor[d] for d, s in zip(names, scale) if d in "zyx"}
     vs = space.get("x", next(iter(space.values()), 1.0))
-    meta = {"dims": dims_out, "voxel_size": vs, "levels": len(datasets)}
+    # per-axis scale and translation of this level, aligned with ``dims``, spatial axes in Å
+    meta = {"dims": dims_out, "voxel_size": vs, "levels": len(datasets),
+            "scale": [float(s) * factor.get(d, 1.0) for d, s in zip(names, scale)],
+            "translation": [float(t) * factor.get(d, 1.0) for d, t in zip(names, translation)]}
     shift = {d: float(t) * factor[d] for d, t in zip(names, translation) if d in "zyx"}
-    if any(shift.values()):
-        meta["origin"] = tuple(shift.get(d, 0.0) for d in "zyx" if d in shift)
     attrs = node.attrs.asdict()
     attrs.pop("ome", None)
     attrs.pop("multiscales", None)
     attrs["ngff_version"] = version
+    if any(shift.values()):
+        meta["origin"] = tuple(shift.get(d, 0.0) for d in "zyx" if d in shift)
+        attrs["origin"] = list(meta["origin"])
     meta["attrs"] = attrs
     return data, meta
 

@@ -12,6 +12,7 @@ from .._blocks import block_slices
 from .._log import get_logger
 from ..errors import ExistsError, FormatError, MissingError, ShapeError
 from ._source import check_chunks, check_voxel_size, warn
+from .em import EM_SUFFIXES, em_dtype, read_em, write_em
 from .h5 import H5_SUFFIXES, read_h5, write_h5
 from .mrc import MRC_SUFFIXES, read_mrc, write_mrc
 from .omezarr import PyramidWriter, read_multiscale
@@ -33,7 +34,7 @@ def is_zarr(path) -> bool:
 
 
 def volume_kind(path) -> str:
-    """The reader that opens ``path``: ``"zarr"``, ``"tiff-folder"``, ``"mrc"``, ``"h5"`` or ``"tiff"``.
+    """The reader that opens ``path``: ``"zarr"``, ``"tiff-folder"``, ``"mrc"``, ``"h5"``, ``"tiff"`` or ``"em"``.
 
     A folder that is not a Zarr store is a folder of TIFF frames; files are told
     apart by their suffix. An unknown suffix raises :class:`FormatError`.
@@ -49,17 +50,29 @@ def volume_kind(path) -> str:
     if path.is_dir():
         return "tiff-folder"
     suf = path.suffix.lower()
-    for kind, sufs in (("mrc", MRC_SUFFIXES), ("h5", H5_SUFFIXES), ("tiff", TIFF_SUFFIXES)):
+    for kind, sufs in (("mrc", MRC_SUFFIXES), ("h5", H5_SUFFIXES), ("tiff", TIFF_SUFFIXES), ("em", EM_SUFFIXES)):
         if suf in sufs:
             return kind
-    raise FormatError(f"unknown volume format {suf!r} (expected MRC, HDF5, TIFF, a TIFF folder or Zarr)", path)
+    raise FormatError(f"unknown volume format {suf!r} (expected MRC, HDF5, TIFF, TOM .em, a TIFF folder or Zarr)", path)
 
 
 _kind = volume_kind  # the old private name, still imported by ops/tirf.py until it moves to workflows
 
 
 def open_source(path, *, dataset=None, level=0):
-    """Open ``path`` lazily: ``(array-like or dask array, meta)``, meta holding dims, voxel_size, attrs."""
+    """Open ``path`` lazily: ``(array-like or dask array, meta)``.
+
+    ``meta`` holds ``dims``, ``voxel_size`` (Å), ``attrs`` and, where the file records one,
+    ``origin`` (Å position of voxel ``[0, 0, 0]``, ``z, y, x``; also ``attrs["origin"]`` as a list).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> p = write_volume(np.zeros((2, 3, 4), np.float32), Path(tempfile.mkdtemp()) / "t.mrc", voxel_size=2.0)
+    >>> src, meta = open_source(p)
+    >>> src.shape, meta["dims"], meta["attrs"]["origin"]
+    ((2, 3, 4), ('z', 'y', 'x'), [0.0, 0.0, 0.0])
+    """
     path = Path(path)
     if not path.exists():
         raise MissingError("no such file or folder", path)
@@ -72,9 +85,13 @@ def open_source(path, *, dataset=None, level=0):
         src, meta = read_h5(path, dataset)
     elif kind == "tiff":
         src, meta = read_tiff_stack(path)
+    elif kind == "em":
+        src, meta = read_em(path)
     else:
         src, meta = read_tiff_folder(path)
     meta.setdefault("attrs", {})
+    if meta.get("origin") is not None:  # where convert finds it (it reads meta, not open_volume's attrs)
+        meta["attrs"]["origin"] = [float(v) for v in meta["origin"]]
     if level:
         raise FormatError(f"level {level} requested, but only Zarr stores hold several levels", path)
     return src, meta
@@ -92,7 +109,7 @@ def open_volume(path, *, dataset=None, level=0, chunks=None, check_finite=False)
     Parameters
     ----------
     path : str or Path
-        ``.mrc/.rec/.map/.st`` (memory-mapped), ``.h5/.hdf5``, a ``.tif`` stack, a folder of
+        ``.mrc/.rec/.map/.st`` and TOM/PyTOM ``.em`` (memory-mapped), ``.h5/.hdf5``, a ``.tif`` stack, a folder of
         TIFF frames (a movie, dims ``t, y, x``) or a ``.zarr`` store (a plain array or an
         OME-Zarr multiscale group, NGFF 0.4 or 0.5).
     dataset : str, optional
@@ -175,7 +192,7 @@ def _as_dask(array):
 
 def write_volume(array, path, *, voxel_size=None, levels=3, chunks=None, overwrite=False, label=None,
                  dataset="dataset", ngff="0.4"):
-    """Write a volume (numpy, dask or xarray) to ``.mrc``, ``.h5`` or an OME-Zarr ``.zarr`` store.
+    """Write a volume (numpy, dask or xarray) to ``.mrc``, ``.em``, ``.h5`` or an OME-Zarr ``.zarr`` store.
 
     Dask input is written block by block and never gathered whole. Files are
     written under a temporary name and renamed; Zarr stores get their completion
@@ -246,10 +263,17 @@ def write_volume(array, path, *, voxel_size=None, levels=3, chunks=None, overwri
             value_range = (int(lo), int(hi))
         write_mrc(computed, path, voxel_size=voxel_size, block_slices=blocks, value_range=value_range,
                   origin=attrs.get("origin"), nstart=attrs.get("mrc_nstart"))
+    elif suf in EM_SUFFIXES:
+        value_range = None
+        if data.dtype.kind in "iu" and data.dtype.itemsize >= 4:
+            lo, hi = da.compute(data.min(), data.max()) if data.size else (0, 0)
+            value_range = (int(lo), int(hi))
+        em_dtype(data.dtype, value_range, path)  # refuse before anything is written
+        write_em(computed, path, voxel_size=voxel_size, block_slices=blocks, value_range=value_range)
     elif suf in H5_SUFFIXES:
         write_h5(computed, path, voxel_size=voxel_size, dataset=dataset, block_slices=blocks)
     else:
-        raise FormatError(f"cannot write {suf!r}; use .mrc, .h5 or .zarr", path)
+        raise FormatError(f"cannot write {suf!r}; use .mrc, .em, .h5 or .zarr", path)
     return path
 
 
