@@ -410,3 +410,19 @@ def test_mesh_class_name_that_is_only_dots_refused(tmp_path):
         export_meshes(arr, tmp_path / "o")
     _one_line(e)
     assert not list(tmp_path.rglob("*.obj"))
+
+
+# --- item 13: bad outputs -----------------------------------------------------------------------
+
+def test_write_volume_bad_outputs(tmp_path, vol):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ValueProblem, match="output folder") as e:
+        tc.write_volume(vol, tmp_path / "afile" / "out.mrc")
+    _one_line(e, tmp_path / "afile")
+    (tmp_path / "dir.mrc").mkdir()
+    with pytest.raises(TomochunkError, match="folder") as e:
+        tc.write_volume(vol, tmp_path / "dir.mrc", overwrite=True)
+    _one_line(e, tmp_path / "dir.mrc")
+    out = tc.write_volume(vol, tmp_path / "new" / "deeper" / "v.mrc")  # a missing parent is made
+    with mrcfile.open(out) as m:
+        np.testing.assert_array_equal(m.data, vol)

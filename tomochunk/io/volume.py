@@ -10,7 +10,7 @@ import xarray as xr
 
 from .._blocks import block_slices
 from .._log import get_logger
-from ..errors import ExistsError, FormatError, MissingError, ShapeError
+from ..errors import ExistsError, FormatError, MissingError, ShapeError, ValueProblem
 from ._source import check_chunks, check_voxel_size, warn
 from .em import EM_SUFFIXES, em_dtype, read_em, write_em
 from .h5 import H5_SUFFIXES, read_h5, write_h5
@@ -250,8 +250,14 @@ def write_volume(array, path, *, voxel_size=None, levels=3, chunks=None, overwri
         stats = w.write(lambda region: data[region].compute())
         w.finish(stats=stats)
         return path
+    if path.is_dir():
+        raise ExistsError(f"output is a folder; {suf} output must be a file", path)
     if path.exists() and not overwrite:
         raise ExistsError("output exists; pass overwrite=True to replace it", path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file where a folder should be, no permission, ...
+        raise ValueProblem(f"cannot create the output folder ({exc.strerror or exc})", path.parent) from None
     if data.ndim != 3:
         raise ShapeError(f"{suf} holds 3D volumes, got {data.ndim}D", path)
     blocks = [sl for _, sl in block_slices(data.chunks)]
