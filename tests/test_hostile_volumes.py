@@ -426,3 +426,11 @@ def test_write_volume_bad_outputs(tmp_path, vol):
     out = tc.write_volume(vol, tmp_path / "new" / "deeper" / "v.mrc")  # a missing parent is made
     with mrcfile.open(out) as m:
         np.testing.assert_array_equal(m.data, vol)
+
+
+def test_write_volume_transposes_dataarray_in_xyz_order(tmp_path, vol):
+    arr = xr.DataArray(vol.transpose(2, 1, 0), dims=("x", "y", "z"), attrs={"voxel_size": 3.0})
+    for name in ("t.mrc", "t.zarr"):
+        v = tc.open_volume(tc.write_volume(arr, tmp_path / name))
+        assert v.dims == ("z", "y", "x")
+        np.testing.assert_array_equal(v.values, vol)

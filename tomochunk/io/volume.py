@@ -176,9 +176,18 @@ def open_volume(path, *, dataset=None, level=0, chunks=None, check_finite=False)
     return out
 
 
+_AXIS_ORDER = "tczyx"
+
+
 def _as_dask(array):
     """(dask array, dims, voxel_size, attrs) from numpy, dask or xarray input."""
     if isinstance(array, xr.DataArray):
+        names = [str(d).lower() for d in array.dims]
+        if len(set(names)) == len(names) and set(names) <= set(_AXIS_ORDER):
+            # files store z, y, x: a DataArray in another axis order is transposed, never written as is
+            order = sorted(range(len(names)), key=lambda i: _AXIS_ORDER.index(names[i]))
+            array = array.transpose(*[array.dims[i] for i in order])
+            array = array.rename({d: str(d).lower() for d in array.dims})
         dims, attrs = tuple(array.dims), dict(array.attrs)
         data = array.data
     else:
