@@ -33,8 +33,12 @@ def list_frames(folder) -> list[Path]:
 
     Examples
     --------
-    >>> list_frames("movie_frames/")  # doctest: +SKIP
-    [PosixPath('movie_frames/f0.tif'), PosixPath('movie_frames/f1.tif'), ...]
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp())
+    >>> for name in ("f10.tif", "f9.tif", "f11.tif"):
+    ...     _ = (d / name).write_bytes(b"")
+    >>> [p.name for p in list_frames(d)]
+    ['f9.tif', 'f10.tif', 'f11.tif']
     """
     folder = Path(folder)
     files = sorted((p for p in folder.iterdir() if p.is_file() and is_tiff(p)), key=lambda p: _natural_key(p.name))
