@@ -7,11 +7,15 @@ each worker opens the file itself.
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
+import re
 import warnings
 
 import numpy as np
+
+from ..errors import FormatError, ValueProblem
 
 
 class TomochunkWarning(UserWarning):
@@ -19,6 +23,16 @@ class TomochunkWarning(UserWarning):
 
 
 def warn(message: str, path=None) -> None:
+    """Warn with a :class:`TomochunkWarning` whose message starts with the file name.
+
+    Examples
+    --------
+    >>> with warnings.catch_warnings(record=True) as w:
+    ...     warnings.simplefilter("always")
+    ...     warn("zero machine stamp", "t.mrc")
+    >>> str(w[0].message)
+    't.mrc: zero machine stamp'
+    """
     where = f"{path}: " if path is not None else ""
     warnings.warn(where + message, TomochunkWarning, stacklevel=3)
 
@@ -123,8 +137,6 @@ class MemmapSource(Source):
                     start = self.offset + (zk[0] * ny + y0) * row
                     stop = start + (len(zk) - 1) * plane + span
                     if stop > size:
-                        from ..errors import FormatError
-
                         raise FormatError("file ended early (truncated?)", self.path)
                     base = start - start % mmap.ALLOCATIONGRANULARITY
                     # MAP_POPULATE maps the cached pages in one call: ~15% faster than faulting them in
@@ -135,3 +147,142 @@ class MemmapSource(Source):
                         out[i:i + len(zk)] = v[:, yr.start - y0::yr.step, xs]
                         del v  # the window cannot close while a view exports its buffer
         return out if self.ndim == 3 else out[0]
+
+
+def slabs(shape, nbytes=256 << 20, itemsize=4):
+    """Slices of whole z slabs of about ``nbytes`` each, covering ``shape`` (the default write blocks).
+
+    Examples
+    --------
+    >>> slabs((5, 1024, 1024), nbytes=8 << 20)
+    [(slice(0, 2, None),), (slice(2, 4, None),), (slice(4, 5, None),)]
+    """
+    step = max(1, nbytes // max(1, int(np.prod(shape[1:])) * itemsize))
+    return [(slice(z, min(z + step, shape[0])),) for z in range(0, shape[0], step)]
+
+
+def check_voxel_size(value, what="voxel_size", path=None) -> float:
+    """``value`` as a positive, finite float in Å, or a one-line :class:`ValueProblem`.
+
+    Examples
+    --------
+    >>> check_voxel_size("7.5")
+    7.5
+    >>> check_voxel_size(0)
+    Traceback (most recent call last):
+    ...
+    tomochunk.errors.ValueProblem: voxel_size must be a positive, finite number of Å, got 0
+    """
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueProblem(f"{what} must be a positive, finite number of Å, got {value!r}", path) from None
+    if not math.isfinite(v) or v <= 0:
+        raise ValueProblem(f"{what} must be a positive, finite number of Å, got {value!r}", path)
+    return v
+
+
+_UNIT = re.compile(r"^\s*([-+0-9.eE]+|nan|inf)\s*(a|å|angstroms?|nm|nanometers?|um|µm|μm|micrometers?)?\s*$",
+                   re.IGNORECASE)
+_TO_ANGSTROM = {"a": 1.0, "å": 1.0, "nm": 10.0, "um": 1e4, "µm": 1e4, "μm": 1e4}
+
+
+def parse_voxel_size(value, path, what="voxel_size"):
+    """A voxel size stored in a file (number, array, or text with a unit: ``"10 A"``, ``"1.2 nm"``) in Å.
+
+    ``None`` stays ``None`` (not recorded). Anything that is not a positive, finite length
+    raises :class:`FormatError` naming the file and the attribute.
+
+    Examples
+    --------
+    >>> parse_voxel_size("10 A", "t.h5"), parse_voxel_size(b"1.2 nm", "t.h5"), parse_voxel_size([4.0], "t.h5")
+    (10.0, 12.0, 4.0)
+    >>> parse_voxel_size("ten", "t.h5")
+    Traceback (most recent call last):
+    ...
+    tomochunk.errors.FormatError: t.h5: voxel_size attribute 'ten' is not a length (expected e.g. 10 or '10 A')
+    """
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if isinstance(value, np.ndarray) and value.dtype.kind in "SUO":
+        value = value.ravel()[0] if value.size else ""
+        value = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    scale = 1.0
+    if isinstance(value, str):
+        m = _UNIT.match(value)
+        if not m:
+            raise FormatError(f"{what} attribute {value!r} is not a length (expected e.g. 10 or '10 A')", path)
+        unit = (m.group(2) or "a").lower()
+        unit = "a" if unit.startswith("angstrom") else "nm" if unit.startswith("nanometer") else \
+            "um" if unit.startswith("micrometer") else unit
+        number, scale = m.group(1), _TO_ANGSTROM[unit]
+    else:
+        flat = np.ravel(np.asarray(value))
+        if flat.size == 0 or flat.dtype.kind not in "iuf":
+            raise FormatError(f"{what} attribute {value!r} is not a length (expected e.g. 10 or '10 A')", path)
+        if flat.size > 1 and not np.allclose(flat, flat[0]):
+            warn(f"anisotropic {what} {flat.tolist()}; using {float(flat[-1])} (x)", path)
+        number = flat[-1]
+    try:
+        v = float(number) * scale
+    except ValueError:
+        raise FormatError(f"{what} attribute {value!r} is not a length", path) from None
+    if not math.isfinite(v) or v <= 0:
+        raise FormatError(f"{what} attribute {value!r} is not a positive, finite length", path)
+    return v
+
+
+def check_chunks(chunks, ndim, what="chunks"):
+    """``None``, or a tuple of ``ndim`` positive ints (one int is used for every axis); else ValueProblem.
+
+    Examples
+    --------
+    >>> check_chunks(64, 3), check_chunks((8, 16, 16), 3), check_chunks(None, 3)
+    ((64, 64, 64), (8, 16, 16), None)
+    >>> check_chunks(-8, 3)
+    Traceback (most recent call last):
+    ...
+    tomochunk.errors.ValueProblem: chunks must be positive integers, got -8
+    """
+    if chunks is None:
+        return None
+    items = (chunks,) * ndim if isinstance(chunks, (int, np.integer)) else tuple(chunks)
+    try:
+        ok = len(items) == ndim and all(int(c) == c and int(c) > 0 for c in items)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueProblem(f"{what} must be positive integers, got {chunks!r}"
+                           + ("" if len(items) == ndim else f" (expected {ndim} values or one)"))
+    return tuple(int(c) for c in items)
+
+
+class TransposedSource(Source):
+    """A lazy axis permutation of another source: ``out[k]`` is ``inner`` axis ``perm[k]``.
+
+    Used for MRC files whose ``mapc, mapr, maps`` are not ``1, 2, 3``: the file is
+    read in its own order and each block is transposed to ``[z, y, x]``.
+
+    Examples
+    --------
+    >>> class Arr(Source):
+    ...     def __init__(self, a): self.a, self.shape, self.dtype = a, a.shape, a.dtype
+    ...     def read(self, key): return self.a[key]
+    >>> a = np.arange(24).reshape(2, 3, 4)
+    >>> t = TransposedSource(Arr(a), (2, 1, 0))
+    >>> t.shape, bool((t[1:3, :, 0:1] == a.transpose(2, 1, 0)[1:3, :, 0:1]).all())
+    ((4, 3, 2), True)
+    """
+
+    def __init__(self, inner, perm):
+        self.inner, self.perm = inner, tuple(int(p) for p in perm)
+        self.shape = tuple(inner.shape[p] for p in self.perm)
+        self.dtype = np.dtype(inner.dtype)
+
+    def read(self, key):
+        inner_key = [None] * len(self.perm)
+        for k, p in enumerate(self.perm):
+            inner_key[p] = key[k]
+        return np.ascontiguousarray(self.inner.read(tuple(inner_key)).transpose(self.perm))

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FormatError, ShapeError
-from ._source import Source
+from ._source import Source, parse_voxel_size, slabs
 
 H5_SUFFIXES = (".h5", ".hdf5", ".hdf")
 DEFAULT_DATASET = "dataset"
@@ -38,7 +38,19 @@ def read_h5(path, dataset=None):
     """Open one dataset of an HDF5 file lazily.
 
     The dataset is ``dataset`` when given, else the one named ``dataset``
-    (DeepFinder), else the single 3D dataset of the file.
+    (DeepFinder), else the single 3D dataset of the file. The voxel size comes from a
+    ``voxel_size`` attribute of the dataset, else of the file (a number in Å, or text
+    with a unit such as ``"10 A"`` or ``"1 nm"``), else 1.
+
+    Examples
+    --------
+    >>> import h5py, tempfile
+    >>> p = Path(tempfile.mkdtemp()) / "t.h5"
+    >>> with h5py.File(p, "w") as f:
+    ...     f["dataset"] = np.zeros((2, 3, 4), np.float32); f["dataset"].attrs["voxel_size"] = "10 A"
+    >>> src, meta = read_h5(p)
+    >>> src.shape, meta["voxel_size"]
+    ((2, 3, 4), 10.0)
     """
     import h5py
 
@@ -65,8 +77,9 @@ def read_h5(path, dataset=None):
         d = f[dataset]
         if d.ndim != 3:
             raise ShapeError(f"dataset {dataset!r} is {d.ndim}D {d.shape}, expected a 3D volume", path)
-        vs = d.attrs.get("voxel_size", f.attrs.get("voxel_size", 1.0))
-        meta = {"voxel_size": float(np.ravel(vs)[0]), "dims": ("z", "y", "x"), "dataset": dataset}
+        # a dataset attribute wins over a file attribute; text with a unit ("10 A") is parsed
+        vs = parse_voxel_size(d.attrs.get("voxel_size", f.attrs.get("voxel_size")), path)
+        meta = {"voxel_size": vs or 1.0, "dims": ("z", "y", "x"), "dataset": dataset}
         return H5Source(path, dataset, d.shape, d.dtype), meta
 
 
@@ -74,14 +87,12 @@ def write_h5(array, path, *, voxel_size=None, dataset=DEFAULT_DATASET, block_sli
     """Write a 3D array to ``dataset`` of an HDF5 file, block by block, through a temporary name."""
     import h5py
 
-    from .mrc import _slabs
-
     path = Path(path)
     tmp = path.with_name(f".{path.name}.partial")
     with h5py.File(tmp, "w") as f:
         chunks = tuple(min(64, s) for s in array.shape) if all(array.shape) else None
         d = f.create_dataset(dataset, shape=array.shape, dtype=array.dtype, chunks=chunks)
-        for sl in (block_slices or _slabs(array.shape)):
+        for sl in (block_slices or slabs(array.shape)):
             d[sl] = np.asarray(array[sl])
         if voxel_size:
             d.attrs["voxel_size"] = float(voxel_size)

@@ -148,11 +148,27 @@ def mark_complete(path, **extra) -> None:
 def read_multiscale(path, level=0, *, check=True):
     """Open one level of an OME-Zarr multiscale group, or a plain Zarr array.
 
+    Axis names are matched to ``t, c, z, y, x`` whatever their case and order
+    (``X``, ``x, y, z``, ``tczyx``), and the array is transposed lazily to that
+    order, so ``dims`` is always ``(z, y, x)``, ``(t, y, x)``, ``(c, z, y, x)`` or
+    similar; time and channel axes of length 1 are dropped. Unknown axis names
+    are refused.
+
     Returns
     -------
     array : dask.array.Array
     meta : dict
-        ``dims``, ``voxel_size`` (Å, of that level), ``attrs`` (group attributes).
+        ``dims``, ``voxel_size`` (Å, of that level), ``origin`` (the level's translation
+        of the spatial axes, ``z, y, x`` Å, where the store has one), ``attrs`` (group attributes).
+
+    Examples
+    --------
+    >>> import tempfile, zarr
+    >>> p = Path(tempfile.mkdtemp()) / "a.zarr"
+    >>> a = zarr.create_array(str(p), shape=(4, 3, 2), dtype="f4", dimension_names=("x", "y", "z"))
+    >>> arr, meta = read_multiscale(p, check=False)
+    >>> arr.shape, meta["dims"]
+    ((2, 3, 4), ('z', 'y', 'x'))
     """
     import dask.array as da
     import zarr
@@ -171,7 +187,8 @@ def read_multiscale(path, level=0, *, check=True):
         attrs = node.attrs.asdict()
         dims = tuple(dims or attrs.get("_ARRAY_DIMENSIONS") or _dims_for(node.ndim, path))
         vs = float(attrs.get("voxel_size", 1.0))
-        return da.from_zarr(node), {"dims": dims, "voxel_size": vs, "attrs": attrs}
+        arr, dims, _ = _canonical_axes(da.from_zarr(node), dims, path)
+        return arr, {"dims": dims, "voxel_size": vs, "attrs": attrs}
     ome, version = ome_attrs(node)
     ms = ome.get("multiscales")
     if not ms:
@@ -187,15 +204,64 @@ def read_multiscale(path, level=0, *, check=True):
     dims = tuple(a["name"] if isinstance(a, dict) else a for a in ms.get("axes", [])) or None
     arr = node[ds["path"]]
     dims = dims or _dims_for(arr.ndim, path)
-    scale = next((t["scale"] for t in ds.get("coordinateTransformations", []) if t["type"] == "scale"),
-                 [1.0] * arr.ndim)
-    space = [s for s, d in zip(scale, dims) if _TYPES.get(d) == "space"]
-    vs = float(space[-1]) if space else 1.0
+    if len(dims) != arr.ndim:
+        raise FormatError(f"multiscales axes {list(dims)} do not match the {arr.ndim}D array "
+                          f"{ds['path']!r}", path)
+    # NGFF: the dataset's transforms apply first, then the multiscale's; a scale scales what came before
+    transforms = list(ds.get("coordinateTransformations", [])) + list(ms.get("coordinateTransformations", []))
+    scale, translation = np.ones(arr.ndim), np.zeros(arr.ndim)
+    for t in transforms:
+        if t.get("type") == "scale" and "scale" in t:
+            scale, translation = scale * np.asarray(t["scale"], float), translation * np.asarray(t["scale"], float)
+        elif t.get("type") == "translation" and "translation" in t:
+            translation = translation + np.asarray(t["translation"], float)
+    data, dims_out, perm = _canonical_axes(da.from_zarr(arr), dims, path)
+    names = [str(dims[p]).lower() for p in perm]
+    scale, translation = scale[list(perm)], translation[list(perm)]
+    unit = {str(a.get("name", "")).lower(): a.get("unit") for a in ms.get("axes", []) if isinstance(a, dict)}
+    factor = {d: _ANGSTROM_PER.get(str(unit.get(d) or "angstrom").lower(), 1.0) for d in "zyx"}
+    space = {d: float(s) * factor[d] for d, s in zip(names, scale) if d in "zyx"}
+    vs = space.get("x", next(iter(space.values()), 1.0))
+    # per-axis scale and translation of this level, aligned with ``dims``, spatial axes in Å
+    meta = {"dims": dims_out, "voxel_size": vs, "levels": len(datasets),
+            "scale": [float(s) * factor.get(d, 1.0) for d, s in zip(names, scale)],
+            "translation": [float(t) * factor.get(d, 1.0) for d, t in zip(names, translation)]}
+    shift = {d: float(t) * factor[d] for d, t in zip(names, translation) if d in "zyx"}
     attrs = node.attrs.asdict()
     attrs.pop("ome", None)
     attrs.pop("multiscales", None)
     attrs["ngff_version"] = version
-    return da.from_zarr(arr), {"dims": tuple(dims), "voxel_size": vs, "attrs": attrs, "levels": len(datasets)}
+    if any(shift.values()):
+        meta["origin"] = tuple(shift.get(d, 0.0) for d in "zyx" if d in shift)
+        attrs["origin"] = list(meta["origin"])
+    meta["attrs"] = attrs
+    return data, meta
+
+
+#: NGFF spatial units -> Å (voxel sizes and translations are kept in Å)
+_ANGSTROM_PER = {"angstrom": 1.0, "nanometer": 10.0, "micrometer": 1e4, "millimeter": 1e7, "meter": 1e10,
+                 "picometer": 0.01}
+_AXIS_ORDER = "tczyx"
+
+
+def _canonical_axes(arr, dims, path):
+    """``(array, dims, perm)`` with the axes renamed to lower case, put in ``t, c, z, y, x`` order
+    (lazily) and length-1 ``t``/``c`` axes dropped; ``perm`` lists the kept source axes."""
+    names = [str(d).lower() for d in dims]
+    if len(names) != arr.ndim:
+        raise FormatError(f"axes {list(dims)} do not match the {arr.ndim}D array", path)
+    unknown = [d for d in names if d not in _AXIS_ORDER]
+    if unknown or len(set(names)) != len(names):
+        raise FormatError(f"axes {list(dims)} are not distinct names among t, c, z, y, x", path)
+    perm = sorted(range(len(names)), key=lambda i: _AXIS_ORDER.index(names[i]))
+    if perm != list(range(len(names))):
+        log.info("%s: axes %s read as %s", path, list(dims), [names[i] for i in perm])
+        arr = arr.transpose(perm)
+    keep = [k for k, i in enumerate(perm) if not (names[i] in "tc" and arr.shape[k] == 1 and arr.ndim > 3)]
+    if len(keep) != arr.ndim:
+        arr = arr[tuple(slice(None) if k in keep else 0 for k in range(arr.ndim))]
+    perm = [perm[k] for k in keep]
+    return arr, tuple(names[i] for i in perm), perm
 
 
 def _dims_for(ndim, path):
