@@ -165,3 +165,14 @@ def _parse_columns(df, p, lines_no):
         if got:
             raise FormatError(f"column(s) {', '.join(got)} but not all of phi, psi, the", p, line=1)
     return df
+
+
+def _check_complete(text, p):
+    """Refuse a text list whose last line has no line end: a write that stopped partway.
+
+    Every writer here ends its last line; a file without that end was cut
+    short (or written by a tool that would then have lost its last row too).
+    """
+    if text and not text.endswith(("\n", "\r")):
+        raise FormatError("truncated: the last line has no line end (was the write interrupted?)", p,
+                          line=text.count("\n") + 1)

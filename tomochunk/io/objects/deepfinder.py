@@ -4,20 +4,27 @@ XML: ``<objlist>`` root, children ``<object tomo_idx= obj_id= class_label=
 x= y= z= psi= phi= the= cluster_size=/>``; only ``class_label, x, y, z``
 are required. CSV: header ``tomo_idx,class_label,x,y,z`` and optional
 ``obj_id,psi,phi,the,cluster_size``, read as UTF-8 with or without a BOM.
+
+DeepFinder's ``read_xml`` casts ``tomo_idx`` with ``int()``, so tomogram
+names are written as indices 0, 1, ... and the names are kept beside the
+list in ``<list>.tomos.json`` (:func:`tomo_map_path`), which the readers
+apply, so names round-trip.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import re
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pandas as pd
 
 from ...errors import FormatError, ValueProblem
-from ._common import (atomic, _ANGLES, _fmt, _int_like_str, _isna, _num, _parse_columns, _read_text, _rename_known,
+from ._common import (atomic, _ANGLES, _check_complete, _fmt, _int_like_str, _isna, _num, _parse_columns, _read_text, _rename_known,
                       _warn_unknown, empty_objects)
 
 #: Column map of the CSV and XML files: file column -> schema column.
@@ -28,6 +35,50 @@ _CSV_MAP = CSV_MAP
 _XML_MAP = dict(CSV_MAP)
 
 
+def tomo_map_path(path) -> Path:
+    """The file beside a DeepFinder list that maps its integer ``tomo_idx`` to tomogram names.
+
+    Examples
+    --------
+    >>> tomo_map_path("out/picks.xml").as_posix()
+    'out/picks.xml.tomos.json'
+    """
+    p = Path(path)
+    return p.with_name(p.name + ".tomos.json")
+
+
+def _index_tomos(df, p):
+    """Replace tomogram names by indices (order of first appearance); write or clear the name map."""
+    side = tomo_map_path(p)
+    if "tomo" not in df.columns or pd.api.types.is_integer_dtype(df["tomo"]):
+        if side.exists():
+            side.unlink()  # a stale map would rename this list's indices
+        return df
+    names = list(dict.fromkeys(df["tomo"]))
+    index = {n: i for i, n in enumerate(names)}
+    out = df.copy()
+    out["tomo"] = df["tomo"].map(index).astype("int64")
+    doc = {"about": f"tomochunk: tomogram names of the integer tomo_idx in {p.name}",
+           "tomograms": {str(i): str(n) for n, i in index.items()}}
+    with atomic(side) as tmp:
+        tmp.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    return out
+
+
+def _name_tomos(df, p):
+    """Apply the name map beside ``p`` (if any) to integer tomogram indices."""
+    side = tomo_map_path(p)
+    if "tomo" not in df.columns or not side.exists():
+        return df
+    try:
+        names = json.loads(side.read_text(encoding="utf-8"))["tomograms"]
+        names = {int(k): str(v) for k, v in names.items()}
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise FormatError("not a tomogram name map (expected {\"tomograms\": {\"0\": name, ...}})", side) from None
+    df["tomo"] = [names.get(v, v) if isinstance(v, int) else v for v in df["tomo"]]
+    return df
+
+
 def read_xml(p, **kw):
     text = _read_text(p)
     if not text.strip():
@@ -35,6 +86,9 @@ def read_xml(p, **kw):
     try:
         root = ET.fromstring(p.read_bytes())
     except ET.ParseError as e:
+        if "<objlist" in text and "</objlist>" not in text:
+            raise FormatError("truncated: no closing </objlist> (was the write interrupted?)", p,
+                              line=e.position[0]) from None
         raise FormatError(f"malformed XML ({e})", p, line=e.position[0]) from None
     if root.tag != "objlist":
         raise FormatError(f"root element is <{root.tag}>, expected <objlist> (DeepFinder object list)", p, line=1)
@@ -82,7 +136,7 @@ def read_xml(p, **kw):
             df.attrs["voxel_size"] = float(vs)
         except ValueError:
             raise FormatError(f"<objlist voxel_size={vs!r}> is not a number", p, line=1) from None
-    return df
+    return _name_tomos(df, p)
 
 
 def _find_tags(text, tag):
@@ -90,6 +144,7 @@ def _find_tags(text, tag):
 
 
 def write_xml(df, p, **kw):
+    df = _index_tomos(df, p)
     root = ET.Element("objlist")
     if df.attrs.get("voxel_size") is not None:
         root.set("voxel_size", _fmt(float(df.attrs["voxel_size"])))
@@ -117,6 +172,7 @@ def read_csv(p, **kw):
     lines = text.splitlines()
     if not any(l.strip() for l in lines):
         raise FormatError("empty file (expected a header line tomo_idx,class_label,x,y,z)", p)
+    _check_complete(text, p)
     reader = csv.reader(io.StringIO(text))
     header = [h.strip() for h in next(reader)]
     # pandas' to_csv without index=False adds a first, unnamed index column: not data.
@@ -126,6 +182,9 @@ def read_csv(p, **kw):
     miss = [c for c in ("x", "y", "z") if c not in header]
     if miss:
         raise FormatError(f"header lacks column(s) {', '.join(miss)}", p, line=1)
+    dup = sorted({h for h in header if header.count(h) > 1})
+    if dup:
+        raise FormatError(f"duplicated column(s) {', '.join(dup)} in the header", p, line=1)
     rows = []
     for n, rec in enumerate(reader, start=2):
         if not rec or all(not c.strip() for c in rec):
@@ -139,10 +198,11 @@ def read_csv(p, **kw):
     lines_no = [n for n, _ in rows]
     df = pd.DataFrame(data)
     df = _rename_known(df, _CSV_MAP, p)
-    return _parse_columns(df, p, lines_no)
+    return _name_tomos(_parse_columns(df, p, lines_no), p)
 
 
 def write_csv(df, p, **kw):
+    df = _index_tomos(df, p)
     inv = {"tomo": "tomo_idx", "size": "cluster_size"}
     out = df.copy()
     if "tomo" not in out.columns:
