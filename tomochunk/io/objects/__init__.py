@@ -35,9 +35,10 @@ from ..._geometry import euler_to_matrix, matrix_to_euler, relion_to_tom, tom_to
 from ..._schema import COLUMNS, empty_objects, validate_objects
 from ...errors import ExistsError, MissingError, ValueProblem
 from . import copick, deepfinder, excel, star, text
+from .copick import write_copick
 from ._common import _check_file, log
 
-__all__ = ["read_objects", "write_objects", "empty_objects", "validate_objects",
+__all__ = ["read_objects", "write_objects", "write_copick", "empty_objects", "validate_objects",
            "COLUMNS", "FORMATS", "euler_to_matrix", "matrix_to_euler",
            "tom_to_relion", "relion_to_tom"]
 
