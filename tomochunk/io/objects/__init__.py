@@ -18,6 +18,9 @@ tsv       .tsv         Ais: integer ``x<TAB>y<TAB>z``, no header (text)
 json      .json        copick picks, locations in Å (copick)
 txt       .txt         cet_pick ``x y z [score]``, one file per tomogram (text)
 xlsx      .xlsx        DeepFinder Excel sheet, columns A-J (excel)
+tbl       .tbl         Dynamo table, via dynamotable; names in ``<table>.doc`` (dynamo)
+mod       .mod         IMOD model, via imodmodel; one IMOD object per class (imod)
+cet_pick_coords        cet_pick training coordinate list ``image_name x_coord ...`` (cetpick)
 ========  ===========  ==========================================================
 
 A new format is one new module with ``read(path, **kw)`` and
@@ -34,12 +37,13 @@ from pathlib import Path
 from ..._geometry import euler_to_matrix, matrix_to_euler, relion_to_tom, tom_to_relion
 from ..._schema import COLUMNS, empty_objects, validate_objects
 from ...errors import ExistsError, MissingError, ValueProblem
-from . import copick, deepfinder, excel, star, text
+from . import cetpick, copick, deepfinder, dynamo, excel, imod, star, text
+from .cetpick import read_image_list, write_image_list
 from .copick import write_copick
 from ._common import _check_file, log
 
 __all__ = ["read_objects", "write_objects", "write_copick", "empty_objects", "validate_objects",
-           "COLUMNS", "FORMATS", "euler_to_matrix", "matrix_to_euler",
+           "write_image_list", "read_image_list", "COLUMNS", "FORMATS", "euler_to_matrix", "matrix_to_euler",
            "tom_to_relion", "relion_to_tom"]
 
 #: The one table of formats: name -> (reader, writer, extensions, other names).
@@ -51,6 +55,9 @@ _REGISTRY = {
     "json": (copick.read_json, copick.write_json, (".json",), ("copick",)),
     "txt": (text.read_txt, text.write_txt, (".txt",), ("cet_pick",)),
     "xlsx": (excel.read_xlsx, excel.write_xlsx, (".xlsx",), ("excel",)),
+    "tbl": (dynamo.read_tbl, dynamo.write_tbl, (".tbl",), ("dynamo",)),
+    "mod": (imod.read_mod, imod.write_mod, (".mod",), ("imod",)),
+    "cet_pick_coords": (cetpick.read_coords, cetpick.write_coords, (), ("cetpick_coords", "milopyp")),
 }
 
 #: Extension -> format name.
@@ -81,9 +88,9 @@ def read_objects(path, *, format=None, voxel_size=None, classes=None, **kw):
     ----------
     path : path-like
         The file; its extension picks the format unless ``format`` is given.
-    format : {"xml", "csv", "star", "tsv", "json", "txt", "xlsx"}, optional
+    format : {"xml", "csv", "star", "tsv", "json", "txt", "xlsx", "tbl", "mod", "cet_pick_coords"}, optional
         Also accepted: "deepfinder", "exodeepfinder", "relion", "ais",
-        "copick", "cet_pick", "excel".
+        "copick", "cet_pick", "excel", "dynamo", "imod", "milopyp".
     voxel_size : float, optional
         Voxel size in Å for ``attrs["voxel_size"]``; overrides the file's.
         Required with ``shape`` for centred-Å STAR files.
@@ -91,8 +98,9 @@ def read_objects(path, *, format=None, voxel_size=None, classes=None, **kw):
         ``{label: name}`` stored in ``attrs["classes"]`` (copick uses it to
         give the pickable object its label).
     **kw
-        Format options: ``shape=(z, y, x)`` (STAR centred Å), ``tomo=``
-        (tsv/txt: tomogram to record), ``class_label=`` (copick).
+        Format options: ``shape=(z, y, x)`` (STAR centred Å, when the file
+        does not carry it), ``tilt_series_pixel_size=`` (RELION 4 STAR),
+        ``tomo=`` (tsv/txt: tomogram to record), ``class_label=`` (copick).
 
     Returns
     -------
@@ -142,10 +150,13 @@ def write_objects(df, path, *, format=None, overwrite=True, **kw):
     overwrite : bool
         If False, refuse to replace an existing file.
     **kw
-        Format options: STAR ``coordinates="pixel"|"centered"``,
-        ``shape=(z, y, x)``, ``voxel_size=``; copick ``user_id``,
+        Format options: STAR ``coordinates="centered"`` (RELION 5, the
+        default; needs ``shape=(z, y, x)`` or ``df.attrs["shape"]``) or
+        ``"pixel"`` (RELION 4), ``tilt_series_pixel_size=``,
+        ``voxel_size=``, ``tomo_name=``; copick ``user_id``,
         ``session_id``, ``voxel_size``, ``pickable_object_name``,
-        ``run_name``.
+        ``run_name`` (a project layout: :func:`write_copick`); IMOD
+        ``shape=``; cet_pick coordinate list ``tomo=``.
 
     Returns
     -------

@@ -1,7 +1,8 @@
 """Plain-text coordinate lists: Ais TSV and cet_pick text.
 
 Ais TSV: integer ``x<TAB>y<TAB>z``, no header. cet_pick: ``x y z [score]``
-per line, one file per tomogram.
+per line, one file per tomogram (a ``.txt`` that starts with cet_pick's
+coordinate-list header is read by :mod:`.cetpick` instead).
 """
 
 from __future__ import annotations
@@ -10,11 +11,13 @@ import numpy as np
 import pandas as pd
 
 from ...errors import FormatError
-from ._common import atomic, _fmt, _read_text, _single, _warn_dropped, empty_objects
+from . import cetpick
+from ._common import _check_complete, _fmt, _read_text, _single, _warn_dropped, atomic, empty_objects
 
 
 def _read_columns_text(p, *, ncols, names, sep, fmt, tomo=None, **kw):
     text = _read_text(p)
+    _check_complete(text, p)
     rows = []
     for n, line in enumerate(text.splitlines(), start=1):
         s = line.strip()
@@ -54,6 +57,10 @@ def write_tsv(df, p, **kw):
 
 
 def read_txt(p, **kw):
+    with open(p, "rb") as fh:
+        first = fh.readline().decode("utf-8-sig", "replace").split()
+    if first[:1] == ["image_name"]:
+        return cetpick.read_coords(p, **kw)
     return _read_columns_text(p, ncols=(3, 4), names=("x", "y", "z", "score"), sep=None,
                               fmt="cet_pick x y z [score]", **kw)
 
