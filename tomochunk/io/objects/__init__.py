@@ -35,6 +35,7 @@ import os
 from pathlib import Path
 
 from ..._geometry import euler_to_matrix, matrix_to_euler, relion_to_tom, tom_to_relion
+from ..._names import inside, safe_name
 from ..._schema import COLUMNS, empty_objects, validate_objects
 from ...errors import ExistsError, MissingError, ValueProblem
 from . import cetpick, copick, deepfinder, dynamo, excel, imod, star, text
@@ -43,7 +44,7 @@ from .copick import write_copick
 from ._common import _check_file, log
 
 __all__ = ["read_objects", "write_objects", "write_copick", "empty_objects", "validate_objects",
-           "write_image_list", "read_image_list", "COLUMNS", "FORMATS", "euler_to_matrix", "matrix_to_euler",
+           "write_per_tomogram", "write_image_list", "read_image_list", "COLUMNS", "FORMATS", "euler_to_matrix", "matrix_to_euler",
            "tom_to_relion", "relion_to_tom"]
 
 #: The one table of formats: name -> (reader, writer, extensions, other names).
@@ -186,3 +187,58 @@ def write_objects(df, path, *, format=None, overwrite=True, **kw):
     _REGISTRY[fmt][1](df, p, **kw)  # each writer writes through _common.atomic
     log.debug("wrote %d objects to %s (%s)", len(df), p, fmt)
     return p
+
+
+def write_per_tomogram(df, folder, *, format="txt", suffix=None, overwrite=True, **kw):
+    """Write one file per tomogram, ``<folder>/<tomogram name><suffix>``, for formats that hold one tomogram.
+
+    Tomogram names come from data, so they pass through
+    :func:`tomochunk._names.safe_name`: a file never lands outside
+    ``folder``; two names that sanitise alike are refused.
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        Object list with a ``tomo`` column.
+    folder : path-like
+        Output folder (created).
+    format : str
+        Any format of :func:`write_objects` (default cet_pick ``txt``).
+    suffix : str, optional
+        File suffix; default the format's extension (``.txt``, ``.tsv``, ...).
+
+    Returns
+    -------
+    dict
+        ``{tomogram: path}``.
+
+    Examples
+    --------
+    >>> import tempfile, pandas as pd
+    >>> df = pd.DataFrame({"tomo": ["TS_01", "../TS_02"], "x": [1.0, 2], "y": [1.0, 2], "z": [1.0, 2]})
+    >>> out = write_per_tomogram(df, tempfile.mkdtemp(), format="tsv")
+    >>> sorted(p.name for p in out.values())
+    ['TS_01.tsv', 'TS_02.tsv']
+    """
+    fmt = _format_of(None, format)
+    df = validate_objects(df)
+    if "tomo" not in df.columns:
+        raise ValueProblem("write_per_tomogram: the object list has no 'tomo' column")
+    if suffix is None:
+        exts = _REGISTRY[fmt][2]
+        suffix = exts[0] if exts else ".txt"
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    names = {}
+    for tomo in dict.fromkeys(df["tomo"]):
+        name = safe_name(tomo, "tomogram name") + suffix
+        if name in names.values():
+            other = next(k for k, v in names.items() if v == name)
+            raise ValueProblem(f"tomograms {other!r} and {tomo!r} both give the file name {name}; rename one")
+        names[tomo] = name
+    out = {}
+    for tomo, part in df.groupby("tomo", sort=False):
+        part = part.reset_index(drop=True)
+        part.attrs = dict(df.attrs)
+        out[tomo] = write_objects(part, inside(names[tomo], folder), format=fmt, overwrite=overwrite, **kw)
+    return out

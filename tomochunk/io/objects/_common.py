@@ -8,6 +8,7 @@ writer goes through.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import warnings
 from pathlib import Path
@@ -46,6 +47,10 @@ def atomic(path):
     finally:
         if tmp.exists():
             tmp.unlink()
+    # Leftovers of earlier writes of this file that were killed (another pid): the list is whole now.
+    for old in p.parent.glob(f".{glob.escape(p.name)}.*.tmp{glob.escape(p.suffix)}"):
+        with contextlib.suppress(OSError):
+            old.unlink()
 
 
 def _warn_unknown(cols, path):
