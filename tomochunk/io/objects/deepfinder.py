@@ -47,22 +47,26 @@ def tomo_map_path(path) -> Path:
     return p.with_name(p.name + ".tomos.json")
 
 
-def _index_tomos(df, p):
-    """Replace tomogram names by indices (order of first appearance); write or clear the name map."""
-    side = tomo_map_path(p)
+def _index_tomos(df):
+    """Tomogram names replaced by indices (order of first appearance), and the ``{index: name}`` map."""
     if "tomo" not in df.columns or pd.api.types.is_integer_dtype(df["tomo"]):
-        if side.exists():
-            side.unlink()  # a stale map would rename this list's indices
-        return df
-    names = list(dict.fromkeys(df["tomo"]))
-    index = {n: i for i, n in enumerate(names)}
+        return df, None
+    index = {n: i for i, n in enumerate(dict.fromkeys(df["tomo"]))}
     out = df.copy()
     out["tomo"] = df["tomo"].map(index).astype("int64")
-    doc = {"about": f"tomochunk: tomogram names of the integer tomo_idx in {p.name}",
-           "tomograms": {str(i): str(n) for n, i in index.items()}}
+    return out, {str(i): str(n) for n, i in index.items()}
+
+
+def _write_tomo_map(names, p):
+    """Write the name map beside ``p`` (before the list itself), or remove a stale one."""
+    side = tomo_map_path(p)
+    if names is None:
+        if side.exists():
+            side.unlink()  # a stale map would rename this list's indices
+        return
+    doc = {"about": f"tomochunk: tomogram names of the integer tomo_idx in {p.name}", "tomograms": names}
     with atomic(side) as tmp:
         tmp.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
-    return out
 
 
 def _name_tomos(df, p):
@@ -144,7 +148,7 @@ def _find_tags(text, tag):
 
 
 def write_xml(df, p, **kw):
-    df = _index_tomos(df, p)
+    df, names = _index_tomos(df)
     root = ET.Element("objlist")
     if df.attrs.get("voxel_size") is not None:
         root.set("voxel_size", _fmt(float(df.attrs["voxel_size"])))
@@ -163,6 +167,7 @@ def write_xml(df, p, **kw):
                 continue
             el.set(inv.get(c, str(c)), _fmt(v))
     ET.indent(root)
+    _write_tomo_map(names, p)
     with atomic(p) as tmp:
         ET.ElementTree(root).write(tmp, encoding="utf-8", xml_declaration=False)
 
@@ -202,7 +207,8 @@ def read_csv(p, **kw):
 
 
 def write_csv(df, p, **kw):
-    df = _index_tomos(df, p)
+    df, names = _index_tomos(df)
+    _write_tomo_map(names, p)
     inv = {"tomo": "tomo_idx", "size": "cluster_size"}
     out = df.copy()
     if "tomo" not in out.columns:
