@@ -10,7 +10,10 @@
 """
 
 import json
+import os
+import subprocess
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -206,3 +209,25 @@ def test_cet_pick_reads_our_lists(tmp_path):
     back = read_objects(tmp_path / "train_coords.txt")  # a .txt with cet_pick's header: the coordinate list
     assert back["tomo"].tolist() == df["tomo"].tolist()
     np.testing.assert_array_equal(back[["x", "y", "z"]], np.rint(df[["x", "y", "z"]]))
+
+
+DF_PYTHON = Path(os.environ.get("TOMOCHUNK_DEEPFINDER_PYTHON", "/work/venvs/df/bin/python"))
+
+
+@pytest.mark.skipif(not DF_PYTHON.exists(), reason="no DeepFinder venv (benchmarks/compare_deepfinder_objects.py)")
+def test_deepfinder_itself_reads_our_xml(tmp_path):
+    """DeepFinder's own read_xml, where its venv exists (the same one the benchmarks use)."""
+    df = _objects()
+    write_objects(df, tmp_path / "objl.xml")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    code = ("import json, sys; import deepfinder.utils.objl as ol; "
+            "json.dump(ol.read_xml(sys.argv[1]), open(sys.argv[2], 'w'))")
+    r = subprocess.run([str(DF_PYTHON), "-W", "ignore", "-c", code, str(tmp_path / "objl.xml"),
+                        str(tmp_path / "out.json")], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    objl = json.loads((tmp_path / "out.json").read_text())
+    assert [o["tomo_idx"] for o in objl] == [0 if t == "TS_01" else 1 for t in df["tomo"]]
+    assert [o["label"] for o in objl] == df["class_label"].tolist()
+    np.testing.assert_allclose([[o["x"], o["y"], o["z"], o["phi"], o["psi"], o["the"]] for o in objl],
+                               df[["x", "y", "z", "phi", "psi", "the"]].to_numpy())
