@@ -67,14 +67,8 @@ def test_euler_conventions_invert():
     np.testing.assert_allclose([p2, s2, t2], [phi, psi, the], atol=1e-9)
     p3, s3, t3 = relion_to_tom(*tom_to_relion(phi, psi, the))
     np.testing.assert_allclose([p3, s3, t3], [phi, psi, the], atol=1e-9)
-    # RELION's active rotation Rz(rot) Ry(tilt) Rz(psi) equals ours
-    from scipy.spatial.transform import Rotation
-    rot, tilt, rpsi = tom_to_relion(phi, psi, the)
-    m_rel = Rotation.from_euler("ZYZ", np.stack([rot, tilt, rpsi], -1), degrees=True).as_matrix()
-    np.testing.assert_allclose(m_rel, euler_to_matrix(phi, psi, the), atol=1e-12)
-    # the known equivalent Dynamo (= TOM) / RELION pair
-    np.testing.assert_allclose(tom_to_relion(-47.273, -132.3, 1.1777), [137.7, 1.1777, 42.727], atol=1e-9)
-    # Dynamo's matrix for (tdrot, tilt, narot) = (30, 60, 75), as published with eulerangles
+    # Dynamo's matrix formula for (tdrot, tilt, narot) = (30, 60, 75), as published with eulerangles, is
+    # the same product of axis rotations as ours; its meaning is the inverse (tests/test_geometry.py).
     np.testing.assert_allclose(euler_to_matrix(30, 75, 60), [[-0.0173, -0.5477, 0.8365], [0.9012, -0.3709, -0.2241],
                                                              [0.4330, 0.7500, 0.5000]], atol=1e-4)
     # phi is applied first: a pure phi rotation turns x towards y about z
@@ -135,12 +129,35 @@ def test_csv_without_tomo_roundtrip(tmp_path):
 
 @pytest.mark.parametrize("angles", [True, False])
 def test_roundtrip_star_pixel(tmp_path, angles):
+    import starfile
+
     df = _objects(angles=angles)
-    write_objects(df, tmp_path / "p.star")
+    write_objects(df, tmp_path / "p.star", coordinates="pixel")
+    t = starfile.read(tmp_path / "p.star", always_dict=True)
+    assert list(t) == ["particles"]  # one block: RELION reads the first one
+    assert t["particles"]["rlnTomoTiltSeriesPixelSize"].tolist() == [10.5] * len(df)
     back = read_objects(tmp_path / "p.star")
     pd.testing.assert_frame_equal(back, df, rtol=1e-12)
     np.testing.assert_array_equal(back[["x", "y", "z"]], df[["x", "y", "z"]])  # coordinates exact
     assert back.attrs["voxel_size"] == 10.5
+
+
+def test_star_relion4_tilt_series_pixels(tmp_path):
+    import starfile
+
+    df = _objects()
+    write_objects(df, tmp_path / "p.star", coordinates="relion4", tilt_series_pixel_size=2.625)
+    t = starfile.read(tmp_path / "p.star")
+    np.testing.assert_allclose(t["rlnCoordinateX"], df["x"] * 4)  # 10.5 Å voxels = 4 tilt-series pixels
+    assert set(t["rlnTomoTiltSeriesPixelSize"]) == {2.625}
+    pd.testing.assert_frame_equal(read_objects(tmp_path / "p.star"), df, rtol=1e-12)
+    # a RELION 4 file of another tool: pixels of rlnTomoTiltSeriesPixelSize, to voxels of the size asked
+    starfile.write({"particles": pd.DataFrame({"rlnTomoName": ["TS_1"], "rlnCoordinateX": [400.0],
+                                               "rlnCoordinateY": [200.0], "rlnCoordinateZ": [100.0],
+                                               "rlnTomoTiltSeriesPixelSize": [2.5]})}, tmp_path / "r4.star")
+    back = read_objects(tmp_path / "r4.star", voxel_size=10.0)
+    assert back[["x", "y", "z"]].values.tolist() == [[100.0, 50.0, 25.0]]
+    assert read_objects(tmp_path / "r4.star").attrs["voxel_size"] == 2.5
 
 
 def test_roundtrip_star_centred(tmp_path):
@@ -148,14 +165,30 @@ def test_roundtrip_star_centred(tmp_path):
 
     df = _objects()
     shape = (80, 200, 210)
-    write_objects(df, tmp_path / "c.star", coordinates="centered", shape=shape)
-    t = starfile.read(tmp_path / "c.star")
-    assert "rlnCenteredCoordinateXAngst" in t.columns and "rlnCoordinateX" not in t.columns
+    write_objects(df, tmp_path / "c.star", shape=shape, tilt_series_pixel_size=2.625)  # RELION 5 is the default
+    blocks = starfile.read(tmp_path / "c.star", always_dict=True)
+    assert list(blocks) == ["particles"]
+    t = blocks["particles"]
+    assert {"rlnTomoName", "rlnCenteredCoordinateXAngst", "rlnAngleRot", "rlnClassNumber",
+            "rlnAutopickFigureOfMerit", "rlnTomoTiltSeriesPixelSize"} <= set(t.columns)
+    assert "rlnCoordinateX" not in t.columns and set(t["rlnTomoTiltSeriesPixelSize"]) == {2.625}
     np.testing.assert_allclose(t["rlnCenteredCoordinateXAngst"], (df["x"] - 105) * 10.5)
-    with pytest.raises(FormatError, match="shape"):
-        read_objects(tmp_path / "c.star")
-    back = read_objects(tmp_path / "c.star", shape=shape, voxel_size=10.5)
+    np.testing.assert_allclose(t["rlnCenteredCoordinateZAngst"], (df["z"] - 40) * 10.5)
+    back = read_objects(tmp_path / "c.star")  # shape and voxel size from our comment line
     pd.testing.assert_frame_equal(back, df, rtol=1e-12)
+    assert back.attrs["shape"] == shape
+    # the shape can come from the list itself; a foreign centred file needs it passed
+    df2 = df.copy()
+    df2.attrs["shape"] = shape
+    write_objects(df2, tmp_path / "d.star")
+    foreign = tmp_path / "f.star"
+    foreign.write_text("\n".join(l for l in (tmp_path / "d.star").read_text().splitlines()
+                                 if not l.startswith("# tomochunk")) + "\n")
+    with pytest.raises(FormatError, match="shape"):
+        read_objects(foreign)
+    pd.testing.assert_frame_equal(read_objects(foreign, shape=shape, voxel_size=10.5), df, rtol=1e-12)
+    with pytest.raises(ValueProblem, match="shape"):
+        write_objects(df, tmp_path / "e.star", coordinates="centered")
 
 
 def test_star_reads_relion_tomo_names_and_angles(tmp_path):
@@ -163,7 +196,7 @@ def test_star_reads_relion_tomo_names_and_angles(tmp_path):
 
     t = pd.DataFrame({"rlnTomoName": ["TS_01", "TS_02"], "rlnCoordinateX": [10.0, 20.0],
                       "rlnCoordinateY": [1.0, 2.0], "rlnCoordinateZ": [5.0, 6.0],
-                      "rlnAngleRot": [-70.0, 0.0], "rlnAngleTilt": [30.0, 0.0], "rlnAnglePsi": [100.0, 0.0],
+                      "rlnAngleRot": [80.0, 0.0], "rlnAngleTilt": [30.0, 0.0], "rlnAnglePsi": [-110.0, 0.0],
                       "rlnAutopickFigureOfMerit": [0.5, 0.7], "rlnClassNumber": [1, 2],
                       "rlnMicrographName": ["a", "b"]})
     starfile.write({"particles": t}, tmp_path / "r.star")
@@ -222,7 +255,7 @@ def test_format_override_and_empty_lists(tmp_path):
     pd.testing.assert_frame_equal(read_objects(tmp_path / "objl.dat", format="xml"), df)
     for ext in ["xml", "csv", "star", "txt", "tsv", "xlsx"]:
         p = tmp_path / f"empty.{ext}"
-        write_objects(empty_objects(5.0), p)
+        write_objects(empty_objects(5.0), p, **({"shape": (8, 8, 8)} if ext == "star" else {}))
         back = read_objects(p)
         assert len(back) == 0 and {"x", "y", "z", "class_label"} <= set(back.columns), ext
     with pytest.raises(ValueProblem, match="extension"):
@@ -332,9 +365,13 @@ def test_star_pytom_style_and_foreign_optics(tmp_path):
     with pytest.warns(UserWarning, match="rlnOpticsGroup"):
         df = read_objects(tmp_path / "p.star")
     assert df["score"].tolist() == [0.31]
-    assert "voxel_size" not in df.attrs  # RELION's image pixel size is not the tomogram's
+    # RELION's image pixel size is the subtomogram's; RELION 4 coordinates are tilt-series pixels
+    assert df.attrs["voxel_size"] == 1.35 and df["x"].tolist() == [10.0]
+    np.testing.assert_allclose(euler_to_matrix(df["phi"], df["psi"], df["the"]), np.eye(3)[None], atol=1e-12)
     with pytest.warns(UserWarning, match="rlnOpticsGroup"):
-        assert read_objects(tmp_path / "p.star", voxel_size=13.5).attrs["voxel_size"] == 13.5
+        back = read_objects(tmp_path / "p.star", voxel_size=13.5)
+    assert back.attrs["voxel_size"] == 13.5
+    np.testing.assert_allclose(back["x"], [1.0])
 
 
 def test_csv_without_class_label_is_class_1(tmp_path):

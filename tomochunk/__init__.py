@@ -24,6 +24,7 @@ _API = {
     "convert": "tomochunk.io.convert",
     "read_objects": "tomochunk.io.objects",
     "write_objects": "tomochunk.io.objects",
+    "write_copick": "tomochunk.io.objects",
     # data generation
     "phantom_tomogram": "tomochunk.phantom",
     "phantom_movie": "tomochunk.phantom",

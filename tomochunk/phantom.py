@@ -35,6 +35,7 @@ from itertools import product
 import numpy as np
 import pandas as pd
 
+from ._geometry import euler_to_matrix as euler_matrix  # the one ZXZ rotation; re-exported under its old name
 from ._log import get_logger
 from .errors import ValueProblem
 
@@ -173,25 +174,6 @@ def class_templates(classes=None) -> dict[int, np.ndarray]:
     ([1, 2], (14, 14, 14))
     """
     return {k: _template(name, size).copy() for k, (name, size) in enumerate(_class_specs(classes), 1)}
-
-
-def euler_matrix(phi: float, psi: float, the: float) -> np.ndarray:
-    """The 3×3 rotation ``Rz(psi) @ Rx(the) @ Rz(phi)`` acting on ``(x, y, z)`` (degrees, ZXZ).
-
-    Examples
-    --------
-    >>> np.allclose(euler_matrix(90, 0, 0) @ [1, 0, 0], [0, 1, 0])
-    True
-    """
-    p, s, t = np.deg2rad([phi, psi, the])
-
-    def rz(a):
-        c, si = math.cos(a), math.sin(a)
-        return np.array([[c, -si, 0.0], [si, c, 0.0], [0.0, 0.0, 1.0]])
-
-    c, si = math.cos(t), math.sin(t)
-    rx = np.array([[1.0, 0.0, 0.0], [0.0, c, -si], [0.0, si, c]])
-    return rz(s) @ rx @ rz(p)
 
 
 def _rotate_float(vol: np.ndarray, phi: float, psi: float, the: float) -> np.ndarray:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dask.array as da
 import numpy as np
 
+from .._schema import COLUMNS, object_frame  # noqa: F401  (object_frame: re-exported, its home is _schema)
 from ..errors import ShapeError
 
-OBJECT_COLUMNS = ["tomo", "class_label", "x", "y", "z", "phi", "psi", "the", "score", "size", "obj_id"]
+#: The object-list columns, as a list (kept for old callers; the schema is :data:`tomochunk._schema.COLUMNS`).
+OBJECT_COLUMNS = list(COLUMNS)
 
 
 def as_dask(arr, name: str = "array", chunks="auto"):
@@ -15,8 +18,6 @@ def as_dask(arr, name: str = "array", chunks="auto"):
     xarray DataArrays are unwrapped (their ``.data`` stays lazy); the voxel size
     is read from ``attrs["voxel_size"]`` or from the spacing of the ``x`` coordinate.
     """
-    import dask.array as da
-
     voxel_size = None
     if hasattr(arr, "dims") and hasattr(arr, "data") and hasattr(arr, "attrs"):
         voxel_size = arr.attrs.get("voxel_size")
@@ -37,22 +38,3 @@ def _scalar_vs(vs):
         return None
     v = np.ravel(np.asarray(vs, dtype=float))
     return float(v[-1]) if v.size else None
-
-
-def object_frame(columns: dict, voxel_size=None):
-    """Build an object DataFrame with the CONVENTIONS.md column order (extras after)."""
-    import pandas as pd
-
-    df = pd.DataFrame(columns)
-    order = [c for c in OBJECT_COLUMNS if c in df.columns]
-    order += [c for c in df.columns if c not in order]
-    df = df[order].reset_index(drop=True)
-    for c in ("x", "y", "z", "score"):
-        if c in df.columns:
-            df[c] = df[c].astype(float)
-    for c in ("class_label", "size", "obj_id"):
-        if c in df.columns:
-            df[c] = df[c].astype(np.int64)
-    if voxel_size is not None:
-        df.attrs["voxel_size"] = float(voxel_size)
-    return df

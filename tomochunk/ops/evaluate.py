@@ -35,10 +35,14 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from scipy.optimize import linear_sum_assignment
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from scipy.spatial import cKDTree
 
 from .._log import get_logger
 from ..errors import ValueProblem
-from ..io.objects import validate_objects
+from .._schema import validate_objects
 
 log = get_logger(__name__)
 
@@ -90,11 +94,6 @@ def _groups(pred, truth):
 
 def _hungarian_pairs(a, b, max_dist):
     """Maximum-cardinality, then minimum-distance, one-to-one matching within max_dist."""
-    from scipy.optimize import linear_sum_assignment
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-    from scipy.spatial import cKDTree
-
     if len(a) == 0 or len(b) == 0:
         return np.empty(0, int), np.empty(0, int)
     e = cKDTree(a).sparse_distance_matrix(cKDTree(b), max_dist, output_type="ndarray")
@@ -248,7 +247,6 @@ def evaluate(pred, truth, *, max_dist=None, method="hungarian", radii=None, weig
 
 def _deepfinder_pairs(xt, lt, xp, lp, max_dist):
     """(truth label, predicted label) pairs as DeepFinder's Evaluator builds them."""
-    from scipy.spatial import cKDTree
 
     if len(xp) == 0:
         return lt.copy(), np.zeros(len(lt), lt.dtype)
@@ -268,7 +266,6 @@ def _deepfinder_pairs(xt, lt, xp, lp, max_dist):
 
 
 def _czii(xp, lp, xt, lt, pred, truth, classes, rad, wts, beta, factor, names):
-    from scipy.spatial import cKDTree
 
     rows, b2 = {}, float(beta) ** 2
     score_num = score_den = 0.0

@@ -1,7 +1,7 @@
 """Operations on object lists (pandas DataFrames in the tomochunk schema).
 
 Every function returns a new, validated DataFrame (see
-:func:`tomochunk.io.objects.validate_objects`) and keeps ``attrs``.
+:func:`tomochunk._schema.validate_objects`) and keeps ``attrs``.
 """
 
 from __future__ import annotations
@@ -10,10 +10,11 @@ import numbers
 
 import numpy as np
 import pandas as pd
+from scipy.spatial import cKDTree
 
 from .._log import get_logger
 from ..errors import ValueProblem
-from ..io.objects import validate_objects
+from .._schema import validate_objects
 
 log = get_logger(__name__)
 
@@ -225,8 +226,6 @@ def nms_objects(df, min_dist, *, by_class=True):
     >>> nms_objects(df, 3)["x"].tolist()
     [1.0, 10.0]
     """
-    from scipy.spatial import cKDTree
-
     if not np.isfinite(min_dist) or min_dist < 0:
         raise ValueProblem(f"min_dist must be a non-negative number, not {min_dist!r}")
     df = validate_objects(df)
