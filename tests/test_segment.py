@@ -387,7 +387,7 @@ def test_cli_segment_blocks(client, tmp_path, big, net):
 def test_small_volume_is_split_so_every_worker_gets_a_block():
     import math
 
-    from tomochunk.nn.segment import _auto_block_patches, _plan_axes, _weights
+    from tomochunk.nn._tiling import _auto_block_patches, _plan_axes, _weights
 
     k = _auto_block_patches(160, 106)
     args = ((200, 256, 256), 160, 25, 4, k, _weights(110, "crop"))

@@ -54,6 +54,7 @@ class Architecture:
 
 _REGISTRY: dict[str, Architecture] = {}
 _BUILTINS_LOADED = False
+_BUILTIN_NAMES = ("eman2", "vggnet", "unet2d", "unet25d", "deepfinder")
 
 
 def register(name: str, create: Callable, title: str | None = None, *, dims: int = 2, overwrite: bool = False,
@@ -149,20 +150,40 @@ def _load_builtins():
         _REGISTRY["deepfinder"] = Architecture("deepfinder", _deepfinder_create, "DeepFinder 3D U-Net", 3)
 
 
-def ensure_registered(name: str, origin: str = "") -> Architecture:
-    """The entry of ``name``, registering it from ``origin`` (a ``.py`` file or ``module:function``)
-    when this process has not seen it: how workers rebuild user architectures named in archives."""
+def ensure_registered(name: str, code=None, source=None) -> Architecture:
+    """The entry of ``name`` for a model archive: a built-in name, a name this process
+    registered, or one defined in ``code``, a ``.py`` file the user passed explicitly.
+
+    Archives are data: what an archive says about where its architecture comes from
+    (``origin``) is never imported or run. ``source`` (the archive) names the file in errors.
+
+    Examples
+    --------
+    >>> ensure_registered("unet2d").title
+    '2D U-Net'
+    >>> ensure_registered("os:system", source="evil.tcm")
+    Traceback (most recent call last):
+    ...
+    tomochunk.errors.FormatError: evil.tcm: architecture 'os:system' is not built in; pass the file that defines it explicitly (allow_code=FILE, --allow-code FILE)
+    """
     _load_builtins()
-    if name not in _REGISTRY and origin:
-        if origin.endswith(".py"):
-            register_file(origin, name)
-        else:
-            mod, _, qual = origin.partition(":")
-            obj = importlib.import_module(mod)
-            for part in qual.split("."):
-                obj = getattr(obj, part)
-            register(name, obj)
+    if code is not None and name not in _BUILTIN_NAMES:
+        code = Path(code).resolve()
+        have = _REGISTRY.get(name)
+        if have is None or have.origin != str(code):
+            register_file(code, name, overwrite=True)
+    elif name not in _REGISTRY:
+        raise FormatError(f"architecture {name!r} is not built in; pass the file that defines it "
+                          "explicitly (allow_code=FILE, --allow-code FILE)", source)
     return get_architecture(name)
+
+
+def user_file(name: str):
+    """The ``.py`` file this process registered ``name`` from (:func:`register_file`), else None."""
+    arch = _REGISTRY.get(name)
+    if arch is None or name in _BUILTIN_NAMES or not arch.origin.endswith(".py"):
+        return None
+    return arch.origin
 
 
 def get_architecture(name: str) -> Architecture:
