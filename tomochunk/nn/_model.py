@@ -78,7 +78,8 @@ def model_handle(model, client=None):
     if not hasattr(model, "predict_on_batch"):
         raise ValueProblem(f"model must be a path or a Keras model, got {type(model).__name__}")
     blob = _cache.model_bytes(model)
-    token = "keras-" + dask.base.tokenize(blob)
+    # from the config and weights: a .keras file holds its save date, so its bytes differ per save
+    token = "keras-" + dask.base.tokenize(model.to_json(), [np.asarray(w) for w in model.get_weights()])
     _cache.put_token(token, model)  # this process already has it
     client = current_client(client)
     if client is not None:

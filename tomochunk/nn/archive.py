@@ -10,7 +10,7 @@ Our archive (suffix ``.tcm`` by convention) is an uncompressed tar holding
   is rebuilt from the registry and the weights loaded into it.
 
 Ais ``.scnm`` files are uncompressed tars holding ``<name>_weights.h5`` (a
-whole tf.keras model) and ``<name>_metadata.json`` (``title``, ``apix``,
+whole Keras 2 model) and ``<name>_metadata.json`` (``title``, ``apix``,
 ``box_size``, ``threshold``, ``overlap``, ``emit``, ``absorb``, ...). They load
 with :func:`load_archive` as well; ``apix`` becomes ``pixel_size``.
 """

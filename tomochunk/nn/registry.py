@@ -1,12 +1,15 @@
 """Networks built by name: a new architecture is one file with ``TITLE`` and ``create``.
 
-The template (the same as Ais' model files)::
+The template::
 
     # my_net.py
     TITLE = "My net"                       # shown by available_models()
     def create(input_shape, n_classes=1, **options):
         ...                                # keras.layers / keras.ops only
         return keras.Model(inputs, outputs)
+
+Ais' model files are taken as they are: ``title = "..."`` and ``create(input_shape)``
+(one sigmoid output; a ``compile`` inside ``create`` is kept).
 
 Register it with :func:`register` (a function), :func:`register_file` (a
 ``.py`` path) or put the module on the path and call :func:`register_module`.
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -219,9 +223,39 @@ def create_model(name: str, input_shape=None, n_classes: int = 1, **options):
     """
     arch = get_architecture(name)
     kw = {**arch.defaults, **options}
-    model = arch.create(input_shape, n_classes, **kw)
+    takes_classes, takes_options = _accepts(arch.create)
+    if takes_classes:
+        model = arch.create(input_shape, n_classes, **kw) if takes_options or not kw else None
+    else:  # Ais' template: create(input_shape), one sigmoid output
+        model = arch.create(input_shape, **kw) if takes_options or not kw else None
+    if model is None:
+        raise ValueProblem(f"model {name!r} takes no options, got {sorted(kw)}")
+    out = getattr(model, "output_shape", None)
+    if not takes_classes and out is not None and out[-1] != n_classes:
+        raise ValueProblem(f"model {name!r} (create(input_shape)) has {out[-1]} outputs, not n_classes={n_classes}")
     log.debug("built %s (%s) with %d parameters", name, arch.title, model.count_params())
     return model
+
+
+def _accepts(create) -> tuple[bool, bool]:
+    """Whether ``create`` takes ``n_classes`` (a second positional parameter) and keyword options.
+
+    Ais' template is ``create(input_shape)``; ours is ``create(input_shape, n_classes=1, **options)``.
+
+    Examples
+    --------
+    >>> _accepts(lambda input_shape: None), _accepts(lambda input_shape, n_classes=1, **kw: None)
+    ((False, False), (True, True))
+    """
+    try:
+        params = list(inspect.signature(create).parameters.values())
+    except (TypeError, ValueError):  # a builtin or C callable: assume our template
+        return True, True
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    varargs = any(p.kind == p.VAR_POSITIONAL for p in params)
+    options = any(p.kind == p.VAR_KEYWORD for p in params) or \
+        any(p.kind == p.KEYWORD_ONLY for p in params) or len(positional) > 2
+    return len(positional) >= 2 or varargs, options
 
 
 def available_models() -> dict[str, str]:
