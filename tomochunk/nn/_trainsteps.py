@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 from .._log import get_logger
 from ..errors import MissingError, ShapeError, ValueProblem
@@ -316,8 +317,6 @@ def run_epoch(stepper, pool, make_batch, *, epoch, epochs, steps, prefetch, batc
     Returns ``(losses, patches_per_s, input_wait_s, t0)``: the rate is the steady state, from
     the end of the first step (graph tracing) to the end of the last.
     """
-    from tqdm.auto import tqdm
-
     t0 = time.perf_counter()
     queue, nxt, wait, losses = deque(), 0, 0.0, []
     bar = tqdm(total=steps, desc=f"epoch {epoch}/{epochs}", disable=not progress, leave=False)

@@ -34,6 +34,8 @@ from typing import Callable
 
 from .._log import get_logger
 from ..errors import FormatError, MissingError, ValueProblem
+from . import models2d
+from .models import deepfinder_unet
 
 log = get_logger(__name__)
 
@@ -130,8 +132,6 @@ def register_file(path, name: str | None = None, *, overwrite: bool = False) -> 
 
 
 def _deepfinder_create(input_shape=None, n_classes=2, **options):
-    from .models import deepfinder_unet
-
     patch = None
     if input_shape is not None and all(s is not None for s in input_shape[:3]):
         patch = tuple(int(s) for s in input_shape[:3])
@@ -143,15 +143,12 @@ def _load_builtins():
     if _BUILTINS_LOADED:
         return
     _BUILTINS_LOADED = True
-    from . import models2d as m
-
+    m = models2d
     _REGISTRY["eman2"] = Architecture("eman2", m.eman2, "EMAN2-style 2D stack of 15x15 kernels", 2)
     _REGISTRY["vggnet"] = Architecture("vggnet", m.vggnet, "Ais-style 2D VGG-like encoder-decoder", 2)
     _REGISTRY["unet2d"] = Architecture("unet2d", m.unet2d, "2D U-Net", 2)
     _REGISTRY["unet25d"] = Architecture("unet25d", m.unet25d, "2.5D U-Net (neighbouring slices as channels)", 2)
-    # the 3D network lives in tomochunk.nn.models; it is imported only when built
-    if importlib.util.find_spec("tomochunk.nn.models") is not None:
-        _REGISTRY["deepfinder"] = Architecture("deepfinder", _deepfinder_create, "DeepFinder 3D U-Net", 3)
+    _REGISTRY["deepfinder"] = Architecture("deepfinder", _deepfinder_create, "DeepFinder 3D U-Net", 3)
 
 
 def ensure_registered(name: str, code=None, source=None) -> Architecture:
