@@ -216,7 +216,7 @@ def main():
                 compare(ours, df_time, df_out, dt, args.crop)
                 continue
             # executed network cost: every patch is predicted whole
-            from tomochunk.nn.segment import _axis_plan, _weights
+            from tomochunk.nn._tiling import _axis_plan, _weights
 
             core = patch - 2 * args.crop
             n_patches = np.prod([len(_axis_plan(n, patch, args.crop, 4, 1, _weights(core, "crop")).starts)
@@ -229,7 +229,7 @@ def main():
                   f"({n_patches} patches of {patch}^3: the patch tiling's own recomputation; the block "
                   f"plan adds no patch beyond it)")
             # as many workers at once as the run had compute blocks to share out
-            from tomochunk.nn.segment import _auto_block_patches, _plan_axes
+            from tomochunk.nn._tiling import _auto_block_patches, _plan_axes
 
             k = _auto_block_patches(patch, core - 4)
             n_blocks = np.prod([len(ax.groups) for ax in

@@ -27,7 +27,8 @@ def create(input_shape, n_classes=1, tap=0):
 
 @pytest.fixture(scope="module", autouse=True)
 def tap_arch(tmp_path_factory):
-    """A one-file architecture: workers rebuild it from the file named in the archive."""
+    """A one-file architecture, registered here from its file: workers rebuild it from that file
+    (never from what an archive names)."""
     f = tmp_path_factory.mktemp("arch") / "tap_test.py"
     f.write_text(_TAP)
     if "tap_test" not in available_models():

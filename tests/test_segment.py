@@ -387,7 +387,7 @@ def test_cli_segment_blocks(client, tmp_path, big, net):
 def test_small_volume_is_split_so_every_worker_gets_a_block():
     import math
 
-    from tomochunk.nn.segment import _auto_block_patches, _plan_axes, _weights
+    from tomochunk.nn._tiling import _auto_block_patches, _plan_axes, _weights
 
     k = _auto_block_patches(160, 106)
     args = ((200, 256, 256), 160, 25, 4, k, _weights(110, "crop"))
@@ -396,3 +396,89 @@ def test_small_volume_is_split_so_every_worker_gets_a_block():
         axes = _plan_axes(*args, workers)
         assert math.prod(len(ax.groups) for ax in axes) >= workers
         assert all(sorted(sum(ax.groups, [])) == list(range(len(ax.starts))) for ax in axes)
+
+
+# --- checks at the edge, models shipped through the scheduler, memory-safe defaults ----
+
+def test_patch_not_a_multiple_of_4_refused_before_any_work(net, vol):
+    import dask.array as da
+
+    from tomochunk import ValueProblem, segment
+
+    touched = []
+
+    def boom(b):
+        touched.append(1)
+        return b
+
+    lazy = da.from_array(vol, chunks=12).map_blocks(boom, meta=np.empty((0, 0, 0), np.float32))
+    touched.clear()
+    with pytest.raises(ValueProblem) as err:
+        segment(lazy, net[1], patch_size=18, crop=4)
+    assert "\n" not in str(err.value) and "multiple of 4" in str(err.value) and "patch_size" in str(err.value)
+    assert not touched
+
+
+def test_keras_model_reaches_workers_once_through_the_scheduler(client, tmp_path, vol, net, ref):
+    import glob
+    import tempfile
+
+    import cloudpickle
+    import dask
+
+    from tomochunk import segment
+    from tomochunk.nn import _cache
+
+    def built():
+        from tomochunk.nn import _cache as c
+
+        return sorted(k[0] for k in c._SHIPPED)
+
+    before_tmp = set(glob.glob(os.path.join(tempfile.gettempdir(), "tomochunk-model-*")))
+    scores = segment(vol, net[0], patch_size=P, crop=CROP, block_patches=3)
+    assert scores.attrs["segment"]["model"].startswith("<keras model keras-")
+    # the graph names the model; its bytes are one scattered piece of data, not in every task
+    graph = dict(scores.data.__dask_graph__())
+    blob = _cache.model_bytes(net[0])
+    tasks = {k: v for k, v in graph.items() if isinstance(k, tuple) and str(k[0]).startswith("segment-")}
+    assert len(tasks) >= 2 and len(cloudpickle.dumps(tasks)) < len(blob) / 4
+    got = client.compute(scores.data).result()
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    token = scores.attrs["segment"]["model"][len("<keras model "):-1]
+    per_worker = client.run(built)
+    assert sum(token in v for v in per_worker.values()) >= 1
+    assert all(v.count(token) <= 1 for v in per_worker.values())
+    # no file on a local disk was involved
+    assert set(glob.glob(os.path.join(tempfile.gettempdir(), "tomochunk-model-*"))) == before_tmp
+    with dask.config.set(scheduler="sync"):  # and without a distributed client the graph holds it once
+        local = segment(vol, net[0], patch_size=P, crop=CROP, block_patches=3, client=None)
+    assert local.attrs["segment"]["model"] == scores.attrs["segment"]["model"]
+
+
+def test_default_patch_batch_fits_2gb_workers(tmp_path):
+    """The old default (37 patches of 48^3 per call, ~4 GB for DeepFinder's filters) cannot fit a
+    2 GB worker; the default batch is now sized from the worker's memory limit and the model."""
+    import keras
+    from distributed import Client, LocalCluster
+
+    from tomochunk import segment
+    from tomochunk.nn._memory import bytes_per_voxel, patch_batch
+    from tomochunk.nn.models import deepfinder_unet, save_model
+    from tomochunk.parallel import worker_env, worker_info
+
+    keras.utils.set_random_seed(0)
+    model = deepfinder_unet(2)  # DeepFinder's own filters (32, 48, 64)
+    path = tmp_path / "df.keras"
+    save_model(model, path)
+    rng = np.random.default_rng(0)
+    vol = rng.normal(size=(64, 96, 96)).astype(np.float32)
+    old_batch = min(37, 24)  # 48 patches in 2 blocks (one per worker)
+    assert old_batch * 48 ** 3 * bytes_per_voxel(model) > 2e9
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, memory_limit="2GB",
+                      dashboard_address=None, env=worker_env(2)) as cluster, Client(cluster) as c:
+        assert patch_batch(48, bytes_per_voxel(model), worker_info(c)) <= 4
+        scores = segment(vol, str(path), patch_size=48, crop=8, client=c)
+        assert scores.data.numblocks[1:] == (1, 2, 1) or np.prod(scores.data.numblocks) >= 2
+        out = c.compute(scores.data).result()
+    assert out.shape == (2, 64, 96, 96) and np.isfinite(out).all()
+    np.testing.assert_allclose(out.sum(0), 1.0, atol=1e-4)

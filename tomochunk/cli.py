@@ -749,6 +749,9 @@ def _add_segment_features(sub):
     p.add_argument("--slab", type=int, default=None, help="slices per task (default: ~64 MB)")
     p.add_argument("--levels", type=int, default=2, help="multiscale levels of the label stores")
     p.add_argument("--overwrite", action="store_true", help="redo tomograms already done")
+    p.add_argument("--allow-code", default=None, metavar="FILE",
+                   help="a .py model file (registry template) that defines the archives' architecture: "
+                        "archives are data and never name code that runs; only this file is trusted")
     p.add_argument("--scheduler", default=None, help="address of a running Dask scheduler")
     p.add_argument("--workers", type=int, default=None, help="local worker processes")
     p.set_defaults(run=_run_segment_features)
@@ -767,7 +770,8 @@ def _run_segment_features(args):
         child, mode, parent, radius = parts
         inter.append({"child": child, "mode": mode, "parent": parent, "radius": float(radius)})
     with client_context(scheduler=args.scheduler, n_workers=args.workers) as client:
-        status = segment_features(args.tomograms, args.models, args.outdir, interactions=inter, client=client,
+        models = [(m, args.allow_code) for m in args.models] if args.allow_code else args.models
+        status = segment_features(args.tomograms, models, args.outdir, interactions=inter, client=client,
                                   slab=args.slab, levels=args.levels, overwrite=args.overwrite,
                                   object_weight=args.object_weight)
     for tomo, state in status.items():

@@ -10,7 +10,7 @@ Our archive (suffix ``.tcm`` by convention) is an uncompressed tar holding
   is rebuilt from the registry and the weights loaded into it.
 
 Ais ``.scnm`` files are uncompressed tars holding ``<name>_weights.h5`` (a
-whole tf.keras model) and ``<name>_metadata.json`` (``title``, ``apix``,
+whole Keras 2 model) and ``<name>_metadata.json`` (``title``, ``apix``,
 ``box_size``, ``threshold``, ``overlap``, ``emit``, ``absorb``, ...). They load
 with :func:`load_archive` as well; ``apix`` becomes ``pixel_size``.
 """
@@ -26,7 +26,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .._log import get_logger
-from ..errors import ExistsError, FormatError, MissingError
+from ..errors import ExistsError, FormatError, MissingError, TomochunkError
+from .registry import create_model, ensure_registered, get_architecture
 
 log = get_logger(__name__)
 
@@ -41,7 +42,7 @@ class ModelInfo:
 
     title: str = "model"
     architecture: str = ""
-    origin: str = ""                  # where a user architecture comes from (see registry.ensure_registered)
+    origin: str = ""                  # where a user architecture came from: information only, never run
     options: dict = field(default_factory=dict)
     input_shape: tuple | None = None
     n_classes: int = 1
@@ -54,6 +55,7 @@ class ModelInfo:
     classes: dict = field(default_factory=dict)   # {label: name}; one-feature models: {1: title}
     normalize: str = "tile"           # "tile": each tile to mean 0 / std 1 (as Ais); "none"
     source: str | None = None         # archive it came from
+    code: str | None = None           # the .py file the user allowed for its architecture (not stored)
 
     @property
     def context(self) -> int:
@@ -65,13 +67,14 @@ class ModelInfo:
     def to_json(self) -> dict:
         d = asdict(self)
         d.pop("source")
+        d.pop("code")
         d["classes"] = {str(k): v for k, v in self.classes.items()}
         d["input_shape"] = None if self.input_shape is None else list(self.input_shape)
         return {"format": FORMAT, "version": 1, **d}
 
     @classmethod
     def from_json(cls, d: dict, source=None) -> "ModelInfo":
-        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d and k != "source"}
+        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d and k not in ("source", "code")}
         if known.get("input_shape") is not None:
             known["input_shape"] = tuple(known["input_shape"])
         known["classes"] = {int(k): str(v) for k, v in (known.get("classes") or {}).items()}
@@ -107,8 +110,6 @@ def new_model(architecture: str, *, box_size=64, n_classes=1, channels=None, tit
     >>> fm.info.context, fm.model.output_shape
     (0, (None, 64, 64, 1))
     """
-    from .registry import create_model, get_architecture
-
     if seed is not None:
         import keras
 
@@ -186,14 +187,22 @@ def read_archive_info(path) -> ModelInfo:
     return _open(path, build=False).info
 
 
-def load_archive(path, *, compile=False) -> FeatureModel:
+def load_archive(path, *, compile=False, allow_code=None) -> FeatureModel:
     """Load a model archive written by :func:`save_archive`, or an Ais ``.scnm`` file.
+
+    Archives are data: loading one never imports or runs code that it names. Its
+    architecture must be a built-in registry name (or one this process registered);
+    an architecture defined in a ``.py`` file is rebuilt only from the file passed here.
+    Ais files load with Keras' safe mode on.
 
     Parameters
     ----------
     path : str or Path
     compile : bool
         Ais only: compile the stored model (needs its custom loss); default False.
+    allow_code : str or Path, optional
+        A ``.py`` file following the registry's template that defines the archive's
+        architecture (its ``create``), trusted by the user.
 
     Returns
     -------
@@ -205,7 +214,7 @@ def load_archive(path, *, compile=False) -> FeatureModel:
     >>> fm = load_archive("membrane.scnm")  # doctest: +SKIP
     >>> fm.info.pixel_size, fm.info.box_size, fm.info.threshold  # doctest: +SKIP
     """
-    return _open(path, build=True, compile=compile)
+    return _open(path, build=True, compile=compile, allow_code=allow_code)
 
 
 def _members(tar, path):
@@ -213,7 +222,7 @@ def _members(tar, path):
     return names
 
 
-def _open(path, *, build, compile=False):
+def _open(path, *, build, compile=False, allow_code=None):
     path = Path(path)
     if not path.exists():
         raise MissingError("no such model archive", path)
@@ -232,10 +241,16 @@ def _open(path, *, build, compile=False):
                 return FeatureModel(None, info)
             if WEIGHTS_NAME not in names:
                 raise FormatError(f"archive has no {WEIGHTS_NAME}", path)
-            from .registry import create_model, ensure_registered
-
-            ensure_registered(info.architecture, info.origin)
-            model = create_model(info.architecture, info.input_shape, info.n_classes, **info.options)
+            ensure_registered(info.architecture, allow_code, path)
+            if allow_code is not None:
+                info.code = str(Path(allow_code).resolve())
+            try:
+                model = create_model(info.architecture, info.input_shape, info.n_classes, **info.options)
+            except TomochunkError:
+                raise
+            except Exception as exc:
+                raise FormatError(f"cannot build architecture {info.architecture!r} with the archive's "
+                                  f"input_shape and options ({type(exc).__name__}: {exc})", path) from None
             w = Path(tmp) / WEIGHTS_NAME
             w.write_bytes(tar.extractfile(names[WEIGHTS_NAME]).read())
             try:
@@ -256,7 +271,7 @@ def _open(path, *, build, compile=False):
         import keras
 
         try:
-            model = keras.saving.load_model(str(h5), compile=compile)
+            model = keras.saving.load_model(str(h5), compile=compile, safe_mode=True)
         except Exception as exc:
             raise FormatError(f"cannot load the Keras model in this .scnm ({type(exc).__name__}: {exc})",
                               path) from None

@@ -13,7 +13,7 @@ Weight files
 ``load_model`` reads
 
 * our ``.keras`` files (written by :func:`save_model`);
-* DeepFinder's legacy HDF5 files written by tf.keras 2.x, either weights only
+* DeepFinder's legacy HDF5 files written by Keras 2.x (tf-keras), either weights only
   (``net_weights_*.h5`` from ``model.save_weights``) or a full model
   (``model.save``).
 
@@ -50,7 +50,7 @@ SMALL_FILTERS = (8, 12, 16)
 
 # Layer sequence of the network, in the order in which layers holding weights
 # are created (this order is the contract with legacy weight files):
-# (name in the file written by tf.keras 2, level of the filter count, kernel size).
+# (name in the file written by Keras 2, level of the filter count, kernel size).
 # Level "out" is the 1x1x1 softmax classifier.
 _CONV_PLAN = (
     (0, 3), (0, 3),                      # encoder level 1 -> "high" skip
@@ -66,7 +66,7 @@ _N_CONV = len(_CONV_PLAN)
 
 
 def _conv_name(i: int) -> str:
-    # tf.keras 2 names the first Conv3D "conv3d", then "conv3d_1", ...; using the
+    # Keras 2 names the first Conv3D "conv3d", then "conv3d_1", ...; using the
     # same names makes our legacy files look like DeepFinder's own.
     return "conv3d" if i == 0 else f"conv3d_{i}"
 
@@ -354,7 +354,7 @@ def load_model(path, *, anisotropic: bool | None = None):
     Parameters
     ----------
     path : str or Path
-        ``.keras`` written by :func:`save_model`, or a tf.keras 2.x HDF5 file
+        ``.keras`` written by :func:`save_model`, or a Keras 2.x (tf-keras) HDF5 file
         from DeepFinder: weights only (``net_weights_FINAL.h5``) or a full
         model. For HDF5 files the architecture is rebuilt (number of classes
         and filter counts are read from the weights, the input size is left
@@ -412,7 +412,7 @@ def load_model(path, *, anisotropic: bool | None = None):
 
 
 def _write_legacy_h5(model, path: Path):
-    """Write weights in tf.keras 2's ``save_weights`` HDF5 layout (readable by DeepFinder)."""
+    """Write weights in Keras 2's ``save_weights`` HDF5 layout (readable by DeepFinder)."""
     import h5py
     import keras
 
@@ -420,7 +420,7 @@ def _write_legacy_h5(model, path: Path):
     info = model_info(model)
     tmp = path.with_name(path.name + ".tmp")
     with h5py.File(tmp, "w") as f:
-        # tf.keras 2 keeps every layer in layer_names; only those with weights matter.
+        # Keras 2 keeps every layer in layer_names; only those with weights matter.
         names = []
         for i, layer in enumerate(layers):
             lname = _conv_name(i) if len(layers) == _N_CONV else layer.name
@@ -452,7 +452,7 @@ def save_model(model, path, *, legacy_h5=None):
         Output ``.keras`` file. A path ending in ``.h5`` writes only the
         legacy weights file.
     legacy_h5 : str or Path, optional
-        Also write the weights in tf.keras 2's ``save_weights`` layout, which
+        Also write the weights in Keras 2's ``save_weights`` layout, which
         DeepFinder (``Segment``, ``Train.net.load_weights``) reads.
 
     Returns

@@ -35,6 +35,9 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from ..errors import ValueProblem
+from .losses import TverskyLoss
+
 __all__ = ["nnpu_loss", "NNPULoss", "masked_dice_ce_loss", "MaskedDiceCELoss", "make_loss", "LOSSES"]
 
 LOSSES = ("tversky", "dice_ce", "pu", "pu_balanced")
@@ -111,12 +114,8 @@ class NNPULoss(keras.losses.Loss):
                  balanced: bool = False, name: str = "nnpu", **kwargs):
         super().__init__(name=name, **kwargs)
         if not 0 < float(tau) < 1:
-            from ..errors import ValueProblem
-
             raise ValueProblem(f"tau (class prior) must be in (0, 1), not {tau}")
         if surrogate not in ("sigmoid", "logistic"):
-            from ..errors import ValueProblem
-
             raise ValueProblem(f"surrogate must be 'sigmoid' or 'logistic', not {surrogate!r}")
         self.tau, self.beta, self.gamma = float(tau), float(beta), float(gamma)
         self.surrogate = surrogate
@@ -187,9 +186,6 @@ def make_loss(loss: str = "tversky", *, tau=None, alpha: float = 0.5, beta: floa
     >>> make_loss("pu", tau=0.05).tau
     0.05
     """
-    from ..errors import ValueProblem
-    from .losses import TverskyLoss
-
     if isinstance(loss, keras.losses.Loss):
         return loss
     if loss == "tversky":

@@ -1,12 +1,15 @@
 """Networks built by name: a new architecture is one file with ``TITLE`` and ``create``.
 
-The template (the same as Ais' model files)::
+The template::
 
     # my_net.py
     TITLE = "My net"                       # shown by available_models()
     def create(input_shape, n_classes=1, **options):
         ...                                # keras.layers / keras.ops only
         return keras.Model(inputs, outputs)
+
+Ais' model files are taken as they are: ``title = "..."`` and ``create(input_shape)``
+(one sigmoid output; a ``compile`` inside ``create`` is kept).
 
 Register it with :func:`register` (a function), :func:`register_file` (a
 ``.py`` path) or put the module on the path and call :func:`register_module`.
@@ -24,12 +27,15 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from .._log import get_logger
 from ..errors import FormatError, MissingError, ValueProblem
+from . import models2d
+from .models import deepfinder_unet
 
 log = get_logger(__name__)
 
@@ -54,6 +60,7 @@ class Architecture:
 
 _REGISTRY: dict[str, Architecture] = {}
 _BUILTINS_LOADED = False
+_BUILTIN_NAMES = ("eman2", "vggnet", "unet2d", "unet25d", "deepfinder")
 
 
 def register(name: str, create: Callable, title: str | None = None, *, dims: int = 2, overwrite: bool = False,
@@ -125,8 +132,6 @@ def register_file(path, name: str | None = None, *, overwrite: bool = False) -> 
 
 
 def _deepfinder_create(input_shape=None, n_classes=2, **options):
-    from .models import deepfinder_unet
-
     patch = None
     if input_shape is not None and all(s is not None for s in input_shape[:3]):
         patch = tuple(int(s) for s in input_shape[:3])
@@ -138,31 +143,48 @@ def _load_builtins():
     if _BUILTINS_LOADED:
         return
     _BUILTINS_LOADED = True
-    from . import models2d as m
-
+    m = models2d
     _REGISTRY["eman2"] = Architecture("eman2", m.eman2, "EMAN2-style 2D stack of 15x15 kernels", 2)
     _REGISTRY["vggnet"] = Architecture("vggnet", m.vggnet, "Ais-style 2D VGG-like encoder-decoder", 2)
     _REGISTRY["unet2d"] = Architecture("unet2d", m.unet2d, "2D U-Net", 2)
     _REGISTRY["unet25d"] = Architecture("unet25d", m.unet25d, "2.5D U-Net (neighbouring slices as channels)", 2)
-    # the 3D network lives in tomochunk.nn.models; it is imported only when built
-    if importlib.util.find_spec("tomochunk.nn.models") is not None:
-        _REGISTRY["deepfinder"] = Architecture("deepfinder", _deepfinder_create, "DeepFinder 3D U-Net", 3)
+    _REGISTRY["deepfinder"] = Architecture("deepfinder", _deepfinder_create, "DeepFinder 3D U-Net", 3)
 
 
-def ensure_registered(name: str, origin: str = "") -> Architecture:
-    """The entry of ``name``, registering it from ``origin`` (a ``.py`` file or ``module:function``)
-    when this process has not seen it: how workers rebuild user architectures named in archives."""
+def ensure_registered(name: str, code=None, source=None) -> Architecture:
+    """The entry of ``name`` for a model archive: a built-in name, a name this process
+    registered, or one defined in ``code``, a ``.py`` file the user passed explicitly.
+
+    Archives are data: what an archive says about where its architecture comes from
+    (``origin``) is never imported or run. ``source`` (the archive) names the file in errors.
+
+    Examples
+    --------
+    >>> ensure_registered("unet2d").title
+    '2D U-Net'
+    >>> ensure_registered("os:system", source="evil.tcm")
+    Traceback (most recent call last):
+    ...
+    tomochunk.errors.FormatError: evil.tcm: architecture 'os:system' is not built in; pass the file that defines it explicitly (allow_code=FILE, --allow-code FILE)
+    """
     _load_builtins()
-    if name not in _REGISTRY and origin:
-        if origin.endswith(".py"):
-            register_file(origin, name)
-        else:
-            mod, _, qual = origin.partition(":")
-            obj = importlib.import_module(mod)
-            for part in qual.split("."):
-                obj = getattr(obj, part)
-            register(name, obj)
+    if code is not None and name not in _BUILTIN_NAMES:
+        code = Path(code).resolve()
+        have = _REGISTRY.get(name)
+        if have is None or have.origin != str(code):
+            register_file(code, name, overwrite=True)
+    elif name not in _REGISTRY:
+        raise FormatError(f"architecture {name!r} is not built in; pass the file that defines it "
+                          "explicitly (allow_code=FILE, --allow-code FILE)", source)
     return get_architecture(name)
+
+
+def user_file(name: str):
+    """The ``.py`` file this process registered ``name`` from (:func:`register_file`), else None."""
+    arch = _REGISTRY.get(name)
+    if arch is None or name in _BUILTIN_NAMES or not arch.origin.endswith(".py"):
+        return None
+    return arch.origin
 
 
 def get_architecture(name: str) -> Architecture:
@@ -198,9 +220,39 @@ def create_model(name: str, input_shape=None, n_classes: int = 1, **options):
     """
     arch = get_architecture(name)
     kw = {**arch.defaults, **options}
-    model = arch.create(input_shape, n_classes, **kw)
+    takes_classes, takes_options = _accepts(arch.create)
+    if takes_classes:
+        model = arch.create(input_shape, n_classes, **kw) if takes_options or not kw else None
+    else:  # Ais' template: create(input_shape), one sigmoid output
+        model = arch.create(input_shape, **kw) if takes_options or not kw else None
+    if model is None:
+        raise ValueProblem(f"model {name!r} takes no options, got {sorted(kw)}")
+    out = getattr(model, "output_shape", None)
+    if not takes_classes and out is not None and out[-1] != n_classes:
+        raise ValueProblem(f"model {name!r} (create(input_shape)) has {out[-1]} outputs, not n_classes={n_classes}")
     log.debug("built %s (%s) with %d parameters", name, arch.title, model.count_params())
     return model
+
+
+def _accepts(create) -> tuple[bool, bool]:
+    """Whether ``create`` takes ``n_classes`` (a second positional parameter) and keyword options.
+
+    Ais' template is ``create(input_shape)``; ours is ``create(input_shape, n_classes=1, **options)``.
+
+    Examples
+    --------
+    >>> _accepts(lambda input_shape: None), _accepts(lambda input_shape, n_classes=1, **kw: None)
+    ((False, False), (True, True))
+    """
+    try:
+        params = list(inspect.signature(create).parameters.values())
+    except (TypeError, ValueError):  # a builtin or C callable: assume our template
+        return True, True
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    varargs = any(p.kind == p.VAR_POSITIONAL for p in params)
+    options = any(p.kind == p.VAR_KEYWORD for p in params) or \
+        any(p.kind == p.KEYWORD_ONLY for p in params) or len(positional) > 2
+    return len(positional) >= 2 or varargs, options
 
 
 def available_models() -> dict[str, str]:

@@ -30,12 +30,16 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import dask.array as da
 import numpy as np
+import xarray as xr
+from scipy.ndimage import rotate, zoom
 
 from .._log import get_logger
 from ..errors import ShapeError, ValueProblem
-from ._cache import cached
-from .archive import FeatureModel, load_archive, save_archive
+from ._cache import archive_model
+from .archive import FeatureModel, read_archive_info, save_archive
+from .registry import user_file
 
 log = get_logger(__name__)
 
@@ -43,28 +47,35 @@ _TMPDIR = None
 
 
 def cached_model(ref) -> FeatureModel:
-    """The model for ``ref`` (an archive path or a FeatureModel), loaded once per process."""
-    if isinstance(ref, FeatureModel):
-        return ref
-    return cached(ref, load_archive, variant="archive")
+    """The model for ``ref`` (see :func:`model_ref`), loaded once per process
+    (:func:`tomochunk.nn._cache.archive_model`; kept for old callers)."""
+    return archive_model(ref)
 
 
 def model_ref(model):
-    """A cheap, picklable reference to ``model``: its archive path (saved to a temp archive if needed)."""
+    """A cheap, picklable reference to ``model``: its archive path (saved to a temp archive if needed),
+    or ``(path, code_file)`` for a model whose architecture comes from a file the user allowed
+    (``load_archive(path, allow_code=FILE)``), so that workers rebuild it from that file only."""
     global _TMPDIR
     if isinstance(model, (str, os.PathLike)):
-        return str(Path(model).resolve())
+        path = str(Path(model).resolve())
+        code = user_file(read_archive_info(path).architecture)  # registered here from a file
+        return (path, code) if code else path
+    if isinstance(model, tuple) and len(model) == 2:
+        return str(Path(model[0]).resolve()), str(Path(model[1]).resolve())
     if not isinstance(model, FeatureModel):
         raise ValueProblem("models must be archive paths or FeatureModel objects (tomochunk.nn.archive)")
+    code = model.info.code or user_file(model.info.architecture)  # a file this process was given
     if model.info.source and Path(model.info.source).exists() and not model.info.source.endswith(".part"):
-        return str(Path(model.info.source).resolve())
+        path = str(Path(model.info.source).resolve())
+        return (path, code) if code else path
     if _TMPDIR is None:
         _TMPDIR = tempfile.mkdtemp(prefix="tomochunk-models-")
         atexit.register(shutil.rmtree, _TMPDIR, True)
     path = Path(_TMPDIR) / f"{id(model)}-{model.info.title}.tcm".replace(os.sep, "_")
     save_archive(model, path, overwrite=True)
     model.info.source = str(path)
-    return str(path)
+    return (str(path), code) if code else str(path)
 
 
 # --- tiling ------------------------------------------------------------------
@@ -126,8 +137,6 @@ def predict_block(block, model, *, pixel_size=None, context=None, batch_size=32,
     --------
     >>> probs = predict_block(slab, "membrane.tcm", pixel_size=10.0)  # doctest: +SKIP
     """
-    from scipy.ndimage import zoom
-
     fm = cached_model(model)
     info = fm.info
     k = info.context if context is None else int(context)
@@ -220,9 +229,6 @@ def segment_slices(volume, model, *, pixel_size=None, slab=None, batch_size=32):
     >>> probs = segment_slices(open_volume("t.mrc"), "membrane.tcm")  # doctest: +SKIP
     >>> probs[0].max().compute()  # doctest: +SKIP
     """
-    import dask.array as da
-    import xarray as xr
-
     data, vs = _volume(volume)
     pixel_size = pixel_size or vs
     ref = model_ref(model)
@@ -238,13 +244,18 @@ def segment_slices(volume, model, *, pixel_size=None, slab=None, batch_size=32):
     probs = data.map_blocks(predict_block, ref, pixel_size=pixel_size, trim=k, batch_size=batch_size,
                             new_axis=0, chunks=((n_out,),) + _unhalo(data.chunks, k, nz, ny, nx),
                             dtype=np.float32, meta=np.empty((0, 0, 0, 0), np.float32),
-                            token=f"slices-{Path(ref).stem}")
+                            token=f"slices-{Path(_ref_path(ref)).stem}")
     vs = float(pixel_size or 1.0)
     names = [info.classes.get(i + 1, info.title if n_out == 1 else f"class{i + 1}") for i in range(n_out)]
     return xr.DataArray(probs, dims=("c", "z", "y", "x"),
                         coords={"c": names, "z": np.arange(nz) * vs, "y": np.arange(ny) * vs,
                                 "x": np.arange(nx) * vs},
-                        attrs={"voxel_size": vs, "model": ref, "threshold": info.threshold})
+                        attrs={"voxel_size": vs, "model": _ref_path(ref), "threshold": info.threshold})
+
+
+def _ref_path(ref) -> str:
+    """The archive path of a :func:`model_ref`."""
+    return ref[0] if isinstance(ref, tuple) else ref
 
 
 def _unhalo(chunks, k, nz, ny, nx):
@@ -253,9 +264,6 @@ def _unhalo(chunks, k, nz, ny, nx):
 
 
 def _volume(volume):
-    import dask.array as da
-    import xarray as xr
-
     vs = None
     if isinstance(volume, xr.DataArray):
         vs = volume.attrs.get("voxel_size")
@@ -317,8 +325,6 @@ def sample_tiles(volume, mask, *, box, n, slices=None, context=0, positive_fract
 
 
 def _rotate(img, angle, flip, order, cval):
-    from scipy.ndimage import rotate
-
     out = rotate(img, angle, axes=(0, 1), reshape=False, order=order, mode="constant", cval=cval)
     return out[:, ::-1] if flip else out
 

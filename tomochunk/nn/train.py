@@ -19,82 +19,24 @@ voxels.
 from __future__ import annotations
 
 import concurrent.futures as cf
-import json
-import re
 import time
-from collections import deque
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from .._log import get_logger
-from ..errors import MissingError, ShapeError, ValueProblem
-from .models import (DEFAULT_FILTERS, check_patch_shape, deepfinder_unet, load_model, model_info,
-                     policy_name, with_dtype)
+from ..errors import ValueProblem
+from . import _trainsteps as steps
+from ._trainsteps import _micro_batched, _micro_batches, _objects, _read, class_scores  # noqa: F401 (re-exports)
+from .models import DEFAULT_FILTERS
 
 log = get_logger(__name__)
 
 __all__ = ["train", "PatchSampler", "class_scores"]
 
-_CKPT = re.compile(r"checkpoint_epoch(\d+)\.keras$")
 
-
-# --- inputs --------------------------------------------------------------------------------
-
-def _as_reader(arr, what, key):
-    """Return an object supporting numpy slicing, and its shape."""
-    if isinstance(arr, (str, Path)):
-        from ..io.volume import open_source
-
-        if not Path(arr).exists():
-            raise MissingError(f"{what} of tomogram {key!r} does not exist", arr)
-        arr, _ = open_source(arr)
-    data = getattr(arr, "data", arr) if hasattr(arr, "dims") else arr  # xarray -> dask/numpy
-    if getattr(data, "ndim", None) != 3:
-        raise ShapeError(f"{what} of tomogram {key!r} must be 3D, not shape {getattr(data, 'shape', '?')}")
-    return data
-
-
-def _read(arr, sl):
-    if hasattr(arr, "compute"):  # dask: run here, not on a distributed cluster
-        return np.asarray(arr[sl].compute(scheduler="sync"))
-    return np.asarray(arr[sl])
-
-
-def _as_dict(x, what):
-    if isinstance(x, dict):
-        return {str(k): v for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return {str(i): v for i, v in enumerate(x)}
-    return {"0": x}  # a single volume
-
-
-def _objects(objects, keys, what):
-    import pandas as pd
-
-    if not isinstance(objects, pd.DataFrame):
-        objects = pd.DataFrame(objects)
-    if len(objects) == 0:
-        raise ValueProblem(f"{what} is empty")
-    if "class_label" not in objects.columns and "label" in objects.columns:
-        objects = objects.rename(columns={"label": "class_label"})
-    missing = [c for c in ("class_label", "x", "y", "z") if c not in objects.columns]
-    if missing:
-        raise ValueProblem(f"{what} lacks column(s) {missing}")
-    col = "tomo" if "tomo" in objects.columns else ("tomo_idx" if "tomo_idx" in objects.columns else None)
-    if col is None:
-        if len(keys) != 1:
-            raise ValueProblem(f"{what} has no 'tomo' column but {len(keys)} volumes were given")
-        tomos = np.array([keys[0]] * len(objects), dtype=object)
-    else:
-        tomos = objects[col].astype(str).to_numpy(dtype=object)
-        absent = sorted(set(tomos) - set(keys))
-        if absent:
-            raise ValueProblem(f"{what} references tomogram(s) {absent} that are not among the "
-                               f"volumes {sorted(keys)}")
-    return (tomos, objects["class_label"].to_numpy().astype(np.int64),
-            np.trunc(objects[["z", "y", "x"]].to_numpy(dtype=float)).astype(np.int64))
-
+# --- sampling ------------------------------------------------------------------------------
 
 class PatchSampler:
     """Draw (patch, one-hot target) batches around objects of lazy volumes.
@@ -209,82 +151,7 @@ class PatchSampler:
         return self.eye[labels]
 
 
-# --- metrics -------------------------------------------------------------------------------
-
-def class_scores(confusion: np.ndarray):
-    """Per-class precision, recall and F1 from a confusion matrix ``[true, pred]``.
-
-    Examples
-    --------
-    >>> p, r, f = class_scores(np.array([[5, 1], [0, 4]]))
-    >>> round(float(f[1]), 3)
-    0.889
-    """
-    cm = np.asarray(confusion, dtype=float)
-    tp = np.diag(cm)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        precision = np.where(cm.sum(0) > 0, tp / cm.sum(0), 0.0)
-        recall = np.where(cm.sum(1) > 0, tp / cm.sum(1), 0.0)
-        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
-    return precision, recall, f1
-
-
-def _plot_history(hist, path, n_classes):
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    e = hist["epoch"]
-    axes[0].plot(e, hist["loss"], label="train")
-    axes[0].plot(e, hist["val_loss"], label="validation")
-    axes[0].set_title("Tversky loss")
-    for name, ax in (("f1", axes[1]), ("recall", axes[2])):
-        for c in range(1, n_classes):
-            ax.plot(e, hist[f"val_{name}_{c}"], label=f"class {c}")
-        ax.set_ylim(0, 1)
-        ax.set_title(f"validation {name}")
-    for ax in axes:
-        ax.set_xlabel("epoch")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-
-
 # --- training ------------------------------------------------------------------------------
-
-def _micro_batches(batch_size: int, micro_batch) -> list:
-    """Where a batch is cut into micro-batches of ``micro_batch`` patches (the last may be smaller)."""
-    m = int(micro_batch or 0)
-    return list(range(m, batch_size, m)) if 0 < m < batch_size else []
-
-
-def _micro_batched(net, cuts: list):
-    """A training view of ``net`` that runs it on slices of the batch in one graph.
-
-    The slices' outputs are concatenated before the loss, so a step computes the
-    loss and gradients of the whole batch (the same maths up to float
-    round-off). It holds no weights of its own: ``net`` is trained in place.
-    """
-    import keras
-
-    class MicroBatched(keras.Model):
-        def call(self, x, training=False):
-            return keras.ops.concatenate([net(p, training=training)
-                                          for p in keras.ops.split(x, cuts, axis=0)], axis=0)
-
-    view = MicroBatched(name=f"{net.name}_micro")
-    view.net = net   # tracked, so that the view's trainable variables are the net's
-    return view
-
-
-def _latest_checkpoint(out_dir: Path):
-    found = [(int(m.group(1)), p) for p in out_dir.glob("checkpoint_epoch*.keras")
-             if (m := _CKPT.search(p.name))]
-    return max(found) if found else (0, None)
-
 
 def train(volumes, targets, objects_train, objects_valid, *, n_classes, patch_size=48,
           batch_size=8, epochs=10, steps_per_epoch=50, valid_steps=4, lr=1e-4, out_dir,
@@ -409,60 +276,19 @@ def train(volumes, targets, objects_train, objects_valid, *, n_classes, patch_si
     ...                     n_classes=4, patch_size=48, epochs=20, out_dir="run1")  # doctest: +SKIP
     >>> hist[["epoch", "val_f1_1"]].tail(1)                                         # doctest: +SKIP
     """
-    import keras
-    import pandas as pd
-    from tqdm.auto import tqdm
-
-    from .losses import TverskyLoss, tversky_numpy
-    from .pu import CUSTOM_OBJECTS, make_loss
-
-    n_classes = int(n_classes)
-    if n_classes < 2:
-        raise ValueProblem(f"n_classes must be >= 2, not {n_classes}")
-    patch = check_patch_shape(patch_size, anisotropic)
-    for name, v in (("batch_size", batch_size), ("epochs", epochs), ("steps_per_epoch", steps_per_epoch),
-                    ("valid_steps", valid_steps), ("checkpoint_every", checkpoint_every),
-                    ("workers", workers), ("prefetch", prefetch)):
-        if int(v) < 1:
-            raise ValueProblem(f"{name} must be >= 1, not {v}")
-    if micro_batch is not None and int(micro_batch) < 0:
-        raise ValueProblem(f"micro_batch must be >= 1 (0 or None: the whole batch per call), not {micro_batch}")
-    augment = augment if augment is not None else ("movie" if anisotropic else "tomo")
-    if augment not in ("tomo", "movie", "none", False):
-        raise ValueProblem(f"augment must be 'tomo', 'movie' or None, not {augment!r}")
-
-    vols, tgts = _as_dict(volumes, "volumes"), _as_dict(targets, "targets")
-    if set(vols) != set(tgts):
-        raise ValueProblem(f"volumes {sorted(vols)} and targets {sorted(tgts)} have different tomograms")
-    vols = {k: _as_reader(v, "volume", k) for k, v in vols.items()}
-    tgts = {k: _as_reader(v, "target", k) for k, v in tgts.items()}
-    for k in vols:
-        if tuple(vols[k].shape) != tuple(tgts[k].shape):
-            raise ShapeError(f"volume {k!r} has shape {tuple(vols[k].shape)} but its target "
-                             f"{tuple(tgts[k].shape)}")
-        if any(s < p for s, p in zip(vols[k].shape, patch)):
-            raise ShapeError(f"volume {k!r} of shape {tuple(vols[k].shape)} is smaller than a patch {patch}")
+    n_classes, patch, augment = steps.check_args(
+        n_classes, patch_size, anisotropic, augment, micro_batch, precision, batch_size=batch_size, epochs=epochs,
+        steps_per_epoch=steps_per_epoch, valid_steps=valid_steps, checkpoint_every=checkpoint_every,
+        workers=workers, prefetch=prefetch)
+    vols, tgts = steps.open_inputs(volumes, targets, patch)
     keys = sorted(vols)
-    obj_t = _objects(objects_train, keys, "objects_train")
-    obj_v = _objects(objects_valid, keys, "objects_valid")
-    for what, (_, labels, _) in (("objects_train", obj_t), ("objects_valid", obj_v)):
-        if labels.max() >= n_classes or labels.min() < 1:
-            raise ValueProblem(f"{what} has class labels {sorted(set(labels.tolist()))} but n_classes="
-                               f"{n_classes} (labels 1..n_classes-1; 0 is background)")
+    obj_t, obj_v = steps.object_lists(objects_train, objects_valid, keys, n_classes)
+    loss_fn, ignore = steps.loss_function(loss, n_classes, tau=tau, alpha=loss_alpha, beta=loss_beta,
+                                          ce_weight=ce_weight, class_weights=class_weights)
+
+    # samplers: training patches augmented, validation patches drawn once and reused every epoch
+    region = steps.regions_by_tomo(region, keys)
     aug = None if augment in ("none", False) else augment
-    if class_weights is not None:
-        if len(class_weights) != n_classes:
-            raise ValueProblem(f"class_weights needs {n_classes} values (one per class), got {list(class_weights)}")
-        if not ce_weight:
-            raise ValueProblem("class_weights weight the cross-entropy term: set ce_weight > 0 too")
-    loss_fn = make_loss(loss, tau=tau, alpha=loss_alpha, beta=loss_beta, ce_weight=ce_weight,
-                        class_weights=class_weights)
-    is_tversky = isinstance(loss_fn, TverskyLoss)
-    ignore = None if is_tversky else n_classes  # our other losses ignore an extra channel
-    if region is not None and not isinstance(region, dict):
-        region = {k: region for k in keys}
-    elif region is not None:
-        region = {str(k): v for k, v in region.items()}
     sampler_t = PatchSampler(vols, tgts, obj_t, n_classes, patch, shift=shift, bootstrap=bootstrap,
                              augment=aug, region=region, ignore_label=ignore)
     sampler_v = PatchSampler(vols, tgts, obj_v, n_classes, patch, shift=shift, bootstrap=bootstrap,
@@ -470,52 +296,16 @@ def train(volumes, targets, objects_train, objects_valid, *, n_classes, patch_si
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    start, history = 0, []
-    if resume:
-        if resume is True:
-            start, ckpt = _latest_checkpoint(out_dir)
-        else:
-            ckpt = Path(resume)
-            if not ckpt.exists():
-                raise MissingError("checkpoint does not exist", ckpt)
-            m = _CKPT.search(ckpt.name)
-            start = int(m.group(1)) if m else 0
-        if ckpt is not None:
-            model = keras.saving.load_model(ckpt, custom_objects={"TverskyLoss": TverskyLoss,
-                                                                 **CUSTOM_OBJECTS})
-            hpath = out_dir / "history.csv"
-            if hpath.exists():
-                h = pd.read_csv(hpath)
-                history = h[h["epoch"] <= start].to_dict("records")
-            log.info("resuming from %s (epoch %d)", ckpt, start)
-        else:
-            log.info("no checkpoint in %s: starting from scratch", out_dir)
-    if model is None or isinstance(model, (str, Path)):
-        model = (deepfinder_unet(n_classes, filters=filters, anisotropic=anisotropic) if model is None
-                 else load_model(model))
-    if precision not in ("float32", "bfloat16"):
-        raise ValueProblem(f"precision must be 'float32' or 'bfloat16', not {precision!r}")
-    policy = "mixed_bfloat16" if precision == "bfloat16" else None
-    if (policy or "float32") != policy_name(model):
-        model = with_dtype(model, policy)
-    info = model_info(model)
-    if info["n_classes"] != n_classes:
-        raise ValueProblem(f"the model predicts {info['n_classes']} classes but n_classes={n_classes}")
-    if not getattr(model, "optimizer", None) or not getattr(model, "compiled", False):
-        model.compile(optimizer=keras.optimizers.Adam(learning_rate=lr, beta_1=0.9, beta_2=0.999,
-                                                      epsilon=1e-8), loss=loss_fn)
-    cuts = _micro_batches(int(batch_size), micro_batch)
-    stepper = model
-    if cuts:
-        # Shares the optimizer, so that checkpoints of ``model`` carry its state.
-        stepper = _micro_batched(model, cuts)
-        stepper.compile(optimizer=model.optimizer, loss=model.loss)
+    start, resumed, history = steps.resume_point(resume, out_dir)
+    model, stepper, policy = steps.prepare_model(
+        resumed if resumed is not None else model, n_classes=n_classes, filters=filters,
+        anisotropic=anisotropic, precision=precision, lr=lr, loss_fn=loss_fn, batch_size=batch_size,
+        micro_batch=micro_batch)
 
-    # Validation patches: drawn once, reused every epoch.
     vrng = np.random.default_rng([seed, 2**31 - 1])
     valid = [sampler_v.batch(vrng, batch_size, augment=False) for _ in range(valid_steps)]
 
-    def make_batch(epoch, step):
+    def make_batch(epoch, step):  # seeded per epoch and step, so resuming is reproducible
         rng = np.random.default_rng([seed, epoch, step])
         x, y = sampler_t.batch(rng, batch_size)
         return x, sampler_t.onehot(y)
@@ -524,80 +314,24 @@ def train(volumes, targets, objects_train, objects_valid, *, n_classes, patch_si
     pool = cf.ThreadPoolExecutor(max_workers=int(workers), thread_name_prefix="tomochunk-patches")
     try:
         for epoch in range(start + 1, epochs + 1):
-            t0 = time.perf_counter()
-            queue = deque()
-            nxt = 0
-            wait = 0.0
-            losses = []
-            bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{epochs}", disable=not progress,
-                       leave=False)
-            for step in range(steps_per_epoch):
-                while nxt < steps_per_epoch and len(queue) < int(prefetch):
-                    queue.append(pool.submit(make_batch, epoch, nxt))
-                    nxt += 1
-                tw = time.perf_counter()
-                x, y = queue.popleft().result()
-                wait += time.perf_counter() - tw
-                loss = stepper.train_on_batch(x, y)
-                losses.append(float(np.asarray(loss[0] if isinstance(loss, (list, tuple)) else loss)))
-                if step == 0:
-                    t_first = time.perf_counter()
-                bar.update(1)
-                bar.set_postfix(loss=f"{losses[-1]:.3f}")
-            bar.close()
-            t_end = time.perf_counter()
-            if steps_per_epoch > 1:   # steady state: leave out the first step (graph tracing)
-                rate = (steps_per_epoch - 1) * batch_size / (t_end - t_first)
-            else:
-                rate = batch_size / (t_end - t0)
-            # validation
-            cm = np.zeros((n_classes, n_classes), np.int64)
-            vloss = []
-            for x, y in valid:
-                prob = np.asarray(model.predict_on_batch(x))
-                if is_tversky:
-                    vloss.append(tversky_numpy(sampler_v.onehot(y), prob, loss_alpha, loss_beta))
-                else:
-                    vloss.append(float(np.asarray(loss_fn(sampler_v.onehot(y), prob))))
-                use = y < n_classes  # ignored voxels are not scored
-                cm += np.bincount(y[use] * n_classes + prob.argmax(-1)[use],
-                                  minlength=n_classes ** 2).reshape(n_classes, n_classes)
-            precision, recall, f1 = class_scores(cm)
-            row = {"epoch": epoch, "loss": float(np.mean(losses)), "val_loss": float(np.mean(vloss)),
-                   "val_accuracy": float(np.trace(cm) / max(cm.sum(), 1))}
-            for c in range(n_classes):
-                row[f"val_precision_{c}"] = float(precision[c])
-                row[f"val_recall_{c}"] = float(recall[c])
-                row[f"val_f1_{c}"] = float(f1[c])
-            row["seconds"] = time.perf_counter() - t0
-            row["patches_per_s"] = rate
-            row["input_wait_s"] = wait
-            row["elapsed_s"] = time.perf_counter() - t_start
+            losses, rate, wait, t0 = steps.run_epoch(stepper, pool, make_batch, epoch=epoch, epochs=epochs,
+                                                     steps=steps_per_epoch, prefetch=prefetch,
+                                                     batch_size=batch_size, progress=progress)
+            vloss, cm = steps.validate(model, valid, sampler_v.onehot, loss_fn, n_classes, loss_alpha, loss_beta)
+            now = time.perf_counter()
+            row = steps.epoch_row(epoch, losses, vloss, cm, seconds=now - t0, rate=rate, wait=wait,
+                                  elapsed=now - t_start)
             history.append(row)
-            hist = pd.DataFrame(history)
-            hist.to_csv(out_dir / "history.csv", index=False)
-            try:
-                _plot_history(hist, out_dir / "history.png", n_classes)
-            except Exception as exc:  # a plot must never stop a training run
-                log.warning("could not plot history: %s", exc)
+            steps.record_history(history, out_dir, n_classes)
             log.info("epoch %d: loss %.4f val_loss %.4f F1 %s (%.1f patches/s, waited %.1f s for input)",
-                     epoch, row["loss"], row["val_loss"], np.round(f1[1:], 3), row["patches_per_s"], wait)
+                     epoch, row["loss"], row["val_loss"],
+                     np.round([row[f"val_f1_{c}"] for c in range(1, n_classes)], 3), rate, wait)
             over = time_limit is not None and time.perf_counter() - t_start > time_limit
             if epoch % int(checkpoint_every) == 0 or epoch == epochs or over:
-                path = out_dir / f"checkpoint_epoch{epoch:04d}.keras"
-                tmp = path.with_name(path.stem + ".tmp.keras")
-                model.save(tmp)
-                tmp.replace(path)
-                (out_dir / "state.json").write_text(json.dumps({"epoch": epoch, "checkpoint": path.name}))
+                steps.save_checkpoint(model, out_dir, epoch)
             if over:
                 log.info("time limit of %.0f s reached after epoch %d", time_limit, epoch)
                 break
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-
-    from .models import save_model
-
-    final = model if policy is None else with_dtype(model, None)
-    save_model(final, out_dir / "model_final.keras",
-               legacy_h5=(out_dir / "net_weights_FINAL.h5") if legacy_h5 else None)
-    return final, pd.DataFrame(history)
+    return steps.save_final(model, policy, out_dir, legacy_h5), pd.DataFrame(history)

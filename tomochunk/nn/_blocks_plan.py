@@ -1,0 +1,162 @@
+"""The block tiling (``tiling="blocks"`` of :func:`tomochunk.nn.segment.segment`).
+
+One network call per Dask block plus a halo of ``crop`` voxels (rounded up to a multiple
+of 4) towards each neighbour. Block sides and halos are multiples of 4 and the first block
+is ``crop % 4`` voxels shorter, with that many zeros in front, so every window pools in
+one phase (see :func:`predict_window`).
+"""
+
+from __future__ import annotations
+
+import math
+from itertools import product
+
+import dask
+import dask.array as da
+import numpy as np
+
+from .._log import get_logger
+from ..errors import ValueProblem
+from ._memory import memory_budget
+from ._model import run
+
+log = get_logger(__name__)
+
+POOL = 4  # the U-Net pools twice by 2: window sides must be multiples of 4
+
+
+def _up4(v):
+    """``v`` rounded up to a multiple of 4 (``POOL``).
+
+    Examples
+    --------
+    >>> _up4(25), _up4(28)
+    (28, 28)
+    """
+    return -(-int(v) // POOL) * POOL
+
+
+def _halo(crop):
+    """Context voxels per inner block side: ``crop`` rounded up to a multiple of 4."""
+    return _up4(crop)
+
+
+def _even_chunks(n, c):
+    return tuple(min(c, n - i) for i in range(0, n, c)) or (n,)
+
+
+def window_voxels(chunks, crop):
+    """Voxels the network runs on for ``tiling="blocks"`` with these block chunks: every block
+    plus its halos and lead, padded to multiples of 4 (over the volume's voxels: the tiling overhead).
+
+    Examples
+    --------
+    >>> window_voxels(((99, 101), (256,), (256,)), crop=25)
+    17576000
+    """
+    halo, lead = _halo(crop), crop % POOL
+    sides = []
+    for c in chunks:
+        w = [n + (halo if i else lead) + halo * (i < len(c) - 1) for i, n in enumerate(c)]
+        sides.append([_up4(v) for v in w])
+    return int(sum(math.prod(t) for t in product(*sides)))
+
+
+def block_chunks(shape, crop, block_shape, bytes_per_voxel, workers):
+    """Block sides (multiples of 4): ``block_shape`` rounded up, or the longest side halved until
+    one window (block plus a halo per inner side) fits the memory budget and every worker has a block.
+
+    Examples
+    --------
+    >>> block_chunks((64, 96, 80), 4, None, 1024.0, {"a": {"memory_limit": 4e9}, "b": {"memory_limit": 4e9}})
+    ((64,), (48, 48), (80,))
+    """
+    if block_shape is not None:
+        bs = (int(block_shape),) * 3 if np.isscalar(block_shape) else tuple(int(b) for b in block_shape)
+        if len(bs) != 3 or min(bs) < 1:
+            raise ValueProblem(f"block_shape must be one or 3 positive integers, got {block_shape!r}")
+        return tuple(_axis_blocks(n, _up4(b), crop) for n, b in zip(shape, bs))
+    max_vox = memory_budget(workers) / bytes_per_voxel
+    halo = _halo(crop)
+    sides = list(shape)
+
+    def window(a):
+        n = math.ceil(shape[a] / sides[a])
+        return sides[a] + (0 if n == 1 else 2 * halo)
+
+    while True:
+        vox = math.prod(window(a) for a in range(3))
+        blocks = math.prod(math.ceil(n / s) for n, s in zip(shape, sides))
+        if vox <= max_vox and blocks >= max(1, len(workers)):
+            break
+        a = int(np.argmax(sides))
+        if sides[a] <= max(2 * halo, POOL):
+            break
+        sides[a] = _up4(math.ceil(sides[a] / 2))
+    if math.prod(window(a) for a in range(3)) > max_vox:
+        log.warning("segment: windows of %s voxels exceed the memory budget (%.1f GB)",
+                    [window(a) for a in range(3)], max_vox * bytes_per_voxel / 1e9)
+    return tuple(_axis_blocks(n, s, crop) for n, s in zip(shape, sides))
+
+
+def _axis_blocks(n, side, crop):
+    """Blocks of ``side`` along an axis of ``n``, the first ``crop % 4`` shorter (see
+    :func:`predict_window`); a last one thinner than the halo joins its neighbour.
+
+    Examples
+    --------
+    >>> _axis_blocks(100, 32, 25)
+    (31, 32, 37)
+    """
+    first = min(n, side - crop % POOL)
+    c = [first] + list(_even_chunks(n - first, side) if n > first else ())
+    if len(c) > 1 and c[-1] < _halo(crop):
+        last = c.pop()
+        c[-1] += last
+    return tuple(c)
+
+
+def block_scores(data, chunks, handle, crop, n_classes, precision, annotate):
+    """Lazy ``[c, z, y, x]`` scores, one network call per block of ``chunks`` plus its halo
+    (``handle``: the network's :class:`~tomochunk.nn._model.ModelHandle`; ``annotate()``:
+    the context for the network tasks)."""
+    data = data.rechunk(chunks)
+    halo = _halo(crop)
+    depth = {a: (halo if len(c) > 1 else 0) for a, c in enumerate(data.chunks)}
+    if any(min(c) < depth[a] for a, c in enumerate(data.chunks)):  # block_shape below the halo
+        raise ValueProblem(f"blocks {tuple(min(c) for c in data.chunks)} are thinner than the halo "
+                           f"({halo} voxels): use a larger block_shape")
+    ext = da.overlap.overlap(data, depth=depth, boundary="none")
+    nblocks = data.numblocks
+
+    def run_block(block, block_id=None, blob=None):
+        ids = block_id[1:]  # after the new class axis
+        inner = [(ids[a] > 0 and depth[a] > 0, ids[a] < nblocks[a] - 1 and depth[a] > 0) for a in range(3)]
+        return predict_window(block, handle.load(precision, blob), depth, inner, crop % POOL)
+
+    name = f"segment-blocks-{dask.base.tokenize(data, handle.token, crop, precision)}"
+    with annotate():
+        return da.map_blocks(run_block, ext, new_axis=0, chunks=((n_classes,),) + data.chunks,
+                             dtype=np.float32, name=name, meta=np.empty((0, 0, 0, 0), np.float32),
+                             **handle.kwargs())
+
+
+def predict_window(block, model, depth, inner, lead):
+    """Scores of a block's core from one network call on the block and its halo.
+
+    ``inner[a] = (low, high)``: which sides of axis ``a`` carry a halo of ``depth[a]``
+    voxels. Halos and inner blocks are multiples of 4 and the first block, ``lead = crop % 4``
+    voxels shorter, gets ``lead`` zeros in front: every window starts at a volume coordinate
+    of ``-crop`` modulo 4, where DeepFinder's first patch starts, so the U-Net pools in one
+    phase everywhere (no seams between blocks) and in the phase of DeepFinder's first patch.
+    Far faces are zero-padded to a multiple of 4.
+    """
+    x = np.asarray(block, dtype=np.float32)
+    front = [0 if lo else lead for lo, _ in inner]
+    pad = [(f, (-(f + n)) % POOL) for f, n in zip(front, x.shape)]
+    if any(p != (0, 0) for p in pad):
+        x = np.pad(x, pad)
+    y = run(model, x[None, ..., None])[0]
+    core = tuple(slice(f + (depth[a] if lo else 0), f + n - (depth[a] if hi else 0))
+                 for a, ((lo, hi), n, f) in enumerate(zip(inner, block.shape, front)))
+    return np.ascontiguousarray(np.moveaxis(y[core], -1, 0))

@@ -1,0 +1,119 @@
+"""How segmentation tasks reach their network: a file path, or a Keras model shipped once.
+
+A task carries a :class:`ModelHandle` (a path or a token, a few bytes) and loads the network
+from the per-process cache (:mod:`tomochunk.nn._cache`). A Keras model object is serialised
+to its ``.keras`` bytes once; with a distributed client the bytes are scattered to the
+workers through the scheduler (one copy per worker, whatever the number of tasks), without
+one the graph holds them in one key. No temporary file is involved, so workers on other
+machines get the model too.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dask
+import numpy as np
+
+from ..errors import MissingError, ValueProblem
+from ..parallel import current_client
+from . import _cache
+
+
+class ModelHandle:
+    """A picklable reference to a network: ``path`` (a file workers can read) or ``token``
+    (a model shipped as bytes, see :func:`model_handle`).
+
+    Examples
+    --------
+    >>> h = ModelHandle(None, "keras-abc")
+    >>> h.kwargs(), str(h)
+    ({}, '<keras model keras-abc>')
+    """
+
+    def __init__(self, path, token, blob=None):
+        self.path, self.token, self.blob = path, token, blob
+
+    def __reduce__(self):  # the bytes travel as a graph dependency, never inside the handle
+        return ModelHandle, (self.path, self.token)
+
+    def __str__(self):
+        return self.path if self.path is not None else f"<keras model {self.token}>"
+
+    def kwargs(self) -> dict:
+        """Keyword arguments of the network tasks: the shipped bytes, as a dependency."""
+        return {} if self.blob is None else {"blob": self.blob}
+
+    def load(self, precision="float32", blob=None):
+        """The network in this process (loaded or built once per process)."""
+        if self.path is not None:
+            return _cache.keras_model(self.path, precision)
+        if blob is None:
+            raise ValueProblem(f"model {self.token} was shipped without its bytes")
+        return _cache.shipped_model(self.token, blob, precision)
+
+
+def model_handle(model, client=None):
+    """``(handle, keras_model)`` for a model path or a Keras model object.
+
+    A path must exist; the model is loaded here (once per process) to read its shapes.
+    A Keras model is serialised once and, under a distributed client, scattered to every
+    worker (``broadcast``); tasks name it by the token of its bytes.
+
+    Examples
+    --------
+    >>> model_handle(3.5)
+    Traceback (most recent call last):
+    ...
+    tomochunk.errors.ValueProblem: model must be a path or a Keras model, got float
+    """
+    if isinstance(model, (str, os.PathLike)):
+        p = Path(model)
+        if not p.exists():
+            raise MissingError("no such model file", p)
+        path = str(p.resolve())
+        token = "file-" + dask.base.tokenize(path, os.stat(path).st_mtime_ns)
+        return ModelHandle(path, token), _cache.keras_model(path)
+    if not hasattr(model, "predict_on_batch"):
+        raise ValueProblem(f"model must be a path or a Keras model, got {type(model).__name__}")
+    blob = _cache.model_bytes(model)
+    # from the config and weights: a .keras file holds its save date, so its bytes differ per save
+    token = "keras-" + dask.base.tokenize(model.to_json(), [np.asarray(w) for w in model.get_weights()])
+    _cache.put_token(token, model)  # this process already has it
+    client = current_client(client)
+    if client is not None:
+        dep = dask.delayed(client.scatter(blob, broadcast=True, hash=False))
+    else:
+        dep = dask.delayed(blob, name="model-bytes-" + token)
+    return ModelHandle(None, token, dep), model
+
+
+def n_classes(model, patch_size):
+    """Classes the model predicts; checks its input size against ``patch_size`` (None: any size)."""
+    shape = tuple(model.output_shape) if hasattr(model, "output_shape") else None
+    if not shape or shape[-1] is None:
+        raise ValueProblem("cannot tell the number of classes from the model's output shape")
+    ins = tuple(model.input_shape)
+    fixed = [s for s in ins[1:4] if s is not None]
+    if fixed and patch_size is None:
+        raise ValueProblem(f"tiling='blocks' needs a network that takes any input size; this one takes {ins[1:4]}")
+    if fixed and any(s != patch_size for s in fixed):
+        raise ValueProblem(f"the model takes patches of {ins[1:4]}, but patch_size={patch_size}")
+    return int(shape[-1])
+
+
+def run(model, x):
+    """The network on one batch, as float32 numpy.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> run(lambda x: x * 2, np.ones((1, 2))).tolist()
+    [[2.0, 2.0]]
+    """
+    try:
+        y = model.predict_on_batch(x)
+    except AttributeError:  # a bare callable
+        y = model(x)
+    return np.asarray(y, dtype=np.float32)
