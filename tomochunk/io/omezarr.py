@@ -148,7 +148,7 @@ def mark_complete(path, **extra) -> None:
 def read_multiscale(path, level=0, *, check=True):
     """Open one level of an OME-Zarr multiscale group, or a plain Zarr array.
 
-    Axis names are matched to ``t, c, z, y, x`` whatever their case and order
+    Axis names are matched to ``c, t, z, y, x`` whatever their case and order
     (``X``, ``x, y, z``, ``tczyx``), and the array is transposed lazily to that
     order, so ``dims`` is always ``(z, y, x)``, ``(t, y, x)``, ``(c, z, y, x)`` or
     similar; time and channel axes of length 1 are dropped. Unknown axis names
@@ -241,19 +241,21 @@ def read_multiscale(path, level=0, *, check=True):
 #: NGFF spatial units -> Å (voxel sizes and translations are kept in Å)
 _ANGSTROM_PER = {"angstrom": 1.0, "nanometer": 10.0, "micrometer": 1e4, "millimeter": 1e7, "meter": 1e10,
                  "picometer": 0.01}
-_AXIS_ORDER = "tczyx"
+#: tomochunk's axis order: the class/channel axis leads (score maps are ``c, z, y, x`` or
+#: ``c, t, y, x``), then time, then space
+AXIS_ORDER = "ctzyx"
 
 
 def _canonical_axes(arr, dims, path):
-    """``(array, dims, perm)`` with the axes renamed to lower case, put in ``t, c, z, y, x`` order
+    """``(array, dims, perm)`` with the axes renamed to lower case, put in ``c, t, z, y, x`` order
     (lazily) and length-1 ``t``/``c`` axes dropped; ``perm`` lists the kept source axes."""
     names = [str(d).lower() for d in dims]
     if len(names) != arr.ndim:
         raise FormatError(f"axes {list(dims)} do not match the {arr.ndim}D array", path)
-    unknown = [d for d in names if d not in _AXIS_ORDER]
+    unknown = [d for d in names if d not in AXIS_ORDER]
     if unknown or len(set(names)) != len(names):
         raise FormatError(f"axes {list(dims)} are not distinct names among t, c, z, y, x", path)
-    perm = sorted(range(len(names)), key=lambda i: _AXIS_ORDER.index(names[i]))
+    perm = sorted(range(len(names)), key=lambda i: AXIS_ORDER.index(names[i]))
     if perm != list(range(len(names))):
         log.info("%s: axes %s read as %s", path, list(dims), [names[i] for i in perm])
         arr = arr.transpose(perm)

@@ -15,7 +15,7 @@ from ._source import check_chunks, check_voxel_size, warn
 from .em import EM_SUFFIXES, em_dtype, read_em, write_em
 from .h5 import H5_SUFFIXES, read_h5, write_h5
 from .mrc import MRC_SUFFIXES, read_mrc, write_mrc
-from .omezarr import PyramidWriter, read_multiscale
+from .omezarr import AXIS_ORDER, PyramidWriter, read_multiscale
 from .tiff import TIFF_SUFFIXES, read_tiff_folder, read_tiff_stack
 
 log = get_logger(__name__)
@@ -176,16 +176,14 @@ def open_volume(path, *, dataset=None, level=0, chunks=None, check_finite=False)
     return out
 
 
-_AXIS_ORDER = "tczyx"
-
 
 def _as_dask(array):
     """(dask array, dims, voxel_size, attrs) from numpy, dask or xarray input."""
     if isinstance(array, xr.DataArray):
         names = [str(d).lower() for d in array.dims]
-        if len(set(names)) == len(names) and set(names) <= set(_AXIS_ORDER):
+        if len(set(names)) == len(names) and set(names) <= set(AXIS_ORDER):
             # files store z, y, x: a DataArray in another axis order is transposed, never written as is
-            order = sorted(range(len(names)), key=lambda i: _AXIS_ORDER.index(names[i]))
+            order = sorted(range(len(names)), key=lambda i: AXIS_ORDER.index(names[i]))
             array = array.transpose(*[array.dims[i] for i in order])
             array = array.rename({d: str(d).lower() for d in array.dims})
         dims, attrs = tuple(array.dims), dict(array.attrs)
