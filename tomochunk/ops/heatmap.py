@@ -29,6 +29,7 @@ Decoding (:func:`decode_heatmap`)
 from __future__ import annotations
 
 import math
+import warnings
 
 import dask.array as da
 import numpy as np
@@ -125,6 +126,11 @@ def heatmap_targets(objects, shape, *, sigma: float = 2.0, soft: float = 0.1, ha
         objects = objects[objects["class_label"].astype(np.int64).isin(keep)]
     zyx = objects[["z", "y", "x"]].to_numpy(dtype=np.float64).reshape(-1, 3)
     radius = _support(float(sigma), float(soft))
+    c = np.rint(zyx)
+    outside = int(np.sum(np.any((c < 0) | (c >= np.asarray(shape)), axis=1)))
+    if outside:
+        warnings.warn(f"heatmap targets: {outside} of {len(zyx)} objects lie outside the volume (z, y, x) = "
+                      f"{shape}; only what their Gaussians reach inside is painted", stacklevel=2)
 
     chunks = da.core.normalize_chunks(chunks if chunks is not None else "auto", shape, dtype=np.float32)
     # only the objects whose truncated Gaussian reaches a block (the same boxes _heat_block paints)
