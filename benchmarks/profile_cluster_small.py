@@ -2,7 +2,9 @@
 
 DeepFinder's recommended input: a 2x-binned 100x256x256 sphere map with about 2500 objects,
 clustered with ``radius=5``. The map fits in one block, so the time is overhead plus the
-clustering itself. Prints the median of ``--repeat`` single-process runs (``time.perf_counter``).
+clustering itself. Prints the median of ``--repeat`` single-process runs (``time.perf_counter``,
+and the process CPU time, which a loaded machine disturbs less), for ``cluster``, ``label`` and
+``pick`` on the same map.
 
     PYTHONPATH=. .venv/bin/python benchmarks/profile_cluster_small.py [--repeat 3] [--profile]
 """
@@ -34,18 +36,27 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--scheduler", default="synchronous", help="dask scheduler: synchronous or threads")
     a = ap.parse_args()
     lm, truth = sphere_map()
-    print(f"map {lm.shape}, {len(truth)} objects, {int((lm > 0).sum())} foreground voxels")
-    with dask.config.set(scheduler="synchronous"):
-        tomochunk.cluster(lm, radius=5)  # warm up imports and caches
-        times = []
-        for _ in range(a.repeat):
-            t = time.perf_counter()
-            df = tomochunk.cluster(lm, radius=5)
-            times.append(time.perf_counter() - t)
-        print(f"cluster(radius=5): {len(df)} objects, median {statistics.median(times):.3f} s "
-              f"of {[round(x, 3) for x in times]}")
+    score = (lm > 0).astype(np.float32)
+    print(f"map {lm.shape}, {len(truth)} objects, {int((lm > 0).sum())} foreground voxels, "
+          f"scheduler {a.scheduler}")
+    runs = {"cluster(radius=5)": lambda: len(tomochunk.cluster(lm, radius=5)),
+            "label": lambda: tomochunk.label(lm > 0)[1],
+            "pick(min_spacing=5)": lambda: len(tomochunk.pick(score, min_spacing=5)),
+            "pick(centroid)": lambda: len(tomochunk.pick(score, mode="centroid"))}
+    with dask.config.set(scheduler=a.scheduler):
+        for name, fn in runs.items():
+            fn()  # warm up imports and caches
+            times, cpu = [], []
+            for _ in range(a.repeat):
+                t, c = time.perf_counter(), time.process_time()
+                n = fn()
+                times.append(time.perf_counter() - t)
+                cpu.append(time.process_time() - c)
+            print(f"{name}: {n} objects, median {statistics.median(times):.3f} s "
+                  f"of {[round(x, 3) for x in times]} (CPU median {statistics.median(cpu):.3f} s)")
         if a.profile:
             pr = cProfile.Profile()
             pr.enable()

@@ -35,7 +35,7 @@ from .._log import get_logger
 from ..errors import ShapeError, ValueProblem
 from ..parallel import current_client, n_workers
 from . import _ccl
-from ._arrays import as_dask, object_frame
+from ._arrays import object_frame
 
 log = get_logger(__name__)
 
@@ -174,7 +174,7 @@ def cluster(labelmap, *, radius, classes=None, min_size: int = 1, method: str = 
     >>> cluster(lm, radius=3)[["class_label", "x", "y", "z", "size"]].values.tolist()
     [[2.0, 6.0, 6.0, 6.0, 27.0]]
     """
-    lm, vs = as_dask(labelmap, "labelmap")
+    lm, vs = _ccl.as_input(labelmap, "labelmap")
     vs = voxel_size if voxel_size is not None else vs
     if not np.issubdtype(lm.dtype, np.integer) and lm.dtype != bool:
         raise ShapeError(f"labelmap must be an integer label map, got dtype {lm.dtype}")

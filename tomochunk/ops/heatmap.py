@@ -38,8 +38,8 @@ from scipy import ndimage as ndi
 
 from .._log import get_logger
 from ..errors import ShapeError, ValueProblem
-from ._arrays import as_dask, object_frame
-from ._ccl import in_memory, one_block
+from ._arrays import object_frame
+from ._ccl import as_blocked, as_input, in_memory, one_block
 from ._paint import blockwise, route, stamp
 from ._peaks import class_maps, peaks, picks_frame
 
@@ -203,7 +203,7 @@ def decode_heatmap(heatmap, *, threshold: float = 0.5, top_k: int | None = None,
     >>> decode_heatmap(h, threshold=0.5, z_range=(0, 10))[["x", "y", "z", "score"]].values.tolist()
     [[6.0, 5.0, 4.0, 0.75]]
     """
-    h, vs = as_dask(heatmap, "heatmap")
+    h, vs = as_input(heatmap, "heatmap")
     vs = voxel_size if voxel_size is not None else vs
     if h.ndim not in (3, 4):
         raise ShapeError(f"heatmap must be [z, y, x] or [c, z, y, x], got {h.ndim} dimensions")
@@ -224,7 +224,7 @@ def decode_heatmap(heatmap, *, threshold: float = 0.5, top_k: int | None = None,
     if smooth < 0:
         raise ValueProblem(f"smooth must be >= 0, not {smooth}")
     if smooth > 0:
-        h = _smooth(h, smooth)
+        h = _smooth(as_blocked(h)[0], smooth)
     if one_block(h):  # read (and smooth) once, then numpy only
         h = in_memory(h)
     frames = [picks_frame(c, peaks(m, threshold=threshold, spacing=min_distance, cap=1, mode="nms"))

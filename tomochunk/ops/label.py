@@ -15,7 +15,6 @@ import pandas as pd
 from .._log import get_logger
 from ..errors import ShapeError
 from . import _ccl
-from ._arrays import as_dask
 
 log = get_logger(__name__)
 
@@ -67,7 +66,7 @@ def label(mask, *, structure=None, connectivity: int = 1, persist=None):
     >>> n
     0
     """
-    m, _ = as_dask(mask, "mask")
+    m, _ = _ccl.as_input(mask, "mask")
     if m.ndim < 1:
         raise ShapeError("mask must have at least one dimension")
     s = _ccl.structure(m.ndim, structure, connectivity)
@@ -104,21 +103,23 @@ def regionprops(labels, *, intensity=None, classes=None):
     >>> regionprops(lab)[["x", "y", "z", "size"]].values.tolist()
     [[1.5, 1.5, 1.5, 8.0]]
     """
-    lab, vs = as_dask(labels, "labels")
+    lab, vs = _ccl.as_input(labels, "labels")
     if not np.issubdtype(lab.dtype, np.integer):
         raise ShapeError(f"labels must be an integer array, got {lab.dtype}")
     inten = cls = None
     if intensity is not None:
-        inten, vs2 = as_dask(intensity, "intensity")
+        inten, vs2 = _ccl.as_input(intensity, "intensity")
         vs = vs or vs2
         if inten.shape != lab.shape:
             raise ShapeError(f"intensity shape {inten.shape} differs from labels shape {lab.shape}")
     if classes is not None:
-        cls, _ = as_dask(classes, "classes")
+        cls, _ = _ccl.as_input(classes, "classes")
         if cls.shape != lab.shape:
             raise ShapeError(f"classes shape {cls.shape} differs from labels shape {lab.shape}")
         if not np.issubdtype(cls.dtype, np.integer):
             raise ShapeError(f"classes must be an integer array, got {cls.dtype}")
+    if not _ccl.one_block(lab, inten, cls):
+        lab, inten, cls = _ccl.as_blocked(lab, inten, cls)
     parts = _ccl.block_parts(lab, inten, cls)
     obj, cl = _ccl.combine_stats(parts, lab.ndim, inten is not None, cls is not None)
     if cls is not None and cl is None:

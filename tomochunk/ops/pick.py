@@ -39,7 +39,7 @@ from .._blocks import chunk_bounds
 from .._log import get_logger
 from ..errors import ShapeError, ValueProblem
 from . import _ccl
-from ._arrays import as_dask, object_frame
+from ._arrays import object_frame
 from ._peaks import class_maps, peaks, picks_frame
 
 log = get_logger(__name__)
@@ -148,7 +148,7 @@ def pick(scoremap, *, threshold: float = 0.5, min_size: float = 1, min_spacing: 
     >>> pick(s, threshold=0.5, min_spacing=4)[["x", "y", "z"]].values.tolist()
     [[12.0, 12.0, 12.0]]
     """
-    s, vs = as_dask(scoremap, "scoremap")
+    s, vs = _ccl.as_input(scoremap, "scoremap")
     vs = voxel_size if voxel_size is not None else vs
     if s.ndim not in (3, 4):
         raise ShapeError(f"scoremap must be [z, y, x] or [c, z, y, x], got {s.ndim} dimensions")
