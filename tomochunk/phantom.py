@@ -742,13 +742,10 @@ def _render_movie_block(args, offset, bshape, *, intensity=True, labels=True):
                 if r < 0:
                     continue
                 cy, cx = row[1] - y0, row[2] - x0
-                a0, a1 = max(int(math.floor(cy - r)), 0), min(int(math.ceil(cy + r)) + 1, by)
-                b0, b1 = max(int(math.floor(cx - r)), 0), min(int(math.ceil(cx + r)) + 1, bx)
-                if a0 >= a1 or b0 >= b1:
-                    continue
-                dy = np.arange(a0, a1)[:, None] - cy
-                dx = np.arange(b0, b1)[None, :] - cx
-                lab[f, a0:a1, b0:b1][dy * dy + dx * dx <= r * r] = int(row[6])
+                a0, b0 = int(math.floor(cy - r)), int(math.floor(cx - r))
+                dy = np.arange(a0, int(math.ceil(cy + r)) + 1)[:, None] - cy
+                dx = np.arange(b0, int(math.ceil(cx + r)) + 1)[None, :] - cx
+                stamp(lab[f], dy * dy + dx * dx <= r * r, (a0, b0), value=int(row[6]))
     return img, lab
 
 
