@@ -23,9 +23,11 @@ from tomochunk.ops.targets import spheres
 from tomochunk.phantom import phantom_tomogram
 
 
-def sphere_map(shape=(100, 256, 256), n=2500, radius=5, seed=0):
-    """Non-overlapping spheres of 2 classes (centres >= 2 radius + 1 apart, the phantom's placement)."""
-    _, obj, _ = phantom_tomogram(shape, classes=[("sphere", radius)], n_objects=n, snr=None,
+def sphere_map(shape=(100, 256, 256), n=2500, radius=5, seed=0, touching=False):
+    """Non-overlapping spheres of 2 classes (centres >= 2 radius + 1 apart, the phantom's placement),
+    or with ``touching`` spheres placed for radius - 1, so that many merge and mean shift splits them."""
+    size = radius - 1 if touching else radius
+    _, obj, _ = phantom_tomogram(shape, classes=[("sphere", size)], n_objects=n, snr=None,
                                  missing_wedge=None, background=0, membranes=0, min_gap=0, seed=seed,
                                  chunks=shape)
     obj["class_label"] = np.random.default_rng(seed).integers(1, 3, len(obj))
@@ -36,9 +38,10 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--touching", action="store_true", help="spheres that touch: mean shift does the work")
     ap.add_argument("--scheduler", default="synchronous", help="dask scheduler: synchronous or threads")
     a = ap.parse_args()
-    lm, truth = sphere_map()
+    lm, truth = sphere_map(touching=a.touching)
     score = (lm > 0).astype(np.float32)
     print(f"map {lm.shape}, {len(truth)} objects, {int((lm > 0).sum())} foreground voxels, "
           f"scheduler {a.scheduler}")

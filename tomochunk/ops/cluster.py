@@ -66,7 +66,7 @@ def _meanshift(coords, radius, max_iter: int = 300):
         idx = np.flatnonzero(active)
         if not idx.size:
             break
-        d2 = ((means[idx, None, :] - x[None]) ** 2).sum(-1) <= r2
+        d2 = _sq_dist(means[idx], x) <= r2
         n = d2.sum(1)
         empty = n == 0
         new = (d2 @ x) / np.maximum(n, 1)[:, None]
@@ -90,8 +90,20 @@ def _meanshift(coords, radius, max_iter: int = 300):
         out.append(cand[i])
         taken |= ((cand - cand[i]) ** 2).sum(1) <= r2
     centres = np.array(out)
-    labels = np.argmin(((x[:, None, :] - centres[None]) ** 2).sum(-1), axis=1)
+    labels = np.argmin(_sq_dist(x, centres), axis=1)
     return centres, labels
+
+
+def _sq_dist(a, b):
+    """``((a[:, None] - b[None]) ** 2).sum(-1)``, summed in the same order (so bit-identical), but
+    one axis at a time: ~3x faster, without the ``(n, m, 3)`` temporaries and the short-axis reduction."""
+    d = np.subtract.outer(a[:, 0], b[:, 0])
+    d *= d
+    for k in range(1, a.shape[1]):
+        t = np.subtract.outer(a[:, k], b[:, k])
+        t *= t
+        d += t
+    return d
 
 
 def _extract(mask_block, lm_block, structure, table, wanted, origin, lab=None):
