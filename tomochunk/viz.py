@@ -34,9 +34,18 @@ def orthoslices(volume, path, *, labels=None, objects=None, position=None, title
     position : tuple of int, optional
         ``(z, y, x)`` of the slices (default: the centre).
 
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+
     Examples
     --------
-    >>> orthoslices(vol, "tomo.png", labels=lab, objects=picks)  # doctest: +SKIP
+    >>> import tempfile
+    >>> vol = np.random.default_rng(0).normal(size=(8, 16, 16))
+    >>> png = orthoslices(vol, Path(tempfile.mkdtemp()) / "tomo.png", labels=(vol > 1).astype(np.uint8))
+    >>> png.read_bytes()[1:4]
+    b'PNG'
     """
     import matplotlib
 
