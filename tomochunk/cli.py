@@ -419,8 +419,9 @@ def _run_segment(args):
     from .io.convert import convert, output_name
     from .io.omezarr import is_complete
     from .io.volume import open_volume
-    from .nn.segment import segment, write_segmentation
+    from .nn.segment import segment
     from .parallel import client_context
+    from .workflows.segment import write_segmentation
 
     out = Path(args.outdir)
     out.mkdir(parents=True, exist_ok=True)
@@ -756,7 +757,7 @@ def _add_segment_features(sub):
 
 def _run_segment_features(args):
     from .errors import ValueProblem
-    from .nn.features import segment_features
+    from .workflows.features import segment_features
     from .parallel import client_context
 
     inter = []

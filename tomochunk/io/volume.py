@@ -176,7 +176,8 @@ def write_volume(array, path, *, voxel_size=None, levels=3, chunks=None, overwri
         label = data.dtype.kind in "iub" if label is None else label
         w = PyramidWriter(path, data.shape, data.dtype, dims=dims, voxel_size=voxel_size, levels=levels,
                           chunks=chunks, label=label, overwrite=overwrite, ngff=ngff,
-                          attrs={k: v for k, v in attrs.items() if k in ("mrc_header",)}, name=path.stem)
+                          attrs={k: v for k, v in attrs.items() if k in ("mrc_header",)}, name=path.stem,
+                          inputs=[data], origin=attrs.get("origin"))  # refused if data reads from path
         stats = w.write(lambda region: data[region].compute())
         w.finish(stats=stats)
         return path
