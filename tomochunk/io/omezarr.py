@@ -386,12 +386,26 @@ def _remove(path: Path) -> None:
     shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
+def _source_paths(obj):
+    if isinstance(obj, dict):
+        if isinstance(obj.get("path"), str):
+            yield obj["path"]
+        for v in obj.values():
+            if isinstance(v, (dict, list)):
+                yield from _source_paths(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _source_paths(v)
+
+
 def _differences(old, new) -> str:
+    """How an existing record differs from the new one, in words."""
     what = [k for k in ("layout", "source", "params") if old.get(k) != new.get(k)]
-    if "source" in what and (old.get("source") or {}).get("path"):
-        src = old["source"]["path"]
-        same_path = src == (new.get("source") or {}).get("path")
-        return f"from {src}" + (" as it was then (it changed since: size, mtime or content)" if same_path else "")
+    if "source" in what:
+        olds, news = list(_source_paths(old.get("source"))), list(_source_paths(new.get("source")))
+        if olds:
+            changed = " as they were then (changed since: size, mtime or content)" if olds == news else ""
+            return f"from {', '.join(olds)}{changed}"
     return "with other " + " and ".join("writer parameters" if w == "params" else w for w in what)
 
 
