@@ -54,6 +54,8 @@ def _add_convert(sub):
     p.add_argument("--dataset", default=None, help="HDF5 dataset name")
     p.add_argument("--compression", choices=("auto", "on", "off"), default="auto",
                    help="auto: store noisy float data raw when a sample compresses < 1.15x (default)")
+    p.add_argument("--ngff", choices=("0.4", "0.5"), default="0.4",
+                   help="NGFF 0.4 on Zarr 2 (default, read by copick and the cryoET data portal) or 0.5 on Zarr 3")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(run=_run_convert)
 
@@ -68,7 +70,7 @@ def _run_convert(args):
     for src in args.inputs:
         dst = out / output_name(src)
         convert(src, dst, chunks=args.chunks, levels=args.levels, overwrite=args.overwrite,
-                dataset=args.dataset, progress=True,
+                dataset=args.dataset, progress=True, ngff=args.ngff,
                 compression={"auto": "auto", "on": True, "off": False}[args.compression])
         print(f"{src} -> {dst}")
 

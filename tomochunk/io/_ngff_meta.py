@@ -18,7 +18,7 @@ UNITS = {"z": "angstrom", "y": "angstrom", "x": "angstrom"}
 TYPES = {"t": "time", "c": "channel", "z": "space", "y": "space", "x": "space"}
 VERSIONS = ("0.4", "0.5")
 
-#: label colours (RGBA) cycled over the classes; 0 (background) is transparent
+#: label colours (RGB) cycled over the classes
 PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
            (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (170, 110, 40)]
 
@@ -144,7 +144,7 @@ def image_label_metadata(classes=None, version="0.4") -> dict:
     --------
     >>> il = image_label_metadata({1: "ribosome"})
     >>> il["properties"], il["colors"][0]["label-value"]
-    ([{'label-value': 1, 'class': 'ribosome'}], 0)
+    ([{'label-value': 1, 'class': 'ribosome'}], 1)
     """
     out = {"source": {"image": "../../"}}
     if version == "0.4":
@@ -152,8 +152,9 @@ def image_label_metadata(classes=None, version="0.4") -> dict:
     classes = {int(k): str(v) for k, v in (classes or {}).items() if int(k) != 0}
     if classes:
         out["properties"] = [{"label-value": k, "class": v} for k, v in sorted(classes.items())]
-        out["colors"] = [{"label-value": 0, "rgba": [0, 0, 0, 0]}] + [
-            {"label-value": k, "rgba": list(PALETTE[(k - 1) % len(PALETTE)]) + [255]} for k in sorted(classes)]
+        # the same label values as ``properties`` (validators insist); 0 stays napari's transparent background
+        out["colors"] = [{"label-value": k, "rgba": list(PALETTE[(k - 1) % len(PALETTE)]) + [255]}
+                         for k in sorted(classes)]
     return out
 
 

@@ -50,6 +50,33 @@ def _compressible(source, sample=(32, 256, 256)) -> bool:
     return ratio >= INCOMPRESSIBLE
 
 
+def mrc_origin(header, voxel_size):
+    """Å position ``[z, y, x]`` of voxel 0 from an MRC header (as a dict): the ``origin`` field, or
+    ``n[xyz]start`` voxels where the origin is zero (MRC2014, as UCSF ChimeraX reads it); None if both are 0.
+
+    Examples
+    --------
+    >>> mrc_origin({"origin": {"x": 1000.0, "y": 2000.0, "z": 3000.0}}, 10.0)
+    [3000.0, 2000.0, 1000.0]
+    >>> mrc_origin({"origin": {"x": 0, "y": 0, "z": 0}, "nxstart": 5, "nystart": 6, "nzstart": 7}, 10.0)
+    [70.0, 60.0, 50.0]
+    """
+    o = header.get("origin") or {}
+    zyx = [float(o.get(a, 0.0)) for a in "zyx"]
+    if not any(zyx):
+        zyx = [float(header.get(f"n{a}start", 0) or 0) * float(voxel_size) for a in "zyx"]
+    return zyx if any(zyx) else None
+
+
+def _origin(meta):
+    """The source's origin (Å, z, y, x): from the reader's ``attrs["origin"]``, else from an MRC header."""
+    attrs = meta.get("attrs", {})
+    if attrs.get("origin") is not None:
+        return [float(v) for v in attrs["origin"]]
+    header = meta.get("header") or attrs.get("mrc_header")
+    return mrc_origin(header, meta.get("voxel_size") or 1.0) if header else None
+
+
 def _codec(source, compression, ngff, dst, overwrite):
     """``False`` (raw chunks) or ``None`` (the default codec); decided once, kept on resume."""
     if compression is False:
@@ -121,7 +148,7 @@ def convert(src, dst, *, chunks=None, levels=3, overwrite=False, dataset=None, n
         if k in meta:
             attrs[k] = meta[k]
     attrs.update({k: v for k, v in meta.get("attrs", {}).items() if k in ("mrc_header", "source")})
-    origin = meta.get("attrs", {}).get("origin")
+    origin = _origin(meta)
     identity = source_identity(src)
     params = {"ngff": ngff, "compression": compression, "dataset": dataset, "voxel_size": meta["voxel_size"],
               "origin": origin}

@@ -109,7 +109,9 @@ def open_volume(path, *, dataset=None, level=0, chunks=None, check_finite=False)
     if arr.ndim != len(dims):
         raise ShapeError(f"array is {arr.ndim}D but its axes are {dims}", path)
     vs = float(meta.get("voxel_size") or 1.0)
-    coords = {d: np.arange(n) * vs if d in "zyx" else np.arange(n) for d, n in zip(dims, arr.shape)}
+    scale, trans = meta.get("scale") or [vs] * len(dims), meta.get("translation") or [0.0] * len(dims)
+    coords = {d: trans[i] + np.arange(n) * scale[i] if d in "zyx" else np.arange(n)  # NGFF per-axis transforms
+              for i, (d, n) in enumerate(zip(dims, arr.shape))}
     attrs = {k: v for k, v in meta.get("attrs", {}).items()}
     attrs.update(voxel_size=vs, source=str(path), units="angstrom")
     if "header" in meta:

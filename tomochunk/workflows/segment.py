@@ -68,15 +68,16 @@ def _target(store, ngff):
 
 
 def _check_image_shape(store, shape):
-    """The labels must cover the store's image voxel for voxel."""
+    """The labels must cover the store's image voxel for voxel; returns the image's level count (or None)."""
     try:
         img, meta = read_multiscale(store, 0, check=False)
     except Exception:  # noqa: BLE001 - a store without an image (labels only) has nothing to match
-        return
+        return None
     dims = meta["dims"]
     spatial = tuple(n for n, d in zip(img.shape, dims) if d in ("z", "y", "x"))
     if spatial != tuple(shape):
         raise ShapeError(f"labels of shape {tuple(shape)} do not fit the store's image of shape {spatial}", store)
+    return meta.get("levels")
 
 
 def _identity(data, attrs):
@@ -89,7 +90,7 @@ def _identity(data, attrs):
     return ident
 
 
-def write_segmentation(scores, store, *, labels=True, dtype="float16", chunks=256, levels=3, overwrite=False,
+def write_segmentation(scores, store, *, labels=True, dtype="float16", chunks=256, levels=None, overwrite=False,
                        client=None, progress=False, classes=None, ngff=None):
     """Write score maps and the label map into an OME-Zarr store, chunk by chunk, resumably.
 
@@ -119,8 +120,9 @@ def write_segmentation(scores, store, *, labels=True, dtype="float16", chunks=25
         Score storage dtype.
     chunks : int
         Spatial storage chunk side (even; the label levels use chunk/2, chunk/4).
-    levels : int
-        Levels of the label pyramid.
+    levels : int, optional
+        Levels of the label pyramid (default: as many as the store's image has, which NGFF 0.5
+        validators require, else 3).
     overwrite : bool
         Replace a complete output, or one started from other scores.
     client : distributed.Client, optional
@@ -149,8 +151,8 @@ def write_segmentation(scores, store, *, labels=True, dtype="float16", chunks=25
     data = scores.data if isinstance(scores.data, da.Array) else da.from_array(np.asarray(scores.data))
     lpath = store / "labels"
     n_classes, shape = int(data.shape[0]), tuple(int(s) for s in data.shape[1:])
-    _check_image_shape(store, shape)
-    levels = max(1, int(levels)) if labels else 0
+    image_levels = _check_image_shape(store, shape)
+    levels = max(1, int(levels or image_levels or 3)) if labels else 0
     f = 2 ** max(levels - 1, 0)
     chunks = -(-int(chunks) // f) * f  # label levels need chunk edges aligned at every level
     voxel_size = float(scores.attrs.get("voxel_size") or 1.0)
