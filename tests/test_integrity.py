@@ -164,6 +164,8 @@ def test_corrupted_chunk_is_a_format_error_naming_store_and_chunk(tmp_path, vol)
     with pytest.raises(FormatError, match=r"corrupted chunk 0/1/0/2") as e:
         v.values
     _one_line(e, out)
+    with pytest.raises(FormatError, match=r"corrupted chunk 0/1/0/2"):  # and not a raw blosc error in convert
+        tc.convert(out, tmp_path / "copy.zarr")
 
 
 # --- item 14: messages and leftovers ---------------------------------------------------

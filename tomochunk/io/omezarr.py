@@ -410,7 +410,7 @@ def _differences(old, new) -> str:
 
 
 def open_output(path, arrays, *, attrs, layout, source=None, params=None, overwrite=False, ngff="0.4",
-                compressor=None, inputs=()) -> Output:
+                compressor=None, inputs=(), note=None) -> Output:
     """Create the group ``path`` with ``arrays``, or reopen it to resume or reuse it.
 
     Parameters
@@ -428,6 +428,8 @@ def open_output(path, arrays, *, attrs, layout, source=None, params=None, overwr
         refused before anything is deleted.
     compressor : numcodecs codec, False or None
         ``False`` stores raw chunks; ``None`` the default codec for the dtype.
+    note : dict, optional
+        More entries for the ``tomochunk`` record that do not key the resume (e.g. the voxel size).
 
     Returns
     -------
@@ -477,7 +479,7 @@ def open_output(path, arrays, *, attrs, layout, source=None, params=None, overwr
         else:
             kw["dimension_names"] = tuple(dims)
         out.append(g.create_array(name, **kw))
-    rec = {"complete": False, **new}
+    rec = {"complete": False, **new, **(note or {})}
     g.attrs.update(jsonable({**attrs, "tomochunk": rec}))
     progress = Progress(path)
     done = progress.done() if resume else {}
@@ -542,10 +544,10 @@ class PyramidWriter:
         ms = multiscales_metadata(self.dims, voxel_size, self.levels, name=name, label=label, origin=origin,
                                   version=ngff)
         meta = group_attrs(ms, ngff, label=label, classes=classes, extra=dict(attrs or {}))
-        meta.setdefault("tomochunk_voxel_size", float(voxel_size))
         specs = [(str(k), shp, self.chunks, self.dtype, self.dims) for k, shp in enumerate(self.shapes)]
         out = open_output(self.path, specs, attrs=meta, layout=layout, source=source, params=params,
-                          overwrite=overwrite, ngff=ngff, compressor=compressor, inputs=inputs)
+                          overwrite=overwrite, ngff=ngff, compressor=compressor, inputs=inputs,
+                          note={"voxel_size": float(voxel_size)})
         self.out, self.complete, self.record = out, out.complete, out.record
         self.arrays, self.group = out.arrays, out.group
         self.done = set()
