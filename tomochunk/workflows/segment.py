@@ -54,7 +54,8 @@ def _even_chunks(n, c):
 def _target(store, ngff):
     """(store path, NGFF version) after checking that ``store`` is, or will be, an OME-Zarr store."""
     store = Path(store)
-    if store.exists() and not (store / "zarr.json").is_file() and not (store / ".zgroup").is_file():
+    if store.exists() and not (store / "zarr.json").is_file() and not (store / ".zgroup").is_file() \
+            and not (store.is_dir() and not any(store.iterdir())):
         raise ValueProblem("write_segmentation writes into an OME-Zarr store, and this is not one", store)
     if not store.exists() and store.suffix.lower() != ".zarr":
         raise ValueProblem(f"write_segmentation writes into an OME-Zarr store (a .zarr folder), not "
@@ -80,9 +81,9 @@ def _check_image_shape(store, shape):
     return meta.get("levels")
 
 
-def _identity(data, attrs):
-    """What the scores are computed from: the files their graph reads, and the model."""
-    inputs = sorted(str(p) for p in graph_paths(data) if Path(p).exists())
+def _identity(inputs, attrs):
+    """What the scores are computed from: the files their graph reads (``inputs``), and the model."""
+    inputs = sorted(str(p) for p in inputs if Path(p).exists())
     model = (attrs.get("segment") or {}).get("model")
     ident = {"inputs": [source_identity(p) for p in inputs]}
     if model and Path(model).exists():
@@ -160,14 +161,15 @@ def write_segmentation(scores, store, *, labels=True, dtype="float16", chunks=25
     classes = classes if classes is not None else scores.attrs.get("classes")
     layout = {"shape": [n_classes, *shape], "chunks": chunks, "dtype": np.dtype(dtype).str, "levels": levels}
     params = jsonable({k: v for k, v in scores.attrs.get("segment", {}).items() if k != "model"})
-    source = _identity(data, scores.attrs)
+    inputs = sorted(graph_paths(data))  # walked once: the identity and the aliasing checks use it
+    source = _identity(inputs, scores.attrs)
 
     if overwrite:
         shutil.rmtree(lpath / PROGRESS_DIR, ignore_errors=True)
     if not store.exists():
         zarr.open_group(str(store), mode="w", zarr_format=3 if version == "0.5" else 2)
     lg = zarr.open_group(str(lpath), mode="a", zarr_format=3 if version == "0.5" else 2)
-    common = dict(layout=layout, source=source, params=params, overwrite=overwrite, ngff=version, inputs=[data])
+    common = dict(layout=layout, source=source, params=params, overwrite=overwrite, ngff=version, inputs=inputs)
     dims4 = ("c", "z", "y", "x")
     sc = (1,) + tuple(min(chunks, s) for s in shape)
     ms = multiscales_metadata(dims4, voxel_size, 1, name="scores", origin=origin, version=version)
