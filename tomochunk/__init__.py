@@ -52,7 +52,7 @@ _API = {
     "train": "tomochunk.nn.train",
     "segment": "tomochunk.nn.segment",
     "labelmap": "tomochunk.nn.segment",
-    "write_segmentation": "tomochunk.nn.segment",
+    "write_segmentation": "tomochunk.workflows.segment",
     "run": "tomochunk.pipeline",
     "orthoslices": "tomochunk.viz",
     # model library, meshes, sparse labels
@@ -62,7 +62,7 @@ _API = {
     "load_archive": "tomochunk.nn.archive",
     "segment_slices": "tomochunk.nn.slices",
     "train_slices": "tomochunk.nn.slices",
-    "segment_features": "tomochunk.nn.features",
+    "segment_features": "tomochunk.workflows.features",
     "export_meshes": "tomochunk.io.mesh",
     "heatmap_targets": "tomochunk.ops.heatmap",
     "decode_heatmap": "tomochunk.ops.heatmap",

@@ -54,6 +54,8 @@ def _add_convert(sub):
     p.add_argument("--dataset", default=None, help="HDF5 dataset name")
     p.add_argument("--compression", choices=("auto", "on", "off"), default="auto",
                    help="auto: store noisy float data raw when a sample compresses < 1.15x (default)")
+    p.add_argument("--ngff", choices=("0.4", "0.5"), default="0.4",
+                   help="NGFF 0.4 on Zarr 2 (default, read by copick and the cryoET data portal) or 0.5 on Zarr 3")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(run=_run_convert)
 
@@ -68,7 +70,7 @@ def _run_convert(args):
     for src in args.inputs:
         dst = out / output_name(src)
         convert(src, dst, chunks=args.chunks, levels=args.levels, overwrite=args.overwrite,
-                dataset=args.dataset, progress=True,
+                dataset=args.dataset, progress=True, ngff=args.ngff,
                 compression={"auto": "auto", "on": True, "off": False}[args.compression])
         print(f"{src} -> {dst}")
 
@@ -419,8 +421,9 @@ def _run_segment(args):
     from .io.convert import convert, output_name
     from .io.omezarr import is_complete
     from .io.volume import open_volume
-    from .nn.segment import segment, write_segmentation
+    from .nn.segment import segment
     from .parallel import client_context
+    from .workflows.segment import write_segmentation
 
     out = Path(args.outdir)
     out.mkdir(parents=True, exist_ok=True)
@@ -759,7 +762,7 @@ def _add_segment_features(sub):
 
 def _run_segment_features(args):
     from .errors import ValueProblem
-    from .nn.features import segment_features
+    from .workflows.features import segment_features
     from .parallel import client_context
 
     inter = []

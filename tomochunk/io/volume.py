@@ -158,8 +158,10 @@ def open_volume(path, *, dataset=None, level=0, chunks=None, check_finite=False)
         raise ShapeError(f"array is {arr.ndim}D but its axes are {dims}", path)
     vs = float(meta.get("voxel_size") or 1.0)
     origin = dict(zip("zyx", meta["origin"])) if meta.get("origin") is not None else {}
-    coords = {d: np.arange(n) * vs + origin.get(d, 0.0) if d in "zyx" else np.arange(n)
-              for d, n in zip(dims, arr.shape)}
+    scale = meta.get("scale") or [vs] * len(dims)
+    trans = meta.get("translation") or [origin.get(d, 0.0) for d in dims]
+    coords = {d: trans[i] + np.arange(n) * scale[i] if d in "zyx" else np.arange(n)  # NGFF per-axis transforms
+              for i, (d, n) in enumerate(zip(dims, arr.shape))}
     attrs = {k: v for k, v in meta.get("attrs", {}).items()}
     attrs.update(voxel_size=vs, source=str(path), units="angstrom")
     if origin:
@@ -253,7 +255,8 @@ def write_volume(array, path, *, voxel_size=None, levels=3, chunks=None, overwri
         label = data.dtype.kind in "iub" if label is None else label
         w = PyramidWriter(path, data.shape, data.dtype, dims=dims, voxel_size=voxel_size, levels=levels,
                           chunks=chunks, label=label, overwrite=overwrite, ngff=ngff,
-                          attrs={k: v for k, v in attrs.items() if k in ("mrc_header",)}, name=path.stem)
+                          attrs={k: v for k, v in attrs.items() if k in ("mrc_header",)}, name=path.stem,
+                          inputs=[data], origin=attrs.get("origin"))  # refused if data reads from path
         stats = w.write(lambda region: data[region].compute())
         w.finish(stats=stats)
         return path
