@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import tomochunk as tc
-from tomochunk.cli import _native_log_line, _parser, main
+from tomochunk._quiet import native_log_line as _native_log_line
+from tomochunk.cli import _parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
 

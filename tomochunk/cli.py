@@ -12,6 +12,7 @@ import logging
 import sys
 import textwrap
 
+from ._quiet import NativeLogFilter, native_log_line, quiet_libraries
 from .errors import TomochunkError, ValueProblem
 
 
@@ -1257,115 +1258,6 @@ _COMMANDS += [_add_view]
 _COMMANDS += [_add_train_slices]
 
 
-def _quiet_libraries(verbose: bool) -> None:
-    """Dask ``distributed`` at WARNING and TensorFlow's C++ log off, unless ``-v``.
-
-    Both are set in the environment before either library is imported, so that the worker
-    processes of an embedded cluster (which inherit it) are quiet too; loggers already
-    created in this process are lowered as well.
-    """
-    import os
-
-    if verbose:
-        return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    # distributed applies dask's "logging" config to its loggers when it is imported
-    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
-    if "dask" in sys.modules:
-        import dask
-
-        dask.config.set({"logging.distributed": "warning"})
-    for name in ("distributed", "distributed.scheduler", "distributed.worker", "distributed.core",
-                 "distributed.http.proxy"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    # "Worker process still alive after 4.0 seconds, killing": routine when an embedded cluster closes
-    logging.getLogger("distributed.nanny").setLevel(logging.ERROR)
-
-
-# TensorFlow >= 2.17 writes some C++ lines before its logging is set up, which TF_CPP_MIN_LOG_LEVEL
-# does not reach (tensorflow#100442): "WARNING: All log messages before absl::InitializeLog() ..."
-# and absl-format lines such as "I0000 00:00:1796161019.211936   23453 port.cc:153] oneDNN ...".
-_NATIVE_LOG = None
-
-
-def _native_log_line(line: str) -> bool:
-    import re
-
-    global _NATIVE_LOG
-    if _NATIVE_LOG is None:
-        _NATIVE_LOG = re.compile(r"^(WARNING: All log messages before absl::InitializeLog\(\)|"
-                                 r"[IWE]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [\w./-]+:\d+\] )")
-    return bool(_NATIVE_LOG.match(line))
-
-
-def _maybe_native(part: str) -> bool:
-    """Whether an unfinished line could still turn out to be a native log line (so it waits)."""
-    head = "WARNING: All log messages before absl"
-    return head.startswith(part[:len(head)]) or (part[:1] in "IWE" and part[1:5].isdigit()) or \
-        (len(part) < 5 and part[:1] in "IWE" and part[1:].isdigit())
-
-
-class _NativeLogFilter:
-    """Drops TensorFlow's pre-initialisation C++ log lines from file descriptor 2.
-
-    Those lines are written by C++ straight to the descriptor, in this process and in the worker
-    processes of an embedded cluster (which inherit it), so the descriptor is replaced by a pipe
-    whose other lines, and unfinished lines such as progress bars, go on to the real stderr.
-    """
-
-    def __enter__(self):
-        import os
-        import threading
-
-        try:
-            sys.stderr.flush()
-            self.saved = os.dup(2)
-            r, w = os.pipe()
-            os.dup2(w, 2)
-            os.close(w)
-        except (OSError, ValueError):  # no usable descriptor 2 (embedded interpreters)
-            self.saved = None
-            return self
-        self.thread = threading.Thread(target=self._pump, args=(r,), daemon=True)
-        self.thread.start()
-        return self
-
-    def _pump(self, r):
-        import os
-
-        buf = ""
-        while True:
-            try:
-                data = os.read(r, 65536)
-            except OSError:
-                data = b""
-            if not data:
-                break
-            buf += data.decode("utf-8", "replace")
-            *lines, buf = buf.split("\n")
-            out = "".join(line + "\n" for line in lines if not _native_log_line(line))
-            if buf and not _maybe_native(buf):
-                out, buf = out + buf, ""
-            if out:
-                os.write(self.saved, out.encode())
-        if buf and not _native_log_line(buf):
-            os.write(self.saved, buf.encode())
-        os.close(r)
-
-    def __exit__(self, *exc):
-        import os
-
-        if self.saved is None:
-            return False
-        try:
-            sys.stderr.flush()
-        except (OSError, ValueError):
-            pass
-        os.dup2(self.saved, 2)   # closes our end of the pipe: the pump sees its end once workers are gone
-        self.thread.join(timeout=2)
-        return False
-
-
 def _os_error(exc: OSError) -> str:
     """One line naming the path (and the other path of a rename/link) of a failed file operation."""
     from pathlib import Path
@@ -1381,10 +1273,10 @@ def _os_error(exc: OSError) -> str:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    _quiet_libraries(args.verbose)
+    quiet_libraries(args.verbose)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    quiet = _NativeLogFilter() if not args.verbose else contextlib.nullcontext()
+    quiet = NativeLogFilter() if not args.verbose else contextlib.nullcontext()
     with quiet:
         return _main(args)
 
