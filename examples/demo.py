@@ -82,8 +82,9 @@ def _demo(args):
     tc.write_objects(picks, out / "picks.star")
     from tomochunk.viz import orthoslices
 
-    png = orthoslices(v, out / "phantom.png", labels=seg, objects=picks,
-                      title="phantom: predicted labels (overlay) and picks (circles)")
+    png = orthoslices(v, out / "phantom.png", labels=seg, objects=picks, truth=truth,
+                      classes=picks.attrs.get("classes") or truth.attrs.get("classes"),
+                      title="phantom: predicted labels (overlay), picks (circles) and truth (crosses)")
     print(f"wrote {png}  ({time.perf_counter() - t0:.0f} s in all)")
 
 
