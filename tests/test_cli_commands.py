@@ -327,3 +327,10 @@ def test_native_log_filter_keeps_our_lines():
     assert _native_log_line("WARNING: All log messages before absl::InitializeLog() is called are written")
     assert not _native_log_line("tomochunk: error: p.mrc: no such file")
     assert not _native_log_line("WARNING tomochunk.phantom: placed only 0 of 1 objects")
+
+
+def test_unreachable_scheduler_is_one_line(data, tmp_path, monkeypatch):
+    monkeypatch.setenv("DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT", "2s")
+    r = _cli("segment", data / "p.mrc", "-m", "phantom", "-o", tmp_path / "seg", "--scheduler", "tcp://127.0.0.1:1")
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()] and "tcp://127.0.0.1:1" in r.stderr

@@ -11,6 +11,7 @@ import os
 import re
 import sys
 import threading
+import warnings
 
 __all__ = ["quiet_libraries", "native_log_line", "NativeLogFilter"]
 
@@ -47,6 +48,8 @@ def quiet_libraries(verbose: bool) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     # "Worker process still alive after 4.0 seconds, killing": routine when an embedded cluster closes
     logging.getLogger("distributed.nanny").setLevel(logging.ERROR)
+    # the dashboard moves to a free port when 8787 is taken; the CLI prints the link it got
+    warnings.filterwarnings("ignore", message=r"(?s)Port \d+ is already in use", category=UserWarning)
 
 
 # TensorFlow >= 2.17 writes some C++ lines before its logging is set up, which TF_CPP_MIN_LOG_LEVEL
