@@ -334,3 +334,16 @@ def test_unreachable_scheduler_is_one_line(data, tmp_path, monkeypatch):
     r = _cli("segment", data / "p.mrc", "-m", "phantom", "-o", tmp_path / "seg", "--scheduler", "tcp://127.0.0.1:1")
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [r.stderr.strip()] and "tcp://127.0.0.1:1" in r.stderr
+
+
+def test_segment_with_the_shipped_model_then_pick_and_evaluate(data, tmp_path):
+    r = _cli("segment", data / "p.mrc", "-m", "phantom", "-o", tmp_path / "seg", "--patch", "32", "--crop", "4",
+             "--tiling", "blocks", "--workers", "1")
+    assert r.returncode == 0, r.stderr
+    assert not r.stderr.strip(), r.stderr            # quiet: no distributed, TensorFlow or progress lines
+    assert "\n\n" not in r.stdout
+    r = _cli("pick", tmp_path / "seg" / "p.zarr", "--method", "cc", "--min-size", "20", "-o", tmp_path / "picks.xml")
+    assert r.returncode == 0, r.stderr
+    r = _cli("evaluate", tmp_path / "picks.xml", data / "p_objects.csv", "--max-dist", "5", "--voxel-size", "10")
+    assert r.returncode == 0, r.stderr
+    assert "f1" in r.stdout

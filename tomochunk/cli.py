@@ -506,7 +506,7 @@ def _run_segment(args):
             print(f"{src}: segmenting {dict(zip(vol.dims, vol.shape))} into {dst / 'labels'}")
             write_segmentation(scores, dst, dtype=args.dtype, chunks=args.chunks, overwrite=args.overwrite,
                                client=client, progress=_tty())
-            print(f"\n{src} -> {dst / 'labels'}")
+            print(("\n" if _tty() else "") + f"{src} -> {dst / 'labels'}")
     return 0
 
 
