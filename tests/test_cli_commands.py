@@ -347,3 +347,23 @@ def test_segment_with_the_shipped_model_then_pick_and_evaluate(data, tmp_path):
     r = _cli("evaluate", tmp_path / "picks.xml", data / "p_objects.csv", "--max-dist", "5", "--voxel-size", "10")
     assert r.returncode == 0, r.stderr
     assert "f1" in r.stdout
+
+
+def test_train_slices_from_tiles(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    tiles = rng.normal(size=(6, 32, 32)).astype(np.float32)
+    masks = np.zeros((6, 32, 32), np.uint8)
+    masks[:3, 10:20, 10:20] = 1
+    tiles[masks > 0] += 3
+    tc.write_volume(tiles, tmp_path / "tiles.mrc", voxel_size=8.0)
+    tc.write_volume(masks, tmp_path / "masks.mrc", voxel_size=8.0, label=True)
+    out = tmp_path / "carbon.tcm"
+    assert main(["train-slices", "--tiles", str(tmp_path / "tiles.mrc"), "--tile-masks", str(tmp_path / "masks.mrc"),
+                 "--arch", "eman2", "--copies", "1", "--epochs", "1", "--valid", "0", "--title", "carbon",
+                 "--emit", "-o", str(out)]) == 0
+    info = tc.load_archive(out).info
+    assert (info.architecture, info.title, info.pixel_size, info.box_size, info.emit) == ("eman2", "carbon", 8.0, 32,
+                                                                                         True)
+    assert "carbon.tcm" in capsys.readouterr().out
+    _one_line_error(capsys, ["train-slices", "--tiles", tmp_path / "tiles.mrc", "-o", tmp_path / "x.tcm"],
+                    "--tile-masks")
