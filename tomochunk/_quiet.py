@@ -135,4 +135,6 @@ class NativeLogFilter:
             pass
         os.dup2(self.saved, 2)   # closes our end of the pipe: the pump sees its end once workers are gone
         self.thread.join(timeout=2)
+        if not self.thread.is_alive():  # else a lingering child still holds the pipe: the pump keeps it
+            os.close(self.saved)
         return False
