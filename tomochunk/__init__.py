@@ -62,6 +62,7 @@ _API = {
     "load_archive": "tomochunk.nn.archive",
     "segment_slices": "tomochunk.nn.slices",
     "train_slices": "tomochunk.nn.slices",
+    "new_model": "tomochunk.nn.archive",
     "segment_features": "tomochunk.workflows.features",
     "export_meshes": "tomochunk.io.mesh",
     "heatmap_targets": "tomochunk.ops.heatmap",
