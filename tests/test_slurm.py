@@ -220,3 +220,27 @@ def test_run_with_cluster_slurm_in_its_config_equals_local(data):
     got, want = (tc.read_objects(root / d / "phantom.xml") for d in ("run_slurm", "run_local"))
     assert len(want) == ref_run["picks"].iloc[0] > 0
     pd.testing.assert_frame_equal(got, want)
+
+
+def test_cli_segment_and_pick_on_slurm_jobs_equal_local(data):
+    """The README's command lines: `segment` and `pick` with --cluster slurm."""
+    root, ref, _ = data
+    model = str(shipped_model("phantom"))
+    jobs = ["--cluster", "slurm", "--jobs", "2", "--cores", "1", "--memory", "3GB", "--walltime", "00:20:00"]
+    cli = [sys.executable, "-m", "tomochunk.cli"]
+    seg = subprocess.run([*cli, "segment", str(root / "phantom.mrc"), "-m", model, "-o", str(root / "cli"),
+                          "--patch", "48", "--crop", "8", "--dtype", "float16", *jobs, "--gpus", "1",
+                          "--gpu-jobs", "1"], capture_output=True, text=True, timeout=240, cwd=root)
+    assert seg.returncode == 0, seg.stderr[-3000:]
+    store = root / "cli" / "phantom.zarr"
+    pick = subprocess.run([*cli, "pick", str(store), "--method", "meanshift", "--radius", "5", "--min-size", "20",
+                           "-o", str(root / "cli_picks.xml"), *jobs], capture_output=True, text=True, timeout=240,
+                          cwd=root)
+    assert pick.returncode == 0, pick.stderr[-3000:]
+    got = [np.asarray(tc.open_volume(store / "labels" / p).data) for p in ("scores", "classes")]
+    assert np.array_equal(got[0], ref[0]) and np.array_equal(got[1], ref[1])
+    picks = tc.read_objects(root / "cli_picks.xml")
+    want = ref[2]
+    assert len(picks) == len(want)
+    np.testing.assert_array_equal(picks[["class_label", "x", "y", "z"]].to_numpy(float),
+                                  want[["class_label", "x", "y", "z"]].to_numpy(float))

@@ -14,6 +14,8 @@ import contextlib
 import importlib
 import os
 
+import dask
+
 from ._log import get_logger
 from .errors import TomochunkError, ValueProblem
 
@@ -128,8 +130,6 @@ def _connect(address: str, timeout: float):
 
 def _merged(kind: str, key: str, given, extra: list) -> list:
     """A list option: the given one, else dask's ``jobqueue.<kind>.<key>``, plus ``extra``."""
-    import dask
-
     base = given if given is not None else dask.config.get(f"jobqueue.{kind}.{key.replace('_', '-')}", None)
     return [*list(base or []), *[e for e in extra if e not in (base or [])]]
 
@@ -150,8 +150,6 @@ def jobqueue_options(kind: str, *, gpus: int | None = None, **options) -> dict:
     >>> [line for line in o["job_script_prologue"] if "INTRA" in line]
     ['export TF_NUM_INTRAOP_THREADS=4']
     """
-    import dask
-
     opts = {k: v for k, v in options.items() if v is not None}
     cfg = lambda key: dask.config.get(f"jobqueue.{kind}.{key}", None)  # noqa: E731
     processes = opts.setdefault("processes", cfg("processes") or 1)
