@@ -105,3 +105,17 @@ def test_every_array_command_takes_the_cluster_options():
                      "--gpus", "--job-extra"):
             assert flag in p._option_string_actions, (name, flag)
         assert {"--workers", "--dask-workers"} & set(p._option_string_actions), name
+
+
+def test_pick_on_a_running_scheduler_equals_the_local_run(client, tmp_path):
+    import tomochunk as tc
+    from tomochunk.cli import main
+
+    _, _, labels = tc.phantom_tomogram((32, 48, 48), classes=2, seed=1)
+    tc.write_volume(labels, tmp_path / "labels.zarr", voxel_size=10.0, label=True, levels=1)
+    common = ["pick", str(tmp_path / "labels.zarr"), "--method", "cc", "--min-size", "5"]
+    assert main([*common, "-o", str(tmp_path / "local.xml")]) == 0
+    assert main([*common, "-o", str(tmp_path / "remote.xml"), "--scheduler", client.scheduler.address]) == 0
+    local, remote = (tc.read_objects(tmp_path / f"{n}.xml") for n in ("local", "remote"))
+    assert len(local) > 0
+    assert local.equals(remote)
