@@ -88,6 +88,79 @@ def _progress(stage: str = "computing"):
     return ProgressBar()
 
 
+# --- where to compute: one set of options and one client builder for every command ---------
+
+def _add_cluster_options(p, embedded: bool = False):
+    """Add ``--scheduler/--workers/--cluster/--jobs/...`` to a subcommand's parser.
+
+    ``embedded=True``: the command builds its client with :func:`_cluster_client` and,
+    without any of these options, gets an embedded LocalCluster. ``embedded=False``
+    (call it after ``set_defaults(run=...)``): the command's ``run`` is wrapped to run
+    inside :func:`_cluster_client`, whose client becomes the default one for its Dask
+    computations; without any option it uses dask's local scheduler. Where the command
+    already has ``--workers`` (``train``: its patch threads), the worker count is
+    ``--dask-workers``."""
+    g = p.add_argument_group("where to compute", "an embedded LocalCluster" + (" (default)" if embedded else "")
+                             + ", a running scheduler, or batch jobs through dask-jobqueue; keys not given come "
+                             "from dask's jobqueue.yaml")
+    g.add_argument("--scheduler", metavar="ADDR", default=None, help="address of a running Dask scheduler")
+    flag = "--dask-workers" if "--workers" in p._option_string_actions else "--workers"
+    g.add_argument(flag, dest="cluster_workers", metavar="N", type=int, default=None,
+                   help="worker processes of an embedded LocalCluster")
+    g.add_argument("--cluster", choices=("local", "slurm", "pbs", "lsf", "sge"), default=None,
+                   help="local: an embedded LocalCluster; slurm, pbs, lsf, sge: batch jobs (pip install "
+                        "'tomochunk[slurm]'), kept at --jobs by adapt")
+    g.add_argument("--jobs", type=int, default=None, help="batch jobs, one worker each by default (default 1)")
+    g.add_argument("--cores", type=int, default=None, help="cores per job")
+    g.add_argument("--memory", default=None, help="memory per job, e.g. 16GB")
+    g.add_argument("--walltime", default=None, help="job time limit, e.g. 02:00:00")
+    g.add_argument("--queue", default=None, help="partition / queue")
+    g.add_argument("--gpus", type=int, default=None,
+                   help="GPUs per job (--gres=gpu:G on SLURM; the workers advertise GPU=G)")
+    g.add_argument("--gpu-jobs", type=int, default=None, help="how many of the jobs get --gpus (default: all)")
+    g.add_argument("--job-extra", action="append", default=None, metavar="DIRECTIVE",
+                   help="extra batch directive, e.g. --job-extra=--exclusive (repeatable)")
+    p.set_defaults(cluster_embedded=embedded)
+    if not embedded:
+        run = p.get_default("run")
+
+        def run_on_cluster(args):
+            with _cluster_client(args):
+                return run(args)
+
+        p.set_defaults(run=run_on_cluster)
+
+
+def _cluster_client(args, config=None):
+    """The client for a command (a context manager; it closes what it started).
+
+    ``config``: a ``run`` config whose ``scheduler``/``workers``/``cluster`` keys the
+    command-line options override. Yields ``None`` (dask's local scheduler) when nothing
+    asks for a cluster and the command does not embed one by default."""
+    import contextlib
+
+    from .parallel import client_from_config
+
+    cfg = {k: v for k, v in (config or {}).items() if k in ("scheduler", "workers", "cluster")}
+    spec = cfg.get("cluster") or {}
+    spec = dict({"kind": spec} if isinstance(spec, str) else spec)
+    given = {"kind": args.cluster, "jobs": args.jobs, "cores": args.cores, "memory": args.memory,
+             "walltime": args.walltime, "queue": args.queue, "gpus": args.gpus, "gpu_jobs": args.gpu_jobs,
+             "job_extra_directives": args.job_extra}
+    spec.update({k: v for k, v in given.items() if v is not None})
+    if args.scheduler:
+        cfg["scheduler"] = args.scheduler
+    if args.cluster_workers:
+        cfg["workers"] = args.cluster_workers
+    if spec:
+        cfg["cluster"] = spec
+    if cfg.get("scheduler") and spec.get("kind", "local") != "local":
+        raise ValueProblem(f"--scheduler and --cluster {spec['kind']} exclude each other: pick one")
+    if not cfg and not args.cluster_embedded:
+        return contextlib.nullcontext(None)
+    return client_from_config(cfg)
+
+
 # --- convert -----------------------------------------------------------------
 
 def _add_convert(sub):
@@ -146,6 +219,7 @@ def _add_target(sub):
     p.add_argument("--no-rotate", action="store_true", help="ignore the objects' Euler angles")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(run=_run_target)
+    _add_cluster_options(p)
 
 
 def _per_class_arg(text, convert):
@@ -229,6 +303,7 @@ def _add_train(sub):
                    help="labelled sub-region z0:z1,y0:y1,x0:x1 (voxels): patches stay inside it and voxels "
                         "outside are ignored (dice_ce, pu)")
     p.set_defaults(run=_run_train)
+    _add_cluster_options(p)
 
 
 def _box(text: str):
@@ -409,6 +484,7 @@ def _add_pick(sub):
                    help="heatmap: Gaussian sigma (voxels) before the NMS; centres picks on saturated maps")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(run=_run_pick)
+    _add_cluster_options(p)
 
 
 def _z_range(text: str):
@@ -466,10 +542,9 @@ def _add_segment(sub):
     p.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
                    help="network arithmetic; bfloat16 is ~4.5x faster on CPUs with AMX/AVX512-BF16 and GPUs")
     p.add_argument("--chunks", type=int, default=256, help="storage chunk side of the outputs")
-    p.add_argument("--scheduler", default=None, help="address of a running Dask scheduler")
-    p.add_argument("--workers", type=int, default=None, help="worker processes of the embedded cluster")
     p.add_argument("--dataset", default=None, help="HDF5 dataset name")
     p.add_argument("--overwrite", action="store_true", help="redo tomograms that are already segmented")
+    _add_cluster_options(p, embedded=True)
     p.set_defaults(run=_run_segment)
 
 
@@ -480,7 +555,6 @@ def _run_segment(args):
     from .io.omezarr import is_complete
     from .io.volume import open_volume
     from .nn.segment import segment
-    from .parallel import client_context
     from .workflows.segment import write_segmentation
 
     out = Path(args.outdir)
@@ -497,7 +571,7 @@ def _run_segment(args):
         todo.append((src, dst))
     if not todo:
         return 0
-    with client_context(scheduler=args.scheduler, n_workers=args.workers) as client:
+    with _cluster_client(args) as client:
         print(f"Dask dashboard: {client.dashboard_link}")
         for src, dst in todo:
             if Path(src).resolve() != dst.resolve() and not (dst.exists() and is_complete(dst)):
@@ -536,8 +610,7 @@ def _add_run(sub):
     p = _command(sub, "run", "run convert -> segment -> pick (-> evaluate) over many tomograms from a YAML config",
                  _RUN_EXAMPLE)
     p.add_argument("config", help="YAML config (see tomochunk.pipeline)")
-    p.add_argument("--scheduler", default=None, help="address of a running Dask scheduler")
-    p.add_argument("--workers", type=int, default=None, help="workers of the embedded LocalCluster")
+    _add_cluster_options(p, embedded=True)
     p.set_defaults(run=_run_run)
 
 
@@ -545,11 +618,8 @@ def _run_run(args):
     from .pipeline import load_config, run
 
     cfg = load_config(args.config)
-    if args.scheduler:
-        cfg["scheduler"] = args.scheduler
-    if args.workers:
-        cfg["workers"] = args.workers
-    table = run(cfg, progress=True)
+    with _cluster_client(args, config=cfg) as client:
+        table = run(cfg, client=client, progress=True)
     print(table.to_string(index=False))
 
 
@@ -576,6 +646,7 @@ def _add_tirf(sub):
     c.add_argument("--overwrite", action="store_true")
     c.add_argument("--skip-errors", action="store_true", help="report bad movies and go on")
     c.set_defaults(run=_run_tirf_convert)
+    _add_cluster_options(c)
 
     c = _command(tsub, "detect", "detect bright spots (LoG, no external binary) in movies",
                  "tomochunk tirf detect zarr/cell1.zarr zarr/cell2.zarr -o spots/ --sigma 1.5 --threshold 5")
@@ -587,6 +658,7 @@ def _add_tirf(sub):
     c.add_argument("--min-distance", type=int, default=3)
     c.add_argument("--labels", action="store_true", help="also write a detector label map")
     c.set_defaults(run=_run_tirf_detect)
+    _add_cluster_options(c)
 
     c = _command(tsub, "annotate", "expert event annotations (class 1) -> expert segmentation (a cone per event)",
                  "tomochunk tirf annotate zarr/cell1.zarr cell1/expert_annotation.xml -o cell1/expert_segmentation.zarr")
@@ -596,6 +668,7 @@ def _add_tirf(sub):
     c.add_argument("--radii", type=_floats, default=None, help="disk radius per frame (default 4,2,0)")
     c.add_argument("--overwrite", action="store_true")
     c.set_defaults(run=_run_tirf_annotate)
+    _add_cluster_options(c)
 
     c = _command(tsub, "merge", "merge detector spots (class 1) with expert events (class 2)",
                  "tomochunk tirf merge zarr/cell1.zarr --spots spots/cell1_spots.csv "
@@ -611,6 +684,7 @@ def _add_tirf(sub):
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--overwrite", action="store_true")
     c.set_defaults(run=_run_tirf_merge)
+    _add_cluster_options(c)
 
     c = _command(tsub, "dataset", "train/valid split of movies as a JSON manifest",
                  "tomochunk tirf dataset --movies m1.zarr m2.zarr --targets t1.zarr t2.zarr "
@@ -622,6 +696,7 @@ def _add_tirf(sub):
     c.add_argument("--valid-fraction", type=float, default=0.2)
     c.add_argument("--seed", type=int, default=0)
     c.set_defaults(run=_run_tirf_dataset)
+    _add_cluster_options(c)
 
     c = _command(tsub, "train", "train the anisotropic network on a dataset manifest",
                  "tomochunk tirf train dataset/dataset.json -o model/ --epochs 50")
@@ -637,6 +712,7 @@ def _add_tirf(sub):
     c.add_argument("--class-weights", type=_floats, default=None,
                    help="cross-entropy weights of background,spot,exocytosis (default 1,10,50)")
     c.set_defaults(run=_run_tirf_train)
+    _add_cluster_options(c)
 
     c = _command(tsub, "segment", "segment movies with a trained model (label map: 1 spot, 2 exocytosis)",
                  "tomochunk tirf segment zarr/cell1.zarr -m model/model.keras -o seg/")
@@ -648,6 +724,7 @@ def _add_tirf(sub):
                    help="patches: ExoDeepFinder's patch tiling; blocks: one network call per block plus a halo")
     c.add_argument("--overwrite", action="store_true")
     c.set_defaults(run=_run_tirf_segment)
+    _add_cluster_options(c)
 
     c = _command(tsub, "events", "segmentations -> exocytosis event lists (class 1, as expert annotations)",
                  "tomochunk tirf events seg/cell1_segmentation.zarr -o events/ --radius 5")
@@ -658,6 +735,7 @@ def _add_tirf(sub):
     c.add_argument("--keep-labels-unchanged", action="store_true",
                    help="keep every class with its label (default: keep exocytosis, as class 1)")
     c.set_defaults(run=_run_tirf_events)
+    _add_cluster_options(c)
 
 
 def _floats(text: str):
@@ -809,15 +887,13 @@ def _add_segment_features(sub):
     p.add_argument("--allow-code", default=None, metavar="FILE",
                    help="a .py model file (registry template) that defines the archives' architecture: "
                         "archives are data and never name code that runs; only this file is trusted")
-    p.add_argument("--scheduler", default=None, help="address of a running Dask scheduler")
-    p.add_argument("--workers", type=int, default=None, help="local worker processes")
+    _add_cluster_options(p, embedded=True)
     p.set_defaults(run=_run_segment_features)
 
 
 def _run_segment_features(args):
     from .errors import ValueProblem
     from .workflows.features import segment_features
-    from .parallel import client_context
 
     inter = []
     for text in args.interaction:
@@ -826,7 +902,7 @@ def _run_segment_features(args):
             raise ValueProblem(f"--interaction {text!r}: expected CHILD:MODE:PARENT:RADIUS")
         child, mode, parent, radius = parts
         inter.append({"child": child, "mode": mode, "parent": parent, "radius": float(radius)})
-    with client_context(scheduler=args.scheduler, n_workers=args.workers) as client:
+    with _cluster_client(args) as client:
         models = [(m, args.allow_code) for m in args.models] if args.allow_code else args.models
         status = segment_features(args.tomograms, models, args.outdir, interactions=inter, client=client,
                                   slab=args.slab, levels=args.levels, overwrite=args.overwrite,
@@ -846,6 +922,7 @@ def _add_export_meshes(sub):
     p.add_argument("--step", type=int, default=1, help="marching-cubes step size")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(run=_run_export_meshes)
+    _add_cluster_options(p)
 
 
 def _run_export_meshes(args):

@@ -9,6 +9,8 @@ Example config (YAML; paths relative to the config file)::
     outdir: out
     workers: 2                       # embedded LocalCluster ...
     scheduler: null                  # ... or the address of a running Dask scheduler
+    cluster: null                    # ... or batch jobs: {kind: slurm, jobs: 2, cores: 4, memory: 16GB,
+                                     #     gpus: 1} (tomochunk.parallel.client_options lists the keys)
     convert: {levels: 3}
     segment: {model: phantom, patch_size: 48, crop: 8}   # "phantom": the model shipped in the package
     pick: {method: meanshift, radius: 5, min_size: 20, formats: [xml, star]}
@@ -64,7 +66,7 @@ def load_config(path) -> dict:
                           line=None if line is None else line + 1) from None
     if not isinstance(cfg, dict) or "inputs" not in cfg:
         raise FormatError("the config needs an 'inputs' list", path)
-    unknown = set(cfg) - {"inputs", "outdir", "workers", "scheduler", "convert", "segment", "pick", "evaluate"}
+    unknown = set(cfg) - {"inputs", "outdir", "workers", "scheduler", "cluster", "convert", "segment", "pick", "evaluate"}
     if unknown:
         raise FormatError(f"unknown config keys: {', '.join(sorted(unknown))}", path)
     cfg["_base"] = path.parent
@@ -91,7 +93,9 @@ def run(config, *, client=None, progress=False) -> pd.DataFrame:
     config : dict or path
         See the module docstring.
     client : distributed.Client, optional
-        Default: ``config["scheduler"]``, else an embedded LocalCluster of ``config["workers"]``.
+        Default: ``config["scheduler"]``, else ``config["cluster"]`` (batch jobs, see
+        :func:`tomochunk.parallel.client_options`), else an embedded LocalCluster of
+        ``config["workers"]``.
 
     Returns
     -------
@@ -109,7 +113,7 @@ def run(config, *, client=None, progress=False) -> pd.DataFrame:
     from .io.volume import open_volume
     from .nn.segment import segment, write_segmentation
     from .ops.evaluate import evaluate
-    from .parallel import client_context
+    from .parallel import client_from_config
 
     cfg = load_config(config) if not isinstance(config, dict) else dict(config)
     base = Path(cfg.get("_base", "."))
@@ -124,7 +128,7 @@ def run(config, *, client=None, progress=False) -> pd.DataFrame:
     model = shipped_model(model) if not Path(str(model)).suffix else (
         Path(model) if Path(model).is_absolute() else base / model)
     rows, inputs = [], _inputs(cfg)  # before starting any cluster: bad patterns fail fast
-    with client_context(client, scheduler=cfg.get("scheduler"), n_workers=cfg.get("workers")) as c:
+    with client_from_config(cfg, client) as c:
         for src in inputs:
             name = Path(output_name(src)).stem
             store = outdir / f"{name}.zarr"
