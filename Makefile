@@ -13,8 +13,9 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# the tests, and every docstring example of the package
 test: $(STAMP)
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests --doctest-modules tomochunk
 
 # A one-node SLURM with two fake GPUs (root; apt-get only if missing), for tests/test_slurm.py.
 slurm-up:
