@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from .._log import get_logger
+from .._names import tomo_name
 from ._source import warn
 from ..errors import ValueProblem
 from .omezarr import PyramidWriter, default_compressor
@@ -16,9 +17,17 @@ log = get_logger(__name__)
 
 
 def output_name(src) -> str:
-    """``tomo.mrc`` -> ``tomo.zarr``; a frame folder ``cell1/`` -> ``cell1.zarr``."""
-    p = Path(src)
-    return (p.name if p.is_dir() and p.suffix.lower() != ".zarr" else p.stem) + ".zarr"
+    """``tomo.mrc`` -> ``tomo.zarr``, ``t1.ome.zarr`` -> ``t1.zarr``; a frame folder ``cell1/`` -> ``cell1.zarr``.
+
+    The name is :func:`tomochunk._names.tomo_name`, the one rule; many inputs are named by
+    :func:`tomochunk.workflows.batch.output_paths`, which keeps them distinct.
+
+    Examples
+    --------
+    >>> output_name("data/t1.ome.zarr"), output_name("a/tomo.rec")
+    ('t1.zarr', 'tomo.zarr')
+    """
+    return tomo_name(src) + ".zarr"
 
 
 #: compression ratio below which ``convert(compression="auto")`` stores float data raw

@@ -8,6 +8,7 @@ import numpy as np
 
 from .._blocks import block_slices
 from .._log import get_logger
+from .._names import tomo_name
 from ..errors import FormatError, MissingError, ShapeError
 from ._source import warn
 from .h5 import H5_SUFFIXES, read_h5, write_h5
@@ -114,7 +115,7 @@ def open_volume(path, *, dataset=None, level=0, chunks=None, check_finite=False)
     attrs.update(voxel_size=vs, source=str(path), units="angstrom")
     if "header" in meta:
         attrs["mrc_header"] = meta["header"]
-    out = xr.DataArray(arr, dims=dims, coords=coords, attrs=attrs, name=Path(path).stem)
+    out = xr.DataArray(arr, dims=dims, coords=coords, attrs=attrs, name=tomo_name(path))
     if check_finite and arr.dtype.kind == "f":
         n = int((~da.isfinite(arr)).sum().compute())
         if n:

@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from .._log import get_logger
+from .._names import tomo_name
 from ..errors import ValueProblem
 from .slices import cached_model, model_ref, segment_slices
 
@@ -144,12 +145,7 @@ def _index(key, titles):
 
 def output_path(outdir, tomogram) -> Path:
     """Where :func:`segment_features` writes the labels of ``tomogram``: ``outdir/<stem>.zarr``."""
-    name = Path(str(tomogram).rstrip("/")).name
-    for suf in (".zarr", ".mrc", ".rec", ".map", ".st", ".h5", ".hdf5", ".tif", ".tiff"):
-        if name.lower().endswith(suf):
-            name = name[: -len(suf)]
-            break
-    return Path(outdir) / f"{name}.zarr"
+    return Path(outdir) / f"{tomo_name(tomogram)}.zarr"
 
 
 def segment_features(tomograms, models, outdir, *, interactions=None, client=None, slab=None, levels=2,
