@@ -84,3 +84,29 @@ def test_run_same_file_name_in_two_folders(project, client, tmp_path):
     a = tc.open_volume(out / "TS_01_tomo.zarr").values
     b = tc.open_volume(out / "TS_02_tomo.zarr").values
     assert not np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("section, text, match", [
+    ("convert", "{level: 3}", "unknown key in convert: level"),
+    ("segment", "{patch_size: 30}", "multiple of 4"),
+    ("segment", "{patch_size: 32, crop: 16}", "leaves nothing"),
+    ("pick", "{radius: 0}", "pick.radius must be"),
+    ("pick", "{voxel_size: -10}", "pick.voxel_size must be"),
+    ("pick", "{method: blobs}", "pick.method"),
+    ("pick", "{radius: abc}", "pick.radius must be"),
+    ("evaluate", "{max_dist: 4}", "truth"),
+    ("segment", "[1, 2]", "mapping"),
+])
+def test_config_values_checked_before_work(tmp_path, section, text, match):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"inputs: [nothing/*.mrc]\n{section}: {text}\n")
+    with pytest.raises(FormatError, match=match) as exc:
+        load_config(bad)
+    assert "bad.yaml" in str(exc.value) and "\n" not in str(exc.value)
+    with pytest.raises(FormatError, match=match):  # a dict config is checked as well, before inputs
+        run(yaml.safe_load(bad.read_text()))
+
+
+def test_object_lists_written_atomically(project):
+    out = project / "out"
+    assert not list(out.glob(".*.tmp.*"))  # no temporary list left by a completed run

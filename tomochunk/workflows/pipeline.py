@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import glob
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -33,7 +34,7 @@ from ..nn.segment import segment, write_segmentation
 from ..ops.evaluate import evaluate
 from ..parallel import client_context
 from .batch import output_names
-from .picking import pick_inputs
+from .picking import METHODS, pick_inputs
 
 log = get_logger(__name__)
 
@@ -73,11 +74,77 @@ def load_config(path) -> dict:
                           line=None if line is None else line + 1) from None
     if not isinstance(cfg, dict) or "inputs" not in cfg:
         raise FormatError("the config needs an 'inputs' list", path)
-    unknown = set(cfg) - {"inputs", "outdir", "workers", "scheduler", "convert", "segment", "pick", "evaluate"}
+    unknown = set(cfg) - {"inputs", "outdir", "workers", "scheduler", "cluster", "convert", "segment", "pick",
+                          "evaluate"}
     if unknown:
         raise FormatError(f"unknown config keys: {', '.join(sorted(unknown))}", path)
+    check_config(cfg, path)
     cfg["_base"] = path.parent
     return cfg
+
+
+#: The keys each section of a config may hold (a typo is named before any work starts).
+SECTION_KEYS = {
+    "convert": {"levels", "chunks", "dataset", "ngff", "compression", "threads"},
+    "segment": {"model", "patch_size", "crop", "batch_size", "blend", "normalize", "core_overlap",
+                "block_patches", "tiling", "block_shape", "dtype", "precision"},
+    "pick": {"method", "radius", "threshold", "min_size", "min_spacing", "margin", "top_k", "classes", "units",
+             "voxel_size", "level", "z_range", "border", "smooth", "formats"},
+    "evaluate": {"truth", "max_dist"},
+}
+
+
+def _positive(cfg, section, key, path, *, integer=False, zero=False):
+    v = (cfg.get(section) or {}).get(key)
+    if v is None:
+        return
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and (v >= 0 if zero else v > 0)
+    if not ok or (integer and int(v) != v) or v != v:
+        what = "an integer" if integer else "a number"
+        raise FormatError(f"{section}.{key} must be {what} {'>= 0' if zero else '> 0'}, got {v!r}", path)
+
+
+def check_config(cfg, path="<config>") -> None:
+    """Refuse unknown keys, and values of the wrong type or range, with a one-line FormatError.
+
+    Examples
+    --------
+    >>> check_config({"inputs": ["a.mrc"], "convert": {"level": 3}})
+    Traceback (most recent call last):
+    ...
+    tomochunk.errors.FormatError: <config>: unknown key in convert: level (known: chunks, compression, dataset, levels, ngff, threads)
+    """
+    for section, known in SECTION_KEYS.items():
+        sec = cfg.get(section)
+        if sec is None:
+            continue
+        if not isinstance(sec, dict):
+            raise FormatError(f"{section} must be a mapping of options, got {type(sec).__name__}", path)
+        unknown = set(sec) - known
+        if unknown:
+            raise FormatError(f"unknown key{'s' if len(unknown) > 1 else ''} in {section}: "
+                              f"{', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})", path)
+    for section, key, integer, zero in (("convert", "levels", True, False), ("segment", "patch_size", True, False),
+                                        ("segment", "crop", True, True), ("segment", "batch_size", True, False),
+                                        ("pick", "radius", False, False), ("pick", "voxel_size", False, False),
+                                        ("pick", "min_size", False, True), ("pick", "min_spacing", False, True),
+                                        ("pick", "margin", False, True), ("pick", "top_k", True, False),
+                                        ("evaluate", "max_dist", False, False)):
+        _positive(cfg, section, key, path, integer=integer, zero=zero)
+    seg = cfg.get("segment") or {}
+    patch, crop = seg.get("patch_size"), seg.get("crop", 0)
+    if patch is not None and patch % 4:
+        raise FormatError(f"segment.patch_size must be a multiple of 4 (the U-Net pools twice), got {patch}", path)
+    if patch is not None and 2 * crop >= patch:
+        raise FormatError(f"segment.crop {crop} leaves nothing of a {patch}-voxel patch", path)
+    method = (cfg.get("pick") or {}).get("method")
+    if method is not None and method not in METHODS:
+        raise FormatError(f"pick.method {method!r} is not one of {', '.join(METHODS)}", path)
+    formats = (cfg.get("pick") or {}).get("formats")
+    if formats is not None and (not isinstance(formats, list) or not formats):
+        raise FormatError(f"pick.formats must be a list of file suffixes, got {formats!r}", path)
+    if cfg.get("evaluate") is not None and "truth" not in cfg["evaluate"]:
+        raise FormatError("evaluate needs a 'truth' pattern, e.g. truth/{name}.xml", path)
 
 
 def _inputs(cfg) -> list[Path]:
@@ -113,6 +180,8 @@ def run(config, *, client=None, progress=False) -> pd.DataFrame:
     >>> run("pipeline.yaml")  # doctest: +SKIP
     """
     cfg = load_config(config) if not isinstance(config, dict) else dict(config)
+    if isinstance(config, dict):
+        check_config(cfg)
     base = Path(cfg.get("_base", "."))
     outdir = Path(cfg.get("outdir", "out"))
     outdir = outdir if outdir.is_absolute() else base / outdir
@@ -144,7 +213,7 @@ def run(config, *, client=None, progress=False) -> pd.DataFrame:
             else:
                 objects = _pick(store, pk, name)
                 for fmt, p in paths.items():
-                    write_objects(objects, p)
+                    _write_atomic(objects, p)
             row = {"tomogram": str(src), "store": str(store), "picks": len(objects),
                    **{f"objects_{k}": str(v) for k, v in paths.items()}}
             if ev:
@@ -164,3 +233,11 @@ def _pick(store, pk, name) -> pd.DataFrame:
     """Objects from a segmented store, through the one picking dispatch (every ``pick`` method)."""
     kw = {k: v for k, v in pk.items() if k != "formats"}
     return pick_inputs(store, tomo=name, **kw)
+
+
+def _write_atomic(objects, path: Path) -> None:
+    """Write an object list under a temporary name, then rename it: a run killed while writing
+    leaves no list that the next run would take as complete and skip picking for."""
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    write_objects(objects, tmp, overwrite=True)
+    os.replace(tmp, path)
