@@ -53,7 +53,8 @@ _API = {
     "segment": "tomochunk.nn.segment",
     "labelmap": "tomochunk.nn.segment",
     "write_segmentation": "tomochunk.workflows.segment",
-    "run": "tomochunk.pipeline",
+    "run": "tomochunk.workflows.pipeline",
+    "pick_inputs": "tomochunk.workflows.picking",
     "orthoslices": "tomochunk.viz",
     # model library, meshes, sparse labels
     "create_model": "tomochunk.nn.registry",
@@ -73,12 +74,12 @@ _API = {
 }
 
 __all__ = sorted(_API) + ["TomochunkError", "FormatError", "ShapeError", "MissingError",
-                          "ExistsError", "IncompleteError", "ValueProblem", "targets"]
+                          "ExistsError", "IncompleteError", "ValueProblem", "targets", "workflows"]
 
 
 def __getattr__(name: str):
-    if name == "targets":
-        return importlib.import_module("tomochunk.targets")
+    if name in ("targets", "workflows"):
+        return importlib.import_module(f"tomochunk.{name}")
     try:
         module = _API[name]
     except KeyError:

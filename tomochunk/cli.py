@@ -182,12 +182,13 @@ def _add_convert(sub):
 def _run_convert(args):
     from pathlib import Path
 
-    from .io.convert import convert, output_name
+    from .io.convert import convert
+    from .workflows.batch import output_paths
 
     out = Path(args.outdir)
+    outputs = output_paths(args.inputs, out)  # TS_01/tomo.mrc, TS_02/tomo.mrc: two stores, not one
     out.mkdir(parents=True, exist_ok=True)
-    for src in args.inputs:
-        dst = out / output_name(src)
+    for src, dst in outputs.items():
         convert(src, dst, chunks=args.chunks, levels=args.levels, overwrite=args.overwrite,
                 dataset=args.dataset, progress=_tty(), ngff=args.ngff,
                 compression={"auto": "auto", "on": True, "off": False}[args.compression])
@@ -319,16 +320,15 @@ def _box(text: str):
 
 
 def _run_train(args):
-    from pathlib import Path
-
     from . import read_objects, train
+    from ._names import tomo_name
     from .errors import ValueProblem
 
     if len(args.volumes) != len(args.targets):
         raise ValueProblem(f"{len(args.volumes)} volumes but {len(args.targets)} targets")
     otrain, ovalid = read_objects(args.train), read_objects(args.valid)
     # Key volumes by file stem when the object lists name tomograms that way, else by index.
-    stems = [Path(v).name.split(".")[0] for v in args.volumes]
+    stems = [tomo_name(v) for v in args.volumes]
     names = set()
     for o in (otrain, ovalid):
         if "tomo" in o.columns:
@@ -493,23 +493,18 @@ def _z_range(text: str):
 
 
 def _run_pick(args):
-    import pandas as pd
-
     from .io.objects import write_objects
-    from .ops.pick import pick_inputs
+    from .workflows.batch import output_names, pick_many
 
-    frames = []
-    for src in args.inputs:
-        df = pick_inputs(src, method=_PICK_METHODS[args.method], radius=args.radius, threshold=args.threshold,
-                         min_size=args.min_size, min_spacing=args.min_spacing, margin=args.margin,
-                         top_k=args.top_k, classes=args.classes, units=args.units,
-                         voxel_size=args.voxel_size, level=args.level,
-                         **({"z_range": args.z_range, "border": args.border, "smooth": args.smooth} if args.method == "heatmap" else {}))
-        print(f"{src}: {len(df)} objects")
-        frames.append(df)
-    out = pd.concat(frames, ignore_index=True)
-    out.attrs = dict(frames[0].attrs)
-    out["obj_id"] = range(1, len(out) + 1)
+    out = pick_many(args.inputs, method=_PICK_METHODS[args.method], radius=args.radius, threshold=args.threshold,
+                    min_size=args.min_size, min_spacing=args.min_spacing, margin=args.margin,
+                    top_k=args.top_k, classes=args.classes, units=args.units,
+                    voxel_size=args.voxel_size, level=args.level,
+                    **({"z_range": args.z_range, "border": args.border, "smooth": args.smooth}
+                       if args.method == "heatmap" else {}))
+    counts = out["tomo"].value_counts() if len(out) else {}
+    for src, name in output_names(args.inputs).items():
+        print(f"{src}: {int(counts.get(name, 0))} objects" + (f" (tomo {name})" if len(args.inputs) > 1 else ""))
     write_objects(out, args.output, overwrite=args.overwrite)
     print(f"{len(out)} objects -> {args.output}")
 
@@ -551,18 +546,18 @@ def _add_segment(sub):
 def _run_segment(args):
     from pathlib import Path
 
-    from .io.convert import convert, output_name
+    from .io.convert import convert
     from .io.omezarr import is_complete
     from .io.volume import open_volume
     from .nn.segment import segment
+    from .workflows.batch import output_paths
     from .workflows.segment import write_segmentation
 
     out = Path(args.outdir)
     out.mkdir(parents=True, exist_ok=True)
     model = _model_file(args.model)
     todo = []
-    for src in args.inputs:
-        dst = out / output_name(src)
+    for src, dst in output_paths(args.inputs, out).items():
         labels = dst / "labels"
         if not args.overwrite and all((labels / n).exists() and is_complete(labels / n)
                                       for n in ("scores", "classes")):
@@ -609,17 +604,17 @@ tomochunk run pipeline.yaml      # rerun to resume: finished stages are skipped
 def _add_run(sub):
     p = _command(sub, "run", "run convert -> segment -> pick (-> evaluate) over many tomograms from a YAML config",
                  _RUN_EXAMPLE)
-    p.add_argument("config", help="YAML config (see tomochunk.pipeline)")
+    p.add_argument("config", help="YAML config (see tomochunk.workflows.pipeline)")
     _add_cluster_options(p, embedded=True)
     p.set_defaults(run=_run_run)
 
 
 def _run_run(args):
-    from .pipeline import load_config, run
+    from .workflows.pipeline import load_config, run
 
     cfg = load_config(args.config)
     with _cluster_client(args, config=cfg) as client:
-        table = run(cfg, client=client, progress=True)
+        table = run(cfg, client=client, progress=_tty())
     print(table.to_string(index=False))
 
 
@@ -742,18 +737,11 @@ def _floats(text: str):
     return tuple(float(v) for v in text.split(","))
 
 
-def _stem(path) -> str:
-    from pathlib import Path
-
-    p = Path(path)
-    return p.name[:-5] if p.name.endswith(".zarr") else p.stem
-
-
 def _run_tirf_convert(args):
-    from .ops.tirf import convert_movies
+    from .workflows.tirf import convert_movies
 
     res = convert_movies(args.parent, args.outdir, chunks=args.chunks, levels=args.levels, overwrite=args.overwrite,
-                         on_error="skip" if args.skip_errors else "raise", progress=True)
+                         on_error="skip" if args.skip_errors else "raise", progress=_tty())
     bad = 0
     for folder, r in res.items():
         print(f"{folder} -> {r['output']}: {r['status']}" + (f" ({r['error']})" if "error" in r else ""))
@@ -766,23 +754,24 @@ def _run_tirf_detect(args):
 
     from .io.objects import write_objects
     from .io.volume import write_volume
-    from .ops.tirf import detect_spots
+    from .workflows.batch import output_names
+    from .workflows.tirf import detect_spots
 
     out = Path(args.outdir)
     out.mkdir(parents=True, exist_ok=True)
-    for m in args.movies:
+    for m, stem in output_names(args.movies).items():
         res = detect_spots(m, method=args.method, sigma=args.sigma, threshold=args.threshold,
                            min_distance=args.min_distance, labels=args.labels)
         spots = res[0] if args.labels else res
-        write_objects(spots, out / f"{_stem(m)}_spots.csv")
+        write_objects(spots, out / f"{stem}_spots.csv")
         if args.labels:
-            write_volume(res[1], out / f"{_stem(m)}_spots.zarr", levels=1, overwrite=True)
-        print(f"{m}: {len(spots)} spots -> {out / (_stem(m) + '_spots.csv')}")
+            write_volume(res[1], out / f"{stem}_spots.zarr", levels=1, overwrite=True)
+        print(f"{m}: {len(spots)} spots -> {out / (stem + '_spots.csv')}")
 
 
 def _run_tirf_annotate(args):
     from .io.volume import write_volume
-    from .ops.tirf import EVENT_RADII, event_targets
+    from .workflows.tirf import EVENT_RADII, event_targets
 
     with _progress():
         write_volume(event_targets(args.annotation, args.movie, radii=args.radii or EVENT_RADII), args.output,
@@ -793,7 +782,7 @@ def _run_tirf_annotate(args):
 def _run_tirf_merge(args):
     from pathlib import Path
 
-    from .ops.tirf import merge_annotations
+    from .workflows.tirf import merge_annotations
 
     out = Path(args.outdir)
     out.mkdir(parents=True, exist_ok=True)
@@ -808,7 +797,7 @@ def _run_tirf_merge(args):
 
 
 def _run_tirf_dataset(args):
-    from .ops.tirf import make_dataset
+    from .workflows.tirf import make_dataset
 
     p = make_dataset(args.movies, args.targets, args.objects, args.outdir, valid_fraction=args.valid_fraction,
                      seed=args.seed)
@@ -816,7 +805,7 @@ def _run_tirf_dataset(args):
 
 
 def _run_tirf_train(args):
-    from .ops.tirf import train_events
+    from .workflows.tirf import train_events
 
     kw = {} if args.patch is None else {"patch_size": args.patch}
     if args.ce_weight is not None:
@@ -830,7 +819,7 @@ def _run_tirf_train(args):
 
 
 def _run_tirf_segment(args):
-    from .ops.tirf import segment_movies
+    from .workflows.tirf import segment_movies
 
     kw = {"tiling": args.tiling} if args.patch is None else {"patch_size": args.patch, "tiling": args.tiling}
     for m, out in segment_movies(args.movies, args.model, args.outdir, overwrite=args.overwrite, **kw).items():
@@ -841,14 +830,15 @@ def _run_tirf_events(args):
     from pathlib import Path
 
     from .io.objects import write_objects
-    from .ops.tirf import events_from_segmentation
+    from .workflows.batch import output_names
+    from .workflows.tirf import events_from_segmentation
 
     out = Path(args.outdir)
     out.mkdir(parents=True, exist_ok=True)
-    for s in args.segmentations:
+    for s, stem in output_names(args.segmentations).items():
         ev = events_from_segmentation(s, keep=None if args.keep_labels_unchanged else (2,), radius=args.radius,
                                       method=args.method)
-        dst = out / f"{_stem(s)}_events.xml"
+        dst = out / f"{stem}_events.xml"
         write_objects(ev, dst)
         print(f"{s}: {len(ev)} events -> {dst}")
 
@@ -947,7 +937,7 @@ def _model_file(name) -> str:
     from pathlib import Path
 
     from .errors import MissingError
-    from .pipeline import shipped_model
+    from .workflows.pipeline import shipped_model
 
     p = Path(name)
     if p.exists():

@@ -21,11 +21,14 @@ log = get_logger(__name__)
 
 
 def output_name(src) -> str:
-    """``tomo.mrc`` -> ``tomo.zarr``; a frame folder ``cell1/`` -> ``cell1.zarr`` (the one name rule).
+    """``tomo.mrc`` -> ``tomo.zarr``, ``t1.ome.zarr`` -> ``t1.zarr``; a frame folder ``cell1/`` -> ``cell1.zarr``.
+
+    The name is :func:`tomochunk._names.tomo_name`, the one rule; many inputs are named by
+    :func:`tomochunk.workflows.batch.output_paths`, which keeps them distinct.
 
     Examples
     --------
-    >>> output_name("data/t1.ome.zarr"), output_name("TS_01/tomo.rec")
+    >>> output_name("data/t1.ome.zarr"), output_name("a/tomo.rec")
     ('t1.zarr', 'tomo.zarr')
     """
     return tomo_name(src) + ".zarr"

@@ -10,6 +10,7 @@ import xarray as xr
 
 from .._blocks import block_slices
 from .._log import get_logger
+from .._names import tomo_name
 from ..errors import ExistsError, FormatError, MissingError, ShapeError, ValueProblem
 from ._source import check_chunks, check_voxel_size, warn
 from .em import EM_SUFFIXES, em_dtype, read_em, write_em
@@ -170,7 +171,7 @@ def open_volume(path, *, dataset=None, level=0, chunks=None, check_finite=False)
         attrs["mrc_nstart"] = tuple(int(v) for v in meta["nstart"])
     if "header" in meta:
         attrs["mrc_header"] = meta["header"]
-    out = xr.DataArray(arr, dims=dims, coords=coords, attrs=attrs, name=Path(path).stem)
+    out = xr.DataArray(arr, dims=dims, coords=coords, attrs=attrs, name=tomo_name(path))
     if check_finite and arr.dtype.kind == "f":
         n = int((~da.isfinite(arr)).sum().compute())
         if n:
