@@ -110,3 +110,12 @@ def test_config_values_checked_before_work(tmp_path, section, text, match):
 def test_object_lists_written_atomically(project):
     out = project / "out"
     assert not list(out.glob(".*.tmp.*"))  # no temporary list left by a completed run
+
+
+def test_resume_refuses_outputs_of_another_input(tmp_path):
+    from tomochunk.workflows.pipeline import _check_same_source
+
+    _check_same_source(tmp_path, "tomo", tmp_path / "A" / "tomo.mrc")
+    _check_same_source(tmp_path, "tomo", tmp_path / "A" / "tomo.mrc")  # same input: resumes
+    with pytest.raises(FormatError, match="were made from"):
+        _check_same_source(tmp_path, "tomo", tmp_path / "B" / "tomo.mrc")

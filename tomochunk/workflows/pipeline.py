@@ -204,6 +204,7 @@ def run(config, *, client=None, progress=False) -> pd.DataFrame:
         # TS_01/tomo.mrc and TS_02/tomo.mrc: TS_01_tomo.zarr, TS_02_tomo.zarr, never one tomo.zarr for both
         for src, name in names.items():
             store = outdir / f"{name}.zarr"
+            _check_same_source(outdir, name, src)
             if not (store.exists() and is_complete(store)):
                 log.info("convert %s", src)
                 convert(src, store, progress=progress, **conv)
@@ -246,3 +247,25 @@ def _write_atomic(objects, path: Path) -> None:
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
     write_objects(objects, tmp, overwrite=True)
     os.replace(tmp, path)
+
+
+def _check_same_source(outdir: Path, name: str, src) -> None:
+    """Record which input ``outdir/<name>.*`` belong to; refuse to resume them from another input.
+
+    A rerun skips every stage whose output is complete, so outputs left by another input of the
+    same name (another config, or files moved between runs) would be reported as this one's.
+    """
+    marker = outdir / f".{name}.source.json"
+    here = str(Path(src).resolve())
+    if marker.exists():
+        try:
+            before = json.loads(marker.read_text()).get("source")
+        except ValueError:
+            before = None
+        if before is not None and before != here:
+            raise FormatError(f"outputs {name}.* were made from {before}, not {here}; use another outdir "
+                              f"or remove them", outdir)
+        return
+    tmp = marker.with_name(marker.name + ".tmp")
+    tmp.write_text(json.dumps({"source": here}))
+    os.replace(tmp, marker)
