@@ -170,7 +170,44 @@ def _add_train(sub):
     p.add_argument("--region", type=_box, default=None,
                    help="labelled sub-region z0:z1,y0:y1,x0:x1 (voxels): patches stay inside it and voxels "
                         "outside are ignored (dice_ce, pu)")
+    g = p.add_argument_group("accuracy options (issue 23; --recipe czii sets them all)")
+    g.add_argument("--recipe", choices=("deepfinder", "czii"), default=None,
+                   help="deepfinder: the old defaults (Tversky, 180-degree flips, constant lr); czii: Tversky "
+                        "+ weighted CE (256:1), wedge-safe flips/rot90/intensity, EMA 0.999, warm-up + cosine")
+    g.add_argument("--class-weights", type=lambda t: [float(v) for v in t.split(",")], default=None,
+                   help="per-class cross-entropy weights w0,w1,... (needs --ce-weight > 0)")
+    g.add_argument("--pos-weight", type=float, default=None,
+                   help="cross-entropy weight of every particle class against background 1 (e.g. 256)")
+    g.add_argument("--loss-alpha", type=float, default=0.5, help="Tversky weight of false positives")
+    g.add_argument("--loss-beta", type=float, default=0.5, help="Tversky weight of false negatives")
+    g.add_argument("--augment", choices=("tomo", "movie", "wedge", "none"), default=None,
+                   help="tomo: 180-degree rotation about y (default); wedge: flips of z,y,x, 90-degree "
+                        "rotations about z, intensity jitter")
+    g.add_argument("--ema", type=float, default=None, help="average the weights with this decay (e.g. 0.999)")
+    g.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
+                   help="cosine: linear warm-up then cosine decay")
+    g.add_argument("--minutes", type=float, default=None, help="wall-clock budget of the training, minutes")
+    g.add_argument("--bootstrap", action=argparse.BooleanOptionalAction, default=True,
+                   help="class-balanced sampling of patch centres (default on)")
+    g.add_argument("--shift", type=int, default=13, help="random shift of patch centres, voxels (default 13)")
     p.set_defaults(run=_run_train)
+
+
+def _accuracy_options(args) -> dict:
+    """``train`` keywords of the accuracy flags; ``--recipe czii`` fills those left at their defaults."""
+    from .nn.train import RECIPES
+
+    kw = {"class_weights": args.class_weights, "pos_weight": args.pos_weight, "loss_alpha": args.loss_alpha,
+          "loss_beta": args.loss_beta, "augment": None if args.augment is None else args.augment,
+          "ema": args.ema, "lr_schedule": args.lr_schedule, "minutes": args.minutes,
+          "bootstrap": args.bootstrap, "shift": args.shift}
+    if args.recipe:
+        for k, v in RECIPES[args.recipe].items():
+            if k == "ce_weight":
+                args.ce_weight = args.ce_weight or v
+            elif k in kw and kw[k] in (None, "constant"):
+                kw[k] = v
+    return kw
 
 
 def _box(text: str):
@@ -209,7 +246,7 @@ def _run_train(args):
                     anisotropic=args.anisotropic, checkpoint_every=args.checkpoint_every,
                     resume=args.resume, workers=args.workers, seed=args.seed,
                     precision="bfloat16" if args.bf16 else "float32", ce_weight=args.ce_weight,
-                    micro_batch=args.micro_batch or None,
+                    micro_batch=args.micro_batch or None, **_accuracy_options(args),
                     **({"loss": args.loss, "tau": args.tau, "region": args.region}
                        if args.loss != "tversky" or args.region is not None else {}))
     last = hist.iloc[-1]
