@@ -139,3 +139,53 @@ def test_cli_train_recipe_czii(tmp_path):
                "-o", str(tmp_path / "run")])
     assert rc in (0, None)
     assert (tmp_path / "run" / "model_best.keras").exists()
+
+
+# --- inference: TTA and ensembles -----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def net():
+    import tomochunk
+
+    keras.utils.set_random_seed(0)
+    return tomochunk.deepfinder_unet(3, filters=(4, 4, 8))
+
+
+def _sym(shape=(32, 32, 32)):
+    a = np.random.default_rng(0).normal(size=shape).astype("f4")
+    return sum(np.flip(a, ax) for ax in [(), (0,), (1,), (2,), (0, 1), (0, 2), (1, 2), (0, 1, 2)])
+
+
+def test_tta_flip_symmetric_input(net):
+    from tomochunk.nn.segment import segment
+
+    v = _sym()
+    s = segment(v, net, tiling="blocks", block_shape=32, crop=8, tta=True).values
+    for ax in (1, 2, 3, (1, 2, 3)):
+        np.testing.assert_allclose(s, np.flip(s, ax), atol=1e-5)
+    plain = segment(v, net, tiling="blocks", block_shape=32, crop=8).values
+    assert np.abs(plain - np.flip(plain, 3)).max() > 1e-4     # the network alone is not symmetric
+
+
+def test_tta_blockwise_equals_whole(net):
+    from tomochunk.nn.segment import segment
+
+    v = np.random.default_rng(1).normal(size=(64, 64, 64)).astype("f4")
+    whole = segment(v, net, tiling="blocks", block_shape=64, crop=25, tta=True).values
+    blocks = segment(da.from_array(v, chunks=32), net, tiling="blocks", block_shape=32, crop=25, tta=True)
+    assert np.abs(blocks.values - whole).max() <= 1e-4
+    xy = segment(v[:32, :32, :32], net, tiling="blocks", block_shape=32, crop=8, tta="xy")
+    assert "TTA x4" in xy.attrs["segment"]["model"]
+    with pytest.raises(ValueProblem, match="tta"):
+        segment(v, net, tiling="blocks", tta="spin")
+
+
+def test_ensemble_of_itself_equals_model(net, tmp_path):
+    from tomochunk.nn.segment import segment
+
+    path = tmp_path / "m.keras"
+    net.save(path)
+    v = np.random.default_rng(2).normal(size=(32, 32, 32)).astype("f4")
+    one = segment(v, str(path), patch_size=32, crop=4).values
+    two = segment(v, [str(path), net], patch_size=32, crop=4).values
+    np.testing.assert_allclose(two, one, atol=1e-6)
