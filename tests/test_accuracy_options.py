@@ -95,6 +95,8 @@ def test_train_czii_options(data, tmp_path):
     assert best["mean_val_f1"] == pytest.approx(
         max(hist[["val_f1_1", "val_f1_2"]].mean(axis=1)), abs=1e-9)
     assert float(model.optimizer.learning_rate) < 1e-3        # cosine decayed
+    sizes = json.loads((tmp_path / "sizes.json").read_text())["classes"]
+    assert set(sizes) == {"1", "2"} and all(0 < v["p5"] <= v["p50"] <= v["p95"] for v in sizes.values())
 
 
 def test_train_ema_model_is_average(data, tmp_path):

@@ -482,6 +482,51 @@ def save_best(model, policy, out_dir: Path, epoch: int, score: float) -> Path:
     return path
 
 
+SIZE_VOXELS = 512 ** 3   # targets larger than this (all tomograms together) are not measured
+
+
+def size_stats(targets: dict, n_classes: int) -> dict | None:
+    """Per-class voxel counts of the connected objects of the training targets (percentiles).
+
+    ``{"classes": {"1": {"n": ..., "p5": ..., "p50": ..., "p95": ...}, ...}}``, for the size
+    filters of picking; ``None`` when the targets hold more than ``SIZE_VOXELS`` voxels.
+
+    Examples
+    --------
+    >>> lab = np.zeros((8, 8, 8), np.uint8); lab[1:3, 1:3, 1:3] = 1; lab[5:8, 5:8, 5:8] = 1
+    >>> size_stats({"a": lab}, 2)["classes"]["1"]["n"]
+    2
+    """
+    from scipy import ndimage
+
+    if sum(int(np.prod(t.shape)) for t in targets.values()) > SIZE_VOXELS:
+        log.info("targets over %d voxels: no object size statistics saved", SIZE_VOXELS)
+        return None
+    sizes = {c: [] for c in range(1, n_classes)}
+    for t in targets.values():
+        lab = _read(t, (slice(None),) * 3)
+        for c in sizes:
+            comp, n = ndimage.label(lab == c)
+            if n:
+                sizes[c].extend(np.bincount(comp.ravel())[1:].tolist())
+    out = {}
+    for c, v in sizes.items():
+        if v:
+            p5, p50, p95 = np.percentile(v, [5, 50, 95])
+            out[str(c)] = {"n": len(v), "p5": float(p5), "p50": float(p50), "p95": float(p95)}
+    return {"classes": out}
+
+
+def save_sizes(targets: dict, n_classes: int, out_dir: Path):
+    """Write ``sizes.json`` (see :func:`size_stats`) beside the models; returns its path or None."""
+    stats = size_stats(targets, n_classes)
+    if stats is None:
+        return None
+    path = out_dir / "sizes.json"
+    path.write_text(json.dumps(stats, indent=1))
+    return path
+
+
 def save_final(model, policy, out_dir: Path, legacy_h5: bool):
     """The final model in float32: ``model_final.keras`` (and DeepFinder's ``net_weights_FINAL.h5``)."""
     final = model if policy is None else with_dtype(model, None)

@@ -295,6 +295,9 @@ def train(volumes, targets, objects_train, objects_valid, *, n_classes, patch_si
         Save ``model_best.keras`` (float32) whenever the mean validation F1 of the
         particle classes improves.
 
+    ``sizes.json`` beside the models holds per-class voxel-count percentiles of the target
+    objects (:func:`~tomochunk.nn._trainsteps.size_stats`), for size filters when picking.
+
     Returns
     -------
     model : keras.Model
@@ -354,6 +357,7 @@ def train(volumes, targets, objects_train, objects_valid, *, n_classes, patch_si
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     start, resumed, history = steps.resume_point(resume, out_dir)
+    steps.save_sizes(tgts, n_classes, out_dir)   # object sizes for pick's size filters
     model, stepper, policy = steps.prepare_model(
         resumed if resumed is not None else model, n_classes=n_classes, filters=filters,
         anisotropic=anisotropic, precision=precision, lr=lr, loss_fn=loss_fn, batch_size=batch_size,
