@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy import ndimage
 from tqdm.auto import tqdm
 
 from .._log import get_logger
@@ -497,8 +498,6 @@ def size_stats(targets: dict, n_classes: int) -> dict | None:
     >>> size_stats({"a": lab}, 2)["classes"]["1"]["n"]
     2
     """
-    from scipy import ndimage
-
     if sum(int(np.prod(t.shape)) for t in targets.values()) > SIZE_VOXELS:
         log.info("targets over %d voxels: no object size statistics saved", SIZE_VOXELS)
         return None
