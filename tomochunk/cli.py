@@ -303,8 +303,45 @@ def _add_train(sub):
     p.add_argument("--region", type=_box, default=None,
                    help="labelled sub-region z0:z1,y0:y1,x0:x1 (voxels): patches stay inside it and voxels "
                         "outside are ignored (dice_ce, pu)")
+    g = p.add_argument_group("accuracy options (issue 23; --recipe czii sets them all)")
+    g.add_argument("--recipe", choices=("deepfinder", "czii"), default=None,
+                   help="deepfinder: the old defaults (Tversky, 180-degree flips, constant lr); czii: Tversky "
+                        "+ weighted CE (256:1), wedge-safe flips/rot90/intensity, EMA 0.999, warm-up + cosine")
+    g.add_argument("--class-weights", type=lambda t: [float(v) for v in t.split(",")], default=None,
+                   help="per-class cross-entropy weights w0,w1,... (needs --ce-weight > 0)")
+    g.add_argument("--pos-weight", type=float, default=None,
+                   help="cross-entropy weight of every particle class against background 1 (e.g. 256)")
+    g.add_argument("--loss-alpha", type=float, default=0.5, help="Tversky weight of false positives")
+    g.add_argument("--loss-beta", type=float, default=0.5, help="Tversky weight of false negatives")
+    g.add_argument("--augment", choices=("tomo", "movie", "wedge", "none"), default=None,
+                   help="tomo: 180-degree rotation about y (default); wedge: flips of z,y,x, 90-degree "
+                        "rotations about z, intensity jitter")
+    g.add_argument("--ema", type=float, default=None, help="average the weights with this decay (e.g. 0.999)")
+    g.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
+                   help="cosine: linear warm-up then cosine decay")
+    g.add_argument("--minutes", type=float, default=None, help="wall-clock budget of the training, minutes")
+    g.add_argument("--bootstrap", action=argparse.BooleanOptionalAction, default=True,
+                   help="class-balanced sampling of patch centres (default on)")
+    g.add_argument("--shift", type=int, default=13, help="random shift of patch centres, voxels (default 13)")
     p.set_defaults(run=_run_train)
     _add_cluster_options(p)
+
+
+def _accuracy_options(args) -> dict:
+    """``train`` keywords of the accuracy flags; ``--recipe czii`` fills those left at their defaults."""
+    from .nn.train import RECIPES
+
+    kw = {"class_weights": args.class_weights, "pos_weight": args.pos_weight, "loss_alpha": args.loss_alpha,
+          "loss_beta": args.loss_beta, "augment": None if args.augment is None else args.augment,
+          "ema": args.ema, "lr_schedule": args.lr_schedule, "minutes": args.minutes,
+          "bootstrap": args.bootstrap, "shift": args.shift}
+    if args.recipe:
+        for k, v in RECIPES[args.recipe].items():
+            if k == "ce_weight":
+                args.ce_weight = args.ce_weight or v
+            elif k in kw and kw[k] in (None, "constant"):
+                kw[k] = v
+    return kw
 
 
 def _box(text: str):
@@ -342,7 +379,7 @@ def _run_train(args):
                     anisotropic=args.anisotropic, checkpoint_every=args.checkpoint_every,
                     resume=args.resume, workers=args.workers, seed=args.seed,
                     precision=args.precision, ce_weight=args.ce_weight,
-                    micro_batch=args.micro_batch or None,
+                    micro_batch=args.micro_batch or None, **_accuracy_options(args),
                     **({"loss": args.loss, "tau": args.tau, "region": args.region}
                        if args.loss != "tversky" or args.region is not None else {}))
     last = hist.iloc[-1]
@@ -517,10 +554,13 @@ def _add_segment(sub):
                  "tomochunk segment tomo1.mrc tomo2.zarr -m net_weights_FINAL.h5 -o zarr/ --patch 160 --workers 2\n"
                  "tomochunk segment zarr/*.zarr -m unet.keras -o zarr/ --scheduler tcp://head:8786")
     p.add_argument("inputs", nargs="+", metavar="TOMO", help="tomograms (MRC, HDF5, TIFF, Zarr)")
-    p.add_argument("-m", "--model", required=True,
+    p.add_argument("-m", "--model", required=True, nargs="+",
                    help="network: .keras, DeepFinder .h5 weights, or 'phantom' (the model shipped in the "
-                        "package, trained on tomochunk phantoms at 10 A: for phantoms only)")
+                        "package, trained on tomochunk phantoms at 10 A: for phantoms only); several: an "
+                        "ensemble, averaged in one pass")
     p.add_argument("-o", "--outdir", required=True, help="folder of OME-Zarr stores (<name>.zarr)")
+    p.add_argument("--tta", action="store_true",
+                   help="test-time augmentation: average the 8 flips of z, y, x in each block (8x network time)")
     p.add_argument("--patch", type=int, default=160, help="patch side in voxels (default 160)")
     p.add_argument("--crop", type=int, default=25, help="voxels discarded per patch side (default 25)")
     p.add_argument("--batch", type=int, default=None, help="patches per network call (default: auto)")
@@ -555,7 +595,8 @@ def _run_segment(args):
 
     out = Path(args.outdir)
     out.mkdir(parents=True, exist_ok=True)
-    model = _model_file(args.model)
+    models = [_model_file(m) for m in args.model]
+    model = models[0] if len(models) == 1 else models
     todo = []
     for src, dst in output_paths(args.inputs, out).items():
         labels = dst / "labels"
@@ -574,7 +615,8 @@ def _run_segment(args):
             vol = open_volume(dst)
             scores = segment(vol, model, patch_size=args.patch, crop=args.crop, batch_size=args.batch,
                              blend=args.blend, normalize=None if args.normalize == "none" else args.normalize,
-                             tiling=args.tiling, block_shape=args.block, precision=args.precision, client=client)
+                             tiling=args.tiling, block_shape=args.block, precision=args.precision, client=client,
+                             tta=args.tta)
             print(f"{src}: segmenting {dict(zip(vol.dims, vol.shape))} into {dst / 'labels'}")
             write_segmentation(scores, dst, dtype=args.dtype, chunks=args.chunks, overwrite=args.overwrite,
                                client=client, progress=_tty())

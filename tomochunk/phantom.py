@@ -47,7 +47,7 @@ from .ops.targets import rotate_template_deepfinder
 log = get_logger(__name__)
 
 __all__ = ["phantom_tomogram", "phantom_movie", "class_templates", "rotate_template", "euler_matrix",
-           "missing_wedge_filter", "SHAPES"]
+           "missing_wedge_filter", "SHAPES", "hard_phantom", "HARD_CLASSES"]
 
 # --- shapes ---------------------------------------------------------------------------------------
 # Signed distance functions (approximate where exact ones are costly) on body-frame coordinates
@@ -938,3 +938,27 @@ def _disc_count(y, x, r, ny, nx):
     dy = np.arange(a0, a1)[:, None] - y
     dx = np.arange(b0, b1)[None, :] - x
     return int((dy * dy + dx * dx <= r * r).sum())
+
+
+# --- presets ---------------------------------------------------------------------------------------
+
+#: The hard benchmark's classes: 8 shapes with bounding radii from 3 to 12 voxels.
+HARD_CLASSES = (("sphere", 3.0), ("ellipsoid", 4.0), ("rod", 5.0), ("ring", 6.0), ("shell", 7.5),
+                ("dumbbell", 9.0), ("lshape", 10.5), ("sphere", 12.0))
+
+
+def hard_phantom(shape=(128, 256, 256), *, seed=0, snr=0.5, density=0.25, missing_wedge=60.0, chunks=None,
+                 tomo=0):
+    """A crowded, noisy phantom for accuracy benchmarks (issue 23): :data:`HARD_CLASSES`.
+
+    8 classes with radii 3-12 voxels, 25 % of the volume covered by bounding spheres,
+    a ±60° missing wedge and SNR 0.5; returns what :func:`phantom_tomogram` returns.
+
+    Examples
+    --------
+    >>> vol, objs, lab = hard_phantom((48, 64, 64), seed=1)
+    >>> vol.shape, int(objs["class_label"].max()) <= 8
+    ((48, 64, 64), True)
+    """
+    return phantom_tomogram(shape, list(HARD_CLASSES), density=density, snr=snr, missing_wedge=missing_wedge,
+                            min_gap=0.0, seed=seed, chunks=chunks, tomo=tomo)

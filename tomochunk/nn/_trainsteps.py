@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy import ndimage
 from tqdm.auto import tqdm
 
 from .._log import get_logger
@@ -193,8 +194,8 @@ def check_args(n_classes, patch_size, anisotropic, augment, micro_batch, precisi
     if micro_batch is not None and int(micro_batch) < 0:
         raise ValueProblem(f"micro_batch must be >= 1 (0 or None: the whole batch per call), not {micro_batch}")
     augment = augment if augment is not None else ("movie" if anisotropic else "tomo")
-    if augment not in ("tomo", "movie", "none", False):
-        raise ValueProblem(f"augment must be 'tomo', 'movie' or None, not {augment!r}")
+    if augment not in ("tomo", "movie", "wedge", "none", False):
+        raise ValueProblem(f"augment must be 'tomo', 'movie', 'wedge' or None, not {augment!r}")
     if precision not in PRECISIONS:
         raise ValueProblem(f"precision must be 'float32' or 'bfloat16', not {precision!r}")
     return n_classes, patch, augment
@@ -311,8 +312,12 @@ def prepare_model(model, *, n_classes, filters, anisotropic, precision, lr, loss
     return model, stepper, policy
 
 
-def run_epoch(stepper, pool, make_batch, *, epoch, epochs, steps, prefetch, batch_size, progress):
+def run_epoch(stepper, pool, make_batch, *, epoch, epochs, steps, prefetch, batch_size, progress,
+              before_step=None, after_step=None):
     """One epoch of optimiser steps on batches prepared ``prefetch`` ahead by ``pool``.
+
+    ``before_step(epoch, step)`` runs before each step (it sets the learning rate; ``False``
+    ends the epoch there: the wall-clock budget), ``after_step()`` after it (weight average).
 
     Returns ``(losses, patches_per_s, input_wait_s, t0)``: the rate is the steady state, from
     the end of the first step (graph tracing) to the end of the last.
@@ -320,7 +325,10 @@ def run_epoch(stepper, pool, make_batch, *, epoch, epochs, steps, prefetch, batc
     t0 = time.perf_counter()
     queue, nxt, wait, losses = deque(), 0, 0.0, []
     bar = tqdm(total=steps, desc=f"epoch {epoch}/{epochs}", disable=not progress, leave=False)
+    t_first = None
     for step in range(steps):
+        if before_step is not None and before_step(epoch, step) is False:
+            break
         while nxt < steps and len(queue) < int(prefetch):
             queue.append(pool.submit(make_batch, epoch, nxt))
             nxt += 1
@@ -329,16 +337,21 @@ def run_epoch(stepper, pool, make_batch, *, epoch, epochs, steps, prefetch, batc
         wait += time.perf_counter() - tw
         loss = stepper.train_on_batch(x, y)
         losses.append(float(np.asarray(loss[0] if isinstance(loss, (list, tuple)) else loss)))
+        if after_step is not None:
+            after_step()
         if step == 0:
             t_first = time.perf_counter()
         bar.update(1)
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
     bar.close()
     t_end = time.perf_counter()
-    if steps > 1:   # steady state: leave out the first step (graph tracing)
-        rate = (steps - 1) * batch_size / (t_end - t_first)
+    done = len(losses)
+    if done > 1:   # steady state: leave out the first step (graph tracing)
+        rate = (done - 1) * batch_size / (t_end - t_first)
     else:
-        rate = batch_size / (t_end - t0)
+        rate = done * batch_size / max(t_end - t0, 1e-9)
+    if not losses:   # the budget ran out before the first step
+        losses = [float("nan")]
     return losses, rate, wait, t0
 
 
@@ -399,6 +412,117 @@ def save_checkpoint(model, out_dir: Path, epoch: int) -> Path:
     model.save(tmp)
     tmp.replace(path)
     (out_dir / "state.json").write_text(json.dumps({"epoch": epoch, "checkpoint": path.name}))
+    return path
+
+
+class WeightAverage:
+    """Exponential moving average of a model's trainable weights (numpy, after each step).
+
+    The decay ramps up as ``min(decay, (1 + n) / (10 + n))`` so that a short run is not
+    dominated by its random initial weights.
+
+    Examples
+    --------
+    >>> import keras
+    >>> m = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    >>> avg = WeightAverage(m, 0.9)
+    >>> _ = m.trainable_weights[1].assign([1.0])
+    >>> avg.update()
+    >>> round(float(avg.average[1][0]), 3)   # decay (1+0)/(10+0) = 0.1 at the first step
+    0.9
+    """
+
+    def __init__(self, model, decay):
+        self.model, self.decay, self.n = model, float(decay), 0
+        self.average = [np.array(v, dtype=np.float32) for v in model.trainable_weights]
+        self.saved = None
+
+    def update(self):
+        d = min(self.decay, (1.0 + self.n) / (10.0 + self.n))
+        for a, v in zip(self.average, self.model.trainable_weights):
+            a *= d
+            a += (1.0 - d) * np.asarray(v, dtype=np.float32)
+        self.n += 1
+
+    def swap_in(self):
+        """Put the averaged weights into the model (keeping the raw ones for :meth:`swap_out`)."""
+        self.saved = [np.array(v) for v in self.model.trainable_weights]
+        for v, a in zip(self.model.trainable_weights, self.average):
+            v.assign(a.astype(v.dtype))
+
+    def swap_out(self):
+        for v, a in zip(self.model.trainable_weights, self.saved):
+            v.assign(a)
+        self.saved = None
+
+
+class averaged:  # noqa: N801 (a context manager used like a function)
+    """``with averaged(avg):`` runs its body with the averaged weights (``None``: the raw ones)."""
+
+    def __init__(self, average):
+        self.average = average
+
+    def __enter__(self):
+        if self.average is not None:
+            self.average.swap_in()
+
+    def __exit__(self, *exc):
+        if self.average is not None:
+            self.average.swap_out()
+
+
+def save_best(model, policy, out_dir: Path, epoch: int, score: float) -> Path:
+    """``model_best.keras`` (float32), written under a temporary name first, and ``best.json``."""
+    best = model if policy is None else with_dtype(model, None)
+    path = out_dir / "model_best.keras"
+    tmp = path.with_name("model_best.tmp.keras")
+    save_model(best, tmp)
+    tmp.replace(path)
+    (out_dir / "best.json").write_text(json.dumps({"epoch": epoch, "mean_val_f1": score}))
+    log.info("epoch %d: best mean validation F1 so far (%.4f) -> %s", epoch, score, path)
+    return path
+
+
+SIZE_VOXELS = 512 ** 3   # targets larger than this (all tomograms together) are not measured
+
+
+def size_stats(targets: dict, n_classes: int) -> dict | None:
+    """Per-class voxel counts of the connected objects of the training targets (percentiles).
+
+    ``{"classes": {"1": {"n": ..., "p5": ..., "p50": ..., "p95": ...}, ...}}``, for the size
+    filters of picking; ``None`` when the targets hold more than ``SIZE_VOXELS`` voxels.
+
+    Examples
+    --------
+    >>> lab = np.zeros((8, 8, 8), np.uint8); lab[1:3, 1:3, 1:3] = 1; lab[5:8, 5:8, 5:8] = 1
+    >>> size_stats({"a": lab}, 2)["classes"]["1"]["n"]
+    2
+    """
+    if sum(int(np.prod(t.shape)) for t in targets.values()) > SIZE_VOXELS:
+        log.info("targets over %d voxels: no object size statistics saved", SIZE_VOXELS)
+        return None
+    sizes = {c: [] for c in range(1, n_classes)}
+    for t in targets.values():
+        lab = _read(t, (slice(None),) * 3)
+        for c in sizes:
+            comp, n = ndimage.label(lab == c)
+            if n:
+                sizes[c].extend(np.bincount(comp.ravel())[1:].tolist())
+    out = {}
+    for c, v in sizes.items():
+        if v:
+            p5, p50, p95 = np.percentile(v, [5, 50, 95])
+            out[str(c)] = {"n": len(v), "p5": float(p5), "p50": float(p50), "p95": float(p95)}
+    return {"classes": out}
+
+
+def save_sizes(targets: dict, n_classes: int, out_dir: Path):
+    """Write ``sizes.json`` (see :func:`size_stats`) beside the models; returns its path or None."""
+    stats = size_stats(targets, n_classes)
+    if stats is None:
+        return None
+    path = out_dir / "sizes.json"
+    path.write_text(json.dumps(stats, indent=1))
     return path
 
 

@@ -64,7 +64,8 @@ from . import _cache
 from ._blocks_plan import block_chunks, block_scores, window_voxels
 from ._cache import PRECISIONS
 from ._memory import bytes_per_voxel, patch_batch
-from ._model import model_handle, n_classes as _n_classes
+from ._ensemble import ensemble_handle
+from ._model import n_classes as _n_classes
 from ._tiling import _auto_block_patches, patch_scores
 from .models import check_patch_shape
 
@@ -91,17 +92,18 @@ def preload_model(path, precision="float32") -> int:
 
 def segment(volume, model, *, patch_size=160, crop=25, batch_size=None, blend="crop", normalize="meanstd",
             core_overlap=4, block_patches=None, tiling="patches", block_shape=None, dtype="float32",
-            precision="float32", client=None, gpu=None):
+            precision="float32", client=None, gpu=None, tta=False):
     """Segment a tomogram with a fully convolutional 3D network, lazily and out of core.
 
     Parameters
     ----------
     volume : numpy, dask or xarray array
         ``[z, y, x]`` tomogram of any shape (sides shorter than a patch are zero-padded).
-    model : str, Path or keras.Model
+    model : str, Path or keras.Model, or a list of them
         A ``.keras`` file, DeepFinder ``.h5`` weights (workers load the path, once per
         process), or a Keras model (serialised once and shipped to every worker through the
-        scheduler, so workers need no shared file system).
+        scheduler, so workers need no shared file system). A list is an ensemble: every
+        network task runs each model on the same input and averages the scores.
     patch_size : int
         Side of the cubic patches fed to the network, a multiple of 4 (the U-Net pools twice by 2).
     crop : int
@@ -157,6 +159,11 @@ def segment(volume, model, *, patch_size=160, crop=25, batch_size=None, blend="c
         ``dask.config.set({"optimization.fuse.active": False})``, as
         :func:`write_segmentation` does, or the annotation is lost.
 
+    tta : {False, True, "all", "xy"}
+        Test-time augmentation: average the scores over the 8 flips of z, y, x (``"xy"``: the
+        4 of y, x) inside each network task, so the volume is read once; the network time
+        grows by the number of flips (8x or 4x), times the number of models.
+
     Returns
     -------
     xarray.DataArray
@@ -191,7 +198,7 @@ def segment(volume, model, *, patch_size=160, crop=25, batch_size=None, blend="c
     data = norm.data if isinstance(norm, xr.DataArray) else norm
     shape = tuple(int(s) for s in data.shape)
 
-    handle, keras_model = model_handle(model, client)
+    handle, keras_model = ensemble_handle(model, client, tta)
     workers = worker_info(client)
     if gpu is None:
         gpu = any((wk.get("resources") or {}).get("GPU", 0) > 0 for wk in workers.values())

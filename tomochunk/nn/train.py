@@ -28,12 +28,23 @@ import pandas as pd
 from .._log import get_logger
 from ..errors import ValueProblem
 from . import _trainsteps as steps
+from ._augment import lr_at, wedge_augment
 from ._trainsteps import _micro_batched, _micro_batches, _objects, _read, class_scores  # noqa: F401 (re-exports)
 from .models import DEFAULT_FILTERS
 
 log = get_logger(__name__)
 
-__all__ = ["train", "PatchSampler", "class_scores"]
+__all__ = ["train", "PatchSampler", "class_scores", "RECIPES"]
+
+#: ``train(**RECIPES[name])``: DeepFinder's recipe (the defaults), and the practice of the CZII
+#: 2025 winners (Tversky + 256:1 weighted cross-entropy, wedge-safe augmentation, EMA, warm-up
+#: and cosine decay). Checkpoint selection by validation F1 (``model_best.keras``) is always on.
+RECIPES = {
+    "deepfinder": {"loss": "tversky", "ce_weight": 0.0, "augment": "tomo", "ema": None,
+                   "lr_schedule": "constant", "bootstrap": True, "shift": 13},
+    "czii": {"ce_weight": 1.0, "pos_weight": 256.0, "augment": "wedge", "ema": 0.999,
+             "lr_schedule": "cosine"},
+}
 
 
 # --- sampling ------------------------------------------------------------------------------
@@ -50,9 +61,11 @@ class PatchSampler:
     patch_shape : tuple of 3 ints
     shift : int
         Maximum random shift of the patch centre (DeepFinder's ``Lrnd``).
-    bootstrap : bool
-        Pick the class uniformly first, then an object of that class.
-    augment : {'tomo', 'movie', None}
+    bootstrap : bool or 'sqrt'
+        Pick the class uniformly first, then an object of that class (``'sqrt'``: classes
+        drawn in proportion to the square root of their object counts; False: objects
+        drawn uniformly).
+    augment : {'tomo', 'movie', 'wedge', None}
     region : dict {tomo: region}, optional
         Labelled sub-region per tomogram: a bounding box ``((z0, z1), (y0, y1),
         (x0, x1))`` (patch centres are moved so that the patch stays inside it
@@ -69,9 +82,12 @@ class PatchSampler:
         self.tomos, self.labels, self.zyx = objects
         self.n_classes = int(n_classes)
         self.patch = np.asarray(patch_shape)
-        self.shift, self.bootstrap, self.augment = int(shift), bool(bootstrap), augment
+        self.shift, self.augment = int(shift), augment
+        self.bootstrap = "sqrt" if bootstrap == "sqrt" else bool(bootstrap)
         self.classes = np.unique(self.labels)
         self.by_class = {c: np.nonzero(self.labels == c)[0] for c in self.classes}
+        counts = np.array([len(self.by_class[c]) for c in self.classes], float)
+        self.class_p = np.sqrt(counts) / np.sqrt(counts).sum()
         self.ignore_label = None if ignore_label is None else int(ignore_label)
         self.region = region or {}
         if self.region and self.ignore_label is None:
@@ -80,6 +96,10 @@ class PatchSampler:
         self.eye = np.eye(self.n_classes + (self.ignore_label is not None), dtype=np.float32)
 
     def _pick(self, rng):
+        if self.bootstrap == "sqrt":
+            c = self.classes[rng.choice(len(self.classes), p=self.class_p)]
+            pool = self.by_class[c]
+            return pool[rng.integers(len(pool))]
         if self.bootstrap:
             c = self.classes[rng.integers(len(self.classes))]
             pool = self.by_class[c]
@@ -126,6 +146,8 @@ class PatchSampler:
         if self.augment == "tomo":
             if rng.random() < 0.5:  # 180° about the tilt axis (y): keeps the missing wedge
                 x, y = x[::-1, :, ::-1], y[::-1, :, ::-1]
+        elif self.augment == "wedge":
+            x, y = wedge_augment(x, y, rng)
         elif self.augment == "movie":
             if rng.random() < 0.5:
                 x, y = x[:, ::-1], y[:, ::-1]
@@ -160,7 +182,8 @@ def train(volumes, targets, objects_train, objects_valid, *, n_classes, patch_si
           checkpoint_every=10,
           resume=False,
           workers=2, prefetch=4, seed=0, precision="float32", time_limit=None, legacy_h5=True,
-          progress=True, loss="tversky", tau=None, region=None, micro_batch=2):
+          progress=True, loss="tversky", tau=None, region=None, micro_batch=2, pos_weight=None, ema=None,
+          lr_schedule="constant", warmup=0.05, minutes=None, keep_best=True):
     """Train DeepFinder's U-Net on patches read lazily around annotated objects.
 
     Parameters
@@ -251,6 +274,29 @@ def train(volumes, targets, objects_train, objects_valid, *, n_classes, patch_si
         on micro-batches of 2 but not on 4 patches: float32 steps of batch 4
         ran 1.12-1.38x faster in steady loops (1.05-1.09x in the median of
         ``bench_train.py``'s noisier rounds). ``None``: one call per batch.
+    pos_weight : float, optional
+        Cross-entropy weight of every particle class against background 1 (the CZII
+        winner's 256:1): ``class_weights = (1, w, ..., w)``; sets ``ce_weight=1`` when it is 0.
+    ema : float, optional
+        Keep an exponential moving average of the weights with this decay (e.g. 0.999;
+        the decay ramps up as ``min(ema, (1 + n) / (10 + n))`` over the first steps).
+        Validation, ``model_best.keras`` and the returned and final model use the averaged
+        weights; checkpoints hold the raw weights.
+    lr_schedule : {"constant", "cosine"}
+        ``"cosine"``: linear warm-up over ``warmup`` of the run, then cosine decay to 1 % of
+        ``lr``. Progress is the larger of the step fraction and, with ``minutes``, the time
+        fraction, so a wall-clock budget also ends the decay.
+    warmup : float
+        Fraction of the run spent warming up (``lr_schedule="cosine"``).
+    minutes : float, optional
+        Wall-clock budget in minutes: the epoch in progress stops at the budget, is
+        validated, and training ends (``time_limit`` in seconds also ends it, after the epoch).
+    keep_best : bool
+        Save ``model_best.keras`` (float32) whenever the mean validation F1 of the
+        particle classes improves.
+
+    ``sizes.json`` beside the models holds per-class voxel-count percentiles of the target
+    objects (:func:`~tomochunk.nn._trainsteps.size_stats`), for size filters when picking.
 
     Returns
     -------
@@ -283,6 +329,20 @@ def train(volumes, targets, objects_train, objects_valid, *, n_classes, patch_si
     vols, tgts = steps.open_inputs(volumes, targets, patch)
     keys = sorted(vols)
     obj_t, obj_v = steps.object_lists(objects_train, objects_valid, keys, n_classes)
+    if pos_weight is not None:
+        if class_weights is not None:
+            raise ValueProblem("give class_weights or pos_weight, not both")
+        if float(pos_weight) <= 0:
+            raise ValueProblem(f"pos_weight must be > 0, not {pos_weight}")
+        class_weights = [1.0] + [float(pos_weight)] * (n_classes - 1)
+        ce_weight = ce_weight or 1.0
+    if ema is not None and not 0 < float(ema) < 1:
+        raise ValueProblem(f"ema must be between 0 and 1 (e.g. 0.999), not {ema}")
+    if lr_schedule not in ("constant", "cosine"):
+        raise ValueProblem(f"lr_schedule must be 'constant' or 'cosine', not {lr_schedule!r}")
+    if minutes is not None and float(minutes) <= 0:
+        raise ValueProblem(f"minutes must be > 0, not {minutes}")
+    budget = None if minutes is None else float(minutes) * 60.0
     loss_fn, ignore = steps.loss_function(loss, n_classes, tau=tau, alpha=loss_alpha, beta=loss_beta,
                                           ce_weight=ce_weight, class_weights=class_weights)
 
@@ -297,6 +357,7 @@ def train(volumes, targets, objects_train, objects_valid, *, n_classes, patch_si
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     start, resumed, history = steps.resume_point(resume, out_dir)
+    steps.save_sizes(tgts, n_classes, out_dir)   # object sizes for pick's size filters
     model, stepper, policy = steps.prepare_model(
         resumed if resumed is not None else model, n_classes=n_classes, filters=filters,
         anisotropic=anisotropic, precision=precision, lr=lr, loss_fn=loss_fn, batch_size=batch_size,
@@ -311,27 +372,53 @@ def train(volumes, targets, objects_train, objects_valid, *, n_classes, patch_si
         return x, sampler_t.onehot(y)
 
     t_start = time.perf_counter()
+    total = epochs * steps_per_epoch
+    averager = steps.WeightAverage(model, ema) if ema is not None else None
+
+    def before_step(epoch, step):  # learning rate of this step; False stops the epoch at the budget
+        elapsed = time.perf_counter() - t_start
+        if budget is not None and elapsed > budget:
+            return False
+        if lr_schedule != "constant":
+            done = ((epoch - 1) * steps_per_epoch + step) / total
+            if budget is not None:
+                done = max(done, elapsed / budget)
+            model.optimizer.learning_rate.assign(lr_at(done, lr, warmup=warmup, schedule=lr_schedule))
+        return True
+
+    best = -1.0
     pool = cf.ThreadPoolExecutor(max_workers=int(workers), thread_name_prefix="tomochunk-patches")
     try:
         for epoch in range(start + 1, epochs + 1):
             losses, rate, wait, t0 = steps.run_epoch(stepper, pool, make_batch, epoch=epoch, epochs=epochs,
                                                      steps=steps_per_epoch, prefetch=prefetch,
-                                                     batch_size=batch_size, progress=progress)
-            vloss, cm = steps.validate(model, valid, sampler_v.onehot, loss_fn, n_classes, loss_alpha, loss_beta)
+                                                     batch_size=batch_size, progress=progress,
+                                                     before_step=before_step,
+                                                     after_step=averager.update if averager else None)
+            with steps.averaged(averager):
+                vloss, cm = steps.validate(model, valid, sampler_v.onehot, loss_fn, n_classes, loss_alpha,
+                                           loss_beta)
+                row = steps.epoch_row(epoch, losses, vloss, cm, seconds=time.perf_counter() - t0, rate=rate,
+                                      wait=wait, elapsed=time.perf_counter() - t_start)
+                score = float(np.mean([row[f"val_f1_{c}"] for c in range(1, n_classes)]))
+                if keep_best and score > best:
+                    best = score
+                    steps.save_best(model, policy, out_dir, epoch, score)
             now = time.perf_counter()
-            row = steps.epoch_row(epoch, losses, vloss, cm, seconds=now - t0, rate=rate, wait=wait,
-                                  elapsed=now - t_start)
             history.append(row)
             steps.record_history(history, out_dir, n_classes)
             log.info("epoch %d: loss %.4f val_loss %.4f F1 %s (%.1f patches/s, waited %.1f s for input)",
                      epoch, row["loss"], row["val_loss"],
                      np.round([row[f"val_f1_{c}"] for c in range(1, n_classes)], 3), rate, wait)
-            over = time_limit is not None and time.perf_counter() - t_start > time_limit
+            over = ((time_limit is not None and now - t_start > time_limit)
+                    or (budget is not None and now - t_start > budget))
             if epoch % int(checkpoint_every) == 0 or epoch == epochs or over:
                 steps.save_checkpoint(model, out_dir, epoch)
             if over:
-                log.info("time limit of %.0f s reached after epoch %d", time_limit, epoch)
+                log.info("time budget reached after epoch %d", epoch)
                 break
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+    if averager is not None:
+        averager.swap_in()  # the final model is the averaged one
     return steps.save_final(model, policy, out_dir, legacy_h5), pd.DataFrame(history)
