@@ -18,7 +18,7 @@ and with the same block plan:
 * Dask overhead: end-to-end minus the sum of the stages.
 
     PYTHONPATH=$PWD .venv/bin/python benchmarks/profile_block.py [--shape 200,256,256]
-        [--precision float32] [--block-shape 0] [--layers 1]
+        [--precision float32] [--block-shape 0] [--layers 1] [--serial 1]
 """
 
 import argparse
@@ -88,6 +88,12 @@ def _layer_pass(model, x):
     return out
 
 
+def set_serial(value):
+    from tomochunk.nn import _model
+
+    _model.SERIAL = value
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--shape", default="200,256,256")
@@ -97,6 +103,8 @@ def main():
     ap.add_argument("--block-shape", type=int, default=0, help="0: the memory-sized default plan")
     ap.add_argument("--memory", type=float, default=12e9, help="worker memory limit (bytes)")
     ap.add_argument("--layers", type=int, default=1, help="1: also time each layer eagerly")
+    ap.add_argument("--serial", type=int, default=1, help="0: let a worker's threads run network calls "
+                    "concurrently (before tomochunk.nn._model.SERIAL)")
     ap.add_argument("--dir", default=None)
     args = ap.parse_args()
 
@@ -137,6 +145,7 @@ def main():
     out = os.path.join(work, "out.zarr")
     with client_context(n_workers=1, threads_per_worker=2, memory_limit=int(args.memory)) as client:
         client.run(preload_model, kpath, prec)
+        client.run(set_serial, bool(args.serial))
         for rep in range(2):  # the first run also traces the graph for these window shapes
             shutil.rmtree(out, ignore_errors=True)
             t = time.perf_counter()
