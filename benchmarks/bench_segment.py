@@ -138,6 +138,7 @@ def main():
     ap.add_argument("--filters", default="32,48,64")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--fast-patch", type=int, default=0)
+    ap.add_argument("--patches", type=int, default=1, help="0: skip the tiling='patches' runs")
     ap.add_argument("--blocks", type=int, default=1, help="1: also time tiling='blocks' (0: patches only)")
     ap.add_argument("--precision", default="float32,bfloat16", help="comma-separated: float32, bfloat16")
     ap.add_argument("--df", default="/work/venvs/df/bin/python")
@@ -213,7 +214,7 @@ def main():
         for prec in precisions:  # warm: TensorFlow imported and the model loaded once per worker
             client.run(preload_model, kpath, prec)
         print("dashboard", client.dashboard_link)
-        runs = [("patches", args.patch, prec) for prec in precisions]
+        runs = [("patches", args.patch, prec) for prec in precisions] if args.patches else []
         runs += [("patches", args.fast_patch, prec) for prec in precisions] if args.fast_patch else []
         runs += [("blocks", None, prec) for prec in precisions] if args.blocks else []
         for tiling, patch, prec in runs:

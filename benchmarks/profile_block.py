@@ -112,7 +112,7 @@ def main():
 
     from tomochunk.nn import _cache
     from tomochunk.nn._blocks_plan import POOL, _halo, block_chunks, window_voxels
-    from tomochunk.nn._memory import bytes_per_voxel
+    from tomochunk.nn._memory import block_bytes_per_voxel
     from tomochunk.nn.models import save_model
     from tomochunk.nn.segment import preload_model, segment, write_segmentation
     from tomochunk.ops.normalize import global_stats
@@ -133,7 +133,7 @@ def main():
     prec = args.precision
     mem = {"w": {"memory_limit": args.memory}}
     bs = args.block_shape or None
-    chunks = block_chunks(shape, args.crop, bs, bytes_per_voxel(model, prec), mem)
+    chunks = block_chunks(shape, args.crop, bs, block_bytes_per_voxel(model, prec), mem)
     n_vox = int(np.prod(shape))
     print(f"volume {shape} ({n_vox / 1e6:.1f} Mvox) in Zarr, {args.classes} classes, {prec}, "
           f"blocks {[len(c) for c in chunks]} of up to {[max(c) for c in chunks]}, "

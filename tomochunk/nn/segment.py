@@ -63,7 +63,7 @@ from ..parallel import worker_info
 from . import _cache
 from ._blocks_plan import block_chunks, block_scores, window_voxels
 from ._cache import PRECISIONS
-from ._memory import bytes_per_voxel, patch_batch
+from ._memory import block_bytes_per_voxel, bytes_per_voxel, patch_batch
 from ._model import model_handle, n_classes as _n_classes
 from ._predict import resolve_precision
 from ._tiling import _auto_block_patches, patch_scores
@@ -201,7 +201,7 @@ def segment(volume, model, *, patch_size=160, crop=25, batch_size=None, blend="c
     precision = resolve_precision(precision, gpu)
     if tiling == "blocks":
         n_classes = _n_classes(keras_model, None)
-        chunks = block_chunks(shape, crop, block_shape, bytes_per_voxel(keras_model, precision), workers)
+        chunks = block_chunks(shape, crop, block_shape, block_bytes_per_voxel(keras_model, precision), workers)
         log.info("segment: %d blocks of up to %s voxels; the network runs on %.2fx the volume",
                  math.prod(len(c) for c in chunks), [max(c) for c in chunks],
                  window_voxels(chunks, crop) / math.prod(shape))
