@@ -11,7 +11,7 @@ clustered from memory (a numpy array: one block, no task graph where ``ops`` has
 DeepFinder is timed in the same run unless ``--df-cache`` names a cached result.
 
 Baseline: DeepFinder itself (``Cluster(clustRadius=radius/2).launch`` on ``lmap[::2, ::2, ::2]``)
-run in its own venv (``/work/venvs/df``, when ``/work/venvs/df/.ready`` exists) in a
+run in its own venv (``/work/venvs/df``, when its python exists) in a
 subprocess, timing ``launch`` only; otherwise scikit-learn ``MeanShift(bandwidth, bin_seeding=True)``
 with DeepFinder's settings in-process, labelled as such. Recall is computed with
 ``tomochunk.evaluate`` (Hungarian matching, within ``radius`` voxels, class-aware).
@@ -116,7 +116,7 @@ def main():
         # --- baseline
         key = [list(shape), a.n, a.radius]
         cached = a.df_cache and os.path.exists(a.df_cache) and json.load(open(a.df_cache)).get("key") == key
-        if cached or os.path.exists("/work/venvs/df/.ready"):
+        if cached or os.path.exists(DF_PY):
             if cached:
                 res = json.load(open(a.df_cache))
             else:
