@@ -132,10 +132,13 @@ def main():
     ap.add_argument("--shape", default="200,256,256")
     ap.add_argument("--patch", type=int, default=160)
     ap.add_argument("--crop", type=int, default=25)
-    ap.add_argument("--classes", type=int, default=4)
+    ap.add_argument("--classes", type=int, default=13)
+    ap.add_argument("--init", default="he", help="he: He-scaled random kernels, zero biases (legacy-like "
+                    "activations, benchmarks/profile_block.py); keras: Keras' default initialisers")
     ap.add_argument("--filters", default="32,48,64")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--fast-patch", type=int, default=0)
+    ap.add_argument("--patches", type=int, default=1, help="0: skip the tiling='patches' runs")
     ap.add_argument("--blocks", type=int, default=1, help="1: also time tiling='blocks' (0: patches only)")
     ap.add_argument("--precision", default="float32,bfloat16", help="comma-separated: float32, bfloat16")
     ap.add_argument("--df", default="/work/venvs/df/bin/python")
@@ -158,6 +161,10 @@ def main():
         np.save(os.path.join(work, "vol.npy"), vol)
     keras.utils.set_random_seed(0)
     model = deepfinder_unet(args.classes, filters=filters)
+    if args.init == "he":
+        from profile_block import he_model
+
+        model.set_weights(he_model(args.classes).get_weights()) if filters == (32, 48, 64) else None
     kpath = os.path.join(work, "net.keras")
     h5 = os.path.join(work, "net_weights.h5")
     save_model(model, kpath, legacy_h5=h5)
@@ -185,6 +192,19 @@ def main():
             print(f"DeepFinder Segment: {df_time:.1f} s, {n_vox / df_time / 1e6:.3f} Mvox/s")
     else:
         print("no DeepFinder venv at", args.df)
+    from tomochunk.nn._tiling import _axis_plan, _weights
+
+    def n_patches(patch):  # DeepFinder's tiling (= ours with tiling="patches")
+        core = patch - 2 * args.crop
+        return int(np.prod([len(_axis_plan(n, patch, args.crop, 4, 1, _weights(core, "crop")).starts)
+                            for n in shape]))
+
+    df_flops = n_patches(args.patch) * args.patch ** 3 * fpv
+    summary = []
+    if df_time:
+        print(f"  DeepFinder runs {n_patches(args.patch)} patches of {args.patch}^3 "
+              f"({df_flops / fpv / n_vox:.2f}x the volume): {df_flops / df_time / 1e9:.1f} GFLOP/s sustained")
+        summary.append(("DeepFinder Segment", "float32", df_time, df_flops, None))
 
     # --- tomochunk ---
     from tomochunk.parallel import client_context
@@ -194,7 +214,7 @@ def main():
         for prec in precisions:  # warm: TensorFlow imported and the model loaded once per worker
             client.run(preload_model, kpath, prec)
         print("dashboard", client.dashboard_link)
-        runs = [("patches", args.patch, prec) for prec in precisions]
+        runs = [("patches", args.patch, prec) for prec in precisions] if args.patches else []
         runs += [("patches", args.fast_patch, prec) for prec in precisions] if args.fast_patch else []
         runs += [("blocks", None, prec) for prec in precisions] if args.blocks else []
         for tiling, patch, prec in runs:
@@ -213,20 +233,17 @@ def main():
                       f"{scores.attrs['segment']['block_shape']}, {prec}: {dt:.1f} s, {n_vox / dt / 1e6:.3f} Mvox/s, "
                       f"{executed / dt / 1e9:.1f} GFLOP/s executed, {raw / dt / 1e9:.1f} GFLOP/s useful; "
                       f"tiling overhead {executed / raw:.2f}x (target <= 1.4x)")
-                compare(ours, df_time, df_out, dt, args.crop)
+                summary.append(("tomochunk blocks", prec, dt, executed, compare(ours, df_time, df_out, dt, args.crop)))
                 continue
             # executed network cost: every patch is predicted whole
-            from tomochunk.nn._tiling import _axis_plan, _weights
-
             core = patch - 2 * args.crop
-            n_patches = np.prod([len(_axis_plan(n, patch, args.crop, 4, 1, _weights(core, "crop")).starts)
-                                 for n in shape])
-            executed = n_patches * patch ** 3 * fpv
+            n_pat = n_patches(patch)
+            executed = n_pat * patch ** 3 * fpv
             raw = n_vox * fpv
             print(f"tomochunk patch {patch}, {prec}: {dt:.1f} s, {n_vox / dt / 1e6:.3f} Mvox/s, "
                   f"{executed / dt / 1e9:.1f} GFLOP/s executed, {raw / dt / 1e9:.1f} GFLOP/s useful "
                   f"(raw cost {fpv / 1e6:.3f} MFLOP/voxel); tiling overhead {executed / raw:.2f}x "
-                  f"({n_patches} patches of {patch}^3: the patch tiling's own recomputation; the block "
+                  f"({n_pat} patches of {patch}^3: the patch tiling's own recomputation; the block "
                   f"plan adds no patch beyond it)")
             # as many workers at once as the run had compute blocks to share out
             from tomochunk.nn._tiling import _auto_block_patches, _plan_axes
@@ -236,21 +253,36 @@ def main():
                                 _plan_axes(shape, patch, args.crop, 4, k, _weights(core, "crop"), args.workers)])
             busy = sorted(client.scheduler_info(n_workers=-1)["workers"])[:int(min(n_blocks, args.workers))]
             per = float(np.mean(list(client.run(bare_patch_seconds, kpath, prec, patch, workers=busy).values())))
-            bare = n_patches * per / len(busy)
-            print(f"  bare network calls for these {n_patches} patches on {len(busy)} worker(s): {bare:.1f} s ({executed / bare / 1e9:.1f} "
+            bare = n_pat * per / len(busy)
+            print(f"  bare network calls for these {n_pat} patches on {len(busy)} worker(s): {bare:.1f} s ({executed / bare / 1e9:.1f} "
                   f"GFLOP/s); pipeline overhead over them (normalise, tile, blend, write) "
                   f"{dt / bare:.2f}x (target <= 1.4x)")
-            compare(ours, df_time, df_out, dt, args.crop)
+            summary.append((f"tomochunk patches {patch}", prec, dt, executed, compare(ours, df_time, df_out, dt, args.crop)))
+
+    # --- one table: the same FLOP count (fpv per input voxel the network runs on) for both sides ---
+    print(f"\nsummary ({shape}, {args.classes} classes, {fpv / 1e6:.3f} MFLOP per network input voxel, "
+          f"UpConv3D counted at DeepFinder's cost; load average {os.getloadavg()[0]:.1f})")
+    print("| run | precision | s | x DeepFinder | labels agree | GFLOP/s | of DeepFinder's rate |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    df_rate = df_flops / df_time if df_time else None
+    for name, prec, dt, flops, agree in summary:
+        ratio = f"{df_time / dt:.2f}" if df_time else "-"
+        frac = f"{flops / dt / df_rate * 100:.0f}%" if df_rate else "-"
+        ag = "-" if agree is None else f"{agree * 100:.3f}%"
+        print(f"| {name} | {prec} | {dt:.1f} | {ratio} | {ag} | {flops / dt / 1e9:.1f} | {frac} |")
 
 
 def compare(ours, df_time, df_out, dt, crop):
-    if df_time:
-        df = np.load(df_out).astype(np.float32)
-        d = np.abs(ours - df)
-        inner = d[:, crop:-crop, crop:-crop, crop:-crop].max()
-        print(f"  vs DeepFinder: max |delta| = {d.max():.2e} ({inner:.2e} beyond {crop} voxels of the faces), "
-              f"speed ratio = {df_time / dt:.2f}x, labels agree on "
-              f"{(ours.argmax(0) == df.argmax(0)).mean() * 100:.3f}% of voxels")
+    """Print max |delta| and the labels agreement with DeepFinder's scores; return the agreement."""
+    if not df_time:
+        return None
+    df = np.load(df_out).astype(np.float32)
+    d = np.abs(ours - df)
+    inner = d[:, crop:-crop, crop:-crop, crop:-crop].max()
+    agree = float((ours.argmax(0) == df.argmax(0)).mean())
+    print(f"  vs DeepFinder: max |delta| = {d.max():.2e} ({inner:.2e} beyond {crop} voxels of the faces), "
+          f"speed ratio = {df_time / dt:.2f}x, labels agree on {agree * 100:.3f}% of voxels")
+    return agree
 
 
 if __name__ == "__main__":

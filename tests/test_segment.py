@@ -159,6 +159,21 @@ def test_bfloat16_precision_close_to_float32(client, vol, net, ref):
         segment(vol, net[1], patch_size=P, crop=CROP, precision="float8")
 
 
+def test_auto_precision(tmp_path, client, vol, net):
+    from tomochunk import segment
+    from tomochunk.nn._predict import cpu_has_bf16, resolve_precision
+
+    amx, plain = tmp_path / "amx", tmp_path / "plain"
+    amx.write_text("processor : 0\nflags : fpu sse avx512f amx_bf16 amx_tile\n")
+    plain.write_text("processor : 0\nflags : fpu sse avx2\n")
+    assert resolve_precision("auto", cpuinfo=amx) == "bfloat16"
+    assert resolve_precision("auto", cpuinfo=plain) == "float32"
+    assert resolve_precision("auto", gpu=True, cpuinfo=plain) == "bfloat16"
+    assert resolve_precision("float32", gpu=True, cpuinfo=amx) == "float32"
+    scores = segment(vol, net[1], patch_size=P, crop=CROP, block_patches=3, precision="auto")
+    assert scores.attrs["segment"]["precision"] == ("bfloat16" if cpu_has_bf16() else "float32")
+
+
 def test_labelmap(client, vol, net, ref):
     from tomochunk import labelmap, segment
 

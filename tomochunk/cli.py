@@ -574,7 +574,7 @@ def _add_segment(sub):
     p.add_argument("--normalize", choices=("meanstd", "percentile", "none"), default="meanstd",
                    help="intensity normalisation before segmenting (default: global mean/std)")
     p.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="score storage dtype")
-    p.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+    p.add_argument("--precision", choices=("float32", "bfloat16", "auto"), default="float32",
                    help="network arithmetic; bfloat16 is ~4.5x faster on CPUs with AMX/AVX512-BF16 and GPUs")
     p.add_argument("--chunks", type=int, default=256, help="storage chunk side of the outputs")
     p.add_argument("--dataset", default=None, help="HDF5 dataset name")

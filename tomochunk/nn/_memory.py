@@ -36,6 +36,26 @@ def bytes_per_voxel(model, precision="float32") -> float:
     return 7.5 * f0 * (2 if precision == "bfloat16" else 4) + 64
 
 
+def block_bytes_per_voxel(model, precision="float32") -> float:
+    """Peak memory per window voxel of one ``tiling="blocks"`` call: :func:`bytes_per_voxel` plus
+    32 bytes per class (the float32 softmax output, its numpy copy, the cropped core and the
+    writer's copy). A 13-class U-Net on a 176x192x192 window (float32) reached 9.5 GiB, 1.44 KB
+    per voxel with TensorFlow's base: without this term, it paused its 11.8 GiB worker at 80%.
+
+    Examples
+    --------
+    >>> class Conv:
+    ...     filters = 32
+    >>> class Net:
+    ...     layers = [Conv()]
+    ...     output_shape = (None, None, None, None, 13)
+    >>> block_bytes_per_voxel(Net())
+    1440.0
+    """
+    classes = int((getattr(model, "output_shape", None) or (0,))[-1] or 0)
+    return bytes_per_voxel(model, precision) + 32.0 * classes
+
+
 def memory_budget(workers: dict) -> float:
     """Bytes one network call may take on the smallest worker.
 

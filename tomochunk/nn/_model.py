@@ -10,6 +10,7 @@ machines get the model too.
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import dask
@@ -100,8 +101,15 @@ def n_classes(model, patch_size):
     return int(shape[-1])
 
 
+#: one network call at a time per process: TensorFlow's intra-op pool already uses every core,
+#: so two concurrent calls (a worker's threads) only contend and double the peak memory, while
+#: the other threads still read, normalise, crop and write around the running call
+SERIAL = True
+_LOCK = threading.RLock()  # re-entrant: an ensemble (nn._ensemble.Averaged) runs its members inside
+
+
 def run(model, x):
-    """The network on one batch, as float32 numpy.
+    """The network on one batch, as float32 numpy (one call at a time per process, see ``SERIAL``).
 
     Examples
     --------
@@ -109,8 +117,20 @@ def run(model, x):
     >>> run(lambda x: x * 2, np.ones((1, 2))).tolist()
     [[2.0, 2.0]]
     """
-    try:
-        y = model.predict_on_batch(x)
-    except AttributeError:  # a bare callable
-        y = model(x)
-    return np.asarray(y, dtype=np.float32)
+    with _LOCK if SERIAL else _NOLOCK:
+        try:
+            y = model.predict_on_batch(x)
+        except AttributeError:  # a bare callable
+            y = model(x)
+        return np.asarray(y, dtype=np.float32)
+
+
+class _NoLock:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+_NOLOCK = _NoLock()

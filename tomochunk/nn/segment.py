@@ -63,9 +63,10 @@ from ..parallel import worker_info
 from . import _cache
 from ._blocks_plan import block_chunks, block_scores, window_voxels
 from ._cache import PRECISIONS
-from ._memory import bytes_per_voxel, patch_batch
 from ._ensemble import ensemble_handle
+from ._memory import block_bytes_per_voxel, bytes_per_voxel, patch_batch
 from ._model import n_classes as _n_classes
+from ._predict import resolve_precision
 from ._tiling import _auto_block_patches, patch_scores
 from .models import check_patch_shape
 
@@ -145,8 +146,9 @@ def segment(volume, model, *, patch_size=160, crop=25, batch_size=None, blend="c
         pass a ``block_shape`` whose window fits the GPU's memory.
     dtype : {"float32", "float16"}
         Score dtype.
-    precision : {"float32", "bfloat16"}
-        Arithmetic of the network. ``"bfloat16"`` runs the convolutions in bfloat16
+    precision : {"float32", "bfloat16", "auto"}
+        Arithmetic of the network (``"auto"``: bfloat16 on GPU workers and on CPUs whose
+        ``/proc/cpuinfo`` lists ``amx_bf16`` or ``avx512_bf16``, else float32). ``"bfloat16"`` runs the convolutions in bfloat16
         (Keras ``mixed_bfloat16``; weights and softmax stay float32): about 4.5x faster
         on CPUs with AMX or AVX512-BF16 and on GPUs, with scores that differ from
         float32 by about 1e-3 (labels agree on >99.9% of voxels in our benchmark).
@@ -174,8 +176,8 @@ def segment(volume, model, *, patch_size=160, crop=25, batch_size=None, blend="c
     >>> scores = segment(open_volume("tomo.zarr"), "unet.keras", patch_size=160)  # doctest: +SKIP
     >>> write_segmentation(scores, "tomo.zarr")  # doctest: +SKIP
     """
-    if precision not in PRECISIONS:
-        raise ValueProblem(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision not in PRECISIONS + ("auto",):
+        raise ValueProblem(f"precision must be one of {PRECISIONS + ('auto',)}, got {precision!r}")
     if blend not in ("crop", "gaussian"):
         raise ValueProblem(f"blend must be 'crop' or 'gaussian', got {blend!r}")
     if tiling not in ("patches", "blocks"):
@@ -203,9 +205,10 @@ def segment(volume, model, *, patch_size=160, crop=25, batch_size=None, blend="c
     if gpu is None:
         gpu = any((wk.get("resources") or {}).get("GPU", 0) > 0 for wk in workers.values())
     ctx = (lambda: dask.annotate(resources={"GPU": 1})) if gpu else contextlib.nullcontext
+    precision = resolve_precision(precision, gpu)
     if tiling == "blocks":
         n_classes = _n_classes(keras_model, None)
-        chunks = block_chunks(shape, crop, block_shape, bytes_per_voxel(keras_model, precision), workers)
+        chunks = block_chunks(shape, crop, block_shape, block_bytes_per_voxel(keras_model, precision), workers)
         log.info("segment: %d blocks of up to %s voxels; the network runs on %.2fx the volume",
                  math.prod(len(c) for c in chunks), [max(c) for c in chunks],
                  window_voxels(chunks, crop) / math.prod(shape))

