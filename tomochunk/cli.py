@@ -55,6 +55,8 @@ def _add_convert(sub):
     p.add_argument("--compression", choices=("auto", "on", "off"), default="auto",
                    help="auto: store noisy float data raw when a sample compresses < 1.15x (default)")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--force", action="store_true",
+                   help="convert inputs whose metadata marks them as label maps (with a warning)")
     p.set_defaults(run=_run_convert)
 
 
@@ -68,7 +70,7 @@ def _run_convert(args):
     for src in args.inputs:
         dst = out / output_name(src)
         convert(src, dst, chunks=args.chunks, levels=args.levels, overwrite=args.overwrite,
-                dataset=args.dataset, progress=True,
+                dataset=args.dataset, progress=True, force=args.force,
                 compression={"auto": "auto", "on": True, "off": False}[args.compression])
         print(f"{src} -> {dst}")
 
@@ -225,8 +227,9 @@ def _add_phantom(sub):
                  "--objects truth.csv\n"
                  "tomochunk phantom movie.zarr --movie --shape 300,256,256 --objects events.csv")
     p.add_argument("out", metavar="OUT", help="output volume: .mrc, .h5 or .zarr")
-    p.add_argument("--labels", default=None, help="label map output (default: OUT with a _labels suffix)")
-    p.add_argument("--objects", default=None, help="object list output (default: OUT_objects.csv)")
+    p.add_argument("--labels", default=None,
+                   help="label map output (default: truth/NAME_labels.EXT beside OUT, apart from the tomograms)")
+    p.add_argument("--objects", default=None, help="object list output (default: truth/NAME_objects.csv)")
     p.add_argument("--movie", action="store_true", help="a TIRF-like [t,y,x] movie instead of a tomogram")
     p.add_argument("--shape", type=_ints, default=None,
                    help="z,y,x (or t,y,x) size (default 128,256,256; movies 300,256,256)")
@@ -258,12 +261,15 @@ def _run_phantom(args):
     from .errors import ExistsError
     from .io.objects import write_objects
     from .io.volume import write_volume
+    from ._names import tomo_name
     from .phantom import phantom_movie, phantom_tomogram
 
     out = Path(args.out)
     suffix = ".zarr" if out.suffix.lower() == ".zarr" else out.suffix
-    labels = Path(args.labels) if args.labels else out.with_name(out.stem + "_labels" + suffix)
-    objects = Path(args.objects) if args.objects else out.with_name(out.stem + "_objects.csv")
+    # the truth goes apart from the tomograms (truth/), so `*.mrc`/`*.zarr` globs never take a label map
+    stem = out.name[:-len(suffix)] if suffix and out.name.lower().endswith(suffix.lower()) else out.stem
+    labels = Path(args.labels) if args.labels else out.parent / "truth" / (stem + "_labels" + suffix)
+    objects = Path(args.objects) if args.objects else out.parent / "truth" / (stem + "_objects.csv")
     for path in (out, labels, objects):
         if path.exists() and not args.overwrite:
             raise ExistsError("output exists; pass --overwrite to replace it", path)
@@ -296,6 +302,8 @@ def _run_phantom(args):
     with _progress():
         write_volume(vol, out, **kw)
         write_volume(lab, labels, label=True, **kw)
+    objects.parent.mkdir(parents=True, exist_ok=True)
+    obj["tomo"] = tomo_name(out)  # the name `pick` gives the picks of this volume, so `evaluate` pairs them
     write_objects(obj, objects)
     counts = ", ".join(f"{obj.attrs['classes'].get(k, k)}: {n}"
                        for k, n in sorted(obj.class_label.value_counts().items()))
@@ -373,8 +381,18 @@ def _run_pick(args):
                          **({"z_range": args.z_range, "border": args.border, "smooth": args.smooth} if args.method == "heatmap" else {}))
         print(f"{src}: {len(df)} objects")
         frames.append(df)
+    # one list holds one voxel size (and a STAR file one shape per list): mixed inputs would be mislabelled
+    sizes = {str(src): df.attrs.get("voxel_size") for src, df in zip(args.inputs, frames)}
+    if len({v for v in sizes.values() if v is not None}) > 1:
+        from .errors import ValueProblem
+
+        listed = ", ".join(f"{k}: {v:g} Å" for k, v in sizes.items() if v is not None)
+        raise ValueProblem(f"inputs have different voxel sizes ({listed}); one object list holds one voxel "
+                           "size: pick them into separate files, or pass --voxel-size", args.output)
     out = pd.concat(frames, ignore_index=True)
     out.attrs = dict(frames[0].attrs)
+    if len({tuple(df.attrs.get("shape") or ()) for df in frames}) > 1:
+        out.attrs.pop("shape", None)  # centred STAR coordinates need each tomogram's own shape
     out["obj_id"] = range(1, len(out) + 1)
     write_objects(out, args.output, overwrite=args.overwrite)
     print(f"{len(out)} objects -> {args.output}")
@@ -410,6 +428,8 @@ def _add_segment(sub):
     p.add_argument("--workers", type=int, default=None, help="worker processes of the embedded cluster")
     p.add_argument("--dataset", default=None, help="HDF5 dataset name")
     p.add_argument("--overwrite", action="store_true", help="redo tomograms that are already segmented")
+    p.add_argument("--force", action="store_true",
+                   help="segment inputs whose metadata marks them as label maps (with a warning)")
     p.set_defaults(run=_run_segment)
 
 
@@ -444,11 +464,12 @@ def _run_segment(args):
         print(f"Dask dashboard: {client.dashboard_link}")
         for src, dst in todo:
             if Path(src).resolve() != dst.resolve() and not (dst.exists() and is_complete(dst)):
-                convert(src, dst, dataset=args.dataset, progress=True)
+                convert(src, dst, dataset=args.dataset, progress=True, force=args.force)
             vol = open_volume(dst)
             scores = segment(vol, model, patch_size=args.patch, crop=args.crop, batch_size=args.batch,
                              blend=args.blend, normalize=None if args.normalize == "none" else args.normalize,
-                             tiling=args.tiling, block_shape=args.block, precision=args.precision, client=client)
+                             tiling=args.tiling, block_shape=args.block, precision=args.precision, client=client,
+                             force=args.force)
             print(f"{src}: segmenting {dict(zip(vol.dims, vol.shape))} into {dst / 'labels'}")
             write_segmentation(scores, dst, dtype=args.dtype, chunks=args.chunks, overwrite=args.overwrite,
                                client=client, progress=True)

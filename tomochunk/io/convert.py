@@ -10,7 +10,7 @@ from .._log import get_logger
 from ._source import warn
 from ..errors import ValueProblem
 from .omezarr import PyramidWriter, default_compressor
-from .volume import open_source
+from .volume import check_tomogram, open_source
 
 log = get_logger(__name__)
 
@@ -41,7 +41,7 @@ def _compressible(source, sample=(32, 256, 256)) -> bool:
 
 
 def convert(src, dst, *, chunks=None, levels=3, overwrite=False, dataset=None, ngff="0.4",
-            compression="auto", threads=None, progress=False):
+            compression="auto", threads=None, progress=False, force=False):
     """Convert a tomogram or movie to an OME-Zarr multiscale store, streaming block by block.
 
     Memory stays at a few storage chunks whatever the input size. Each finished
@@ -71,6 +71,9 @@ def convert(src, dst, *, chunks=None, levels=3, overwrite=False, dataset=None, n
     threads : int, optional
         Chunks in flight (default: cores + 2, as raw chunks are written with ``O_DIRECT``
         and their threads wait on the disk; each holds one chunk, 64 MB at 256³ float32).
+    force : bool
+        Convert a source whose metadata marks it as a label map (``*_labels.mrc``) with a
+        warning, instead of refusing it (a tomogram store with label values would be segmented).
 
     Returns
     -------
@@ -83,6 +86,7 @@ def convert(src, dst, *, chunks=None, levels=3, overwrite=False, dataset=None, n
     {'mean': 0.01, 'std': 1.0, 'min': -4.9, 'max': 5.1, 'nonfinite': 0}
     """
     source, meta = open_source(src, dataset=dataset)
+    check_tomogram(meta, src, force)
     attrs = {"source": str(src)}
     if "header" in meta:
         attrs["mrc_header"] = meta["header"]

@@ -58,13 +58,14 @@ import xarray as xr
 
 from .._log import get_logger
 from ..errors import ShapeError, ValueProblem
+from ..io.volume import check_tomogram
 from ..ops.normalize import normalize as _normalize
 from ..parallel import worker_info
 from . import _cache
 from ._blocks_plan import block_chunks, block_scores, window_voxels
 from ._cache import PRECISIONS
 from ._memory import bytes_per_voxel, patch_batch
-from ._model import model_handle, n_classes as _n_classes
+from ._model import check_model_dims, model_handle, n_classes as _n_classes
 from ._tiling import _auto_block_patches, patch_scores
 from .models import check_patch_shape
 
@@ -91,7 +92,7 @@ def preload_model(path, precision="float32") -> int:
 
 def segment(volume, model, *, patch_size=160, crop=25, batch_size=None, blend="crop", normalize="meanstd",
             core_overlap=4, block_patches=None, tiling="patches", block_shape=None, dtype="float32",
-            precision="float32", client=None, gpu=None):
+            precision="float32", client=None, gpu=None, force=False):
     """Segment a tomogram with a fully convolutional 3D network, lazily and out of core.
 
     Parameters
@@ -156,6 +157,9 @@ def segment(volume, model, *, patch_size=160, crop=25, batch_size=None, blend="c
         of the cluster advertises a ``GPU`` resource). Compute the result with
         ``dask.config.set({"optimization.fuse.active": False})``, as
         :func:`write_segmentation` does, or the annotation is lost.
+    force : bool
+        Segment a volume whose metadata marks it as a label map, with a warning
+        (:func:`tomochunk.io.volume.check_tomogram`), instead of refusing it.
 
     Returns
     -------
@@ -186,12 +190,16 @@ def segment(volume, model, *, patch_size=160, crop=25, batch_size=None, blend="c
         raise ValueProblem(f"batch_size must be >= 1, got {batch_size}")
     if np.ndim(volume) != 3:
         raise ShapeError(f"expected a 3D [z, y, x] volume, got {np.ndim(volume)}D")
+    source = volume.attrs.get("source") if isinstance(volume, xr.DataArray) else None
+    if isinstance(volume, xr.DataArray):
+        check_tomogram(volume.attrs, source, force)
 
     norm = _normalize(volume, method=normalize, client=client)
     data = norm.data if isinstance(norm, xr.DataArray) else norm
     shape = tuple(int(s) for s in data.shape)
 
     handle, keras_model = model_handle(model, client)
+    check_model_dims(keras_model, volume.dims if isinstance(volume, xr.DataArray) else None, source)
     workers = worker_info(client)
     if gpu is None:
         gpu = any((wk.get("resources") or {}).get("GPU", 0) > 0 for wk in workers.values())
