@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo venv bench clean copick-venv
+.PHONY: test demo venv bench clean copick-venv slurm-up slurm-down test-slurm ci gpu-check
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -13,8 +13,28 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# the tests, and every docstring example of the package
 test: $(STAMP)
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests --doctest-modules tomochunk
+
+# A one-node SLURM with two fake GPUs (root; apt-get only if missing), for tests/test_slurm.py.
+slurm-up:
+	.ci/slurm-up
+
+slurm-down:
+	.ci/slurm-down
+
+# The SLURM integration tests on that node (they skip without it unless TOMOCHUNK_SLURM is set).
+test-slurm: $(STAMP)
+	SLURM_CONF=$${SLURM_CONF:-/tmp/tomochunk-slurm/slurm.conf} TOMOCHUNK_SLURM=1 $(BIN)/python -m pytest tests/test_slurm.py
+
+# What CI runs: SLURM up, make test with the SLURM tests required, SLURM down whatever happens.
+ci:
+	.ci/run
+
+# The GPU check of benchmarks/device/ (see its README); --cpu runs it anywhere.
+gpu-check: $(STAMP)
+	$(BIN)/python benchmarks/device/gpu_check.py $(ARGS)
 
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py

@@ -12,10 +12,12 @@ DeepFinder XML and RELION STAR, and an orthoslice PNG with the label overlay and
 
 import argparse
 import logging
+import sys
 import time
 from pathlib import Path
 
 import tomochunk as tc
+from tomochunk._quiet import NativeLogFilter, quiet_libraries
 
 
 def main(argv=None):
@@ -33,8 +35,19 @@ def main(argv=None):
                     help="cc: one object per connected component; meanshift: DeepFinder's clustering")
     ap.add_argument("--radius", type=float, default=6.0, help="mean-shift bandwidth, voxels")
     ap.add_argument("--min-size", type=int, default=80, help="smallest object kept, voxels")
+    ap.add_argument("-v", "--verbose", action="store_true", help="show Dask and TensorFlow logs")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # before Dask and TensorFlow are imported: the embedded cluster's workers inherit it
+    quiet_libraries(args.verbose)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if args.verbose:
+        return _demo(args)
+    with NativeLogFilter():
+        return _demo(args)
+
+
+def _demo(args):
     out = Path(args.outdir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -50,7 +63,7 @@ def main(argv=None):
 
     print("[2/4] convert to OME-Zarr ...")
     store = out / "phantom.zarr"
-    stats = tc.convert(out / "phantom.mrc", store, levels=3, overwrite=True, progress=True)
+    stats = tc.convert(out / "phantom.mrc", store, levels=3, overwrite=True, progress=sys.stdout.isatty())
     v = tc.open_volume(store)
     print(f"      {store}: dims {v.dims}, shape {v.shape}, voxel {v.attrs['voxel_size']} Å, "
           f"mean {stats['mean']:.3f}, std {stats['std']:.3f}")
@@ -69,8 +82,9 @@ def main(argv=None):
     tc.write_objects(picks, out / "picks.star")
     from tomochunk.viz import orthoslices
 
-    png = orthoslices(v, out / "phantom.png", labels=seg, objects=picks,
-                      title="phantom: predicted labels (overlay) and picks (circles)")
+    png = orthoslices(v, out / "phantom.png", labels=seg, objects=picks, truth=truth,
+                      classes=picks.attrs.get("classes") or truth.attrs.get("classes"),
+                      title="phantom: predicted labels (overlay), picks (circles) and truth (crosses)")
     print(f"wrote {png}  ({time.perf_counter() - t0:.0f} s in all)")
 
 
@@ -86,7 +100,7 @@ def _segment_and_pick(store, out, args):
         print(f"      Dask dashboard: {client.dashboard_link}")
         scores = tc.segment(tc.open_volume(store), model, patch_size=args.patch, crop=args.crop, client=client,
                             tiling=args.tiling)
-        tc.write_segmentation(scores, store, client=client, progress=True, overwrite=True)
+        tc.write_segmentation(scores, store, client=client, progress=sys.stdout.isatty(), overwrite=True)
         labels = tc.open_volume(store / "labels" / "classes")
         picks = tc.cluster(labels, radius=args.radius, min_size=args.min_size, method=args.method)
     picks["tomo"] = "phantom"

@@ -100,3 +100,11 @@ def test_numpy_meanshift_equals_sklearn(rng):
         centres, labels = _meanshift(pts, bw)
         np.testing.assert_allclose(np.sort(centres, axis=0), np.sort(ms.cluster_centers_, axis=0), atol=1e-9)
         assert len(np.unique(labels)) == len(ms.cluster_centers_)
+
+
+def test_sq_dist_is_bit_identical_to_the_broadcast_sum():
+    from tomochunk.ops.cluster import _sq_dist
+
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(0, 7, (40, 3)), rng.normal(0, 7, (300, 3)).round()
+    assert np.array_equal(_sq_dist(a, b), ((a[:, None, :] - b[None]) ** 2).sum(-1))

@@ -83,7 +83,7 @@ def test_pick_refuses_mixed_voxel_sizes(tmp_path, capsys):
     out = tmp_path / "picks.star"
     rc = main(["pick", str(a), str(b), "-o", str(out)])
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and len(err) == 1 and "picks.star" in err[0] and "different voxel sizes" in err[0]
+    assert rc == 2 and len(err) == 1 and "b.zarr: 1 Å" in err[0] and "different voxel sizes" in err[0]
     assert not out.exists()
 
 

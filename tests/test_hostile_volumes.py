@@ -434,3 +434,17 @@ def test_write_volume_transposes_dataarray_in_xyz_order(tmp_path, vol):
         v = tc.open_volume(tc.write_volume(arr, tmp_path / name))
         assert v.dims == ("z", "y", "x")
         np.testing.assert_array_equal(v.values, vol)
+
+
+def test_integer_index_of_a_lazy_mrc_drops_the_axis(tmp_path):
+    """dask fuses ``x[16]`` into the source's getter: the source must drop the axis as numpy does."""
+    import numpy as np
+
+    import tomochunk as tc
+
+    a = np.random.default_rng(0).random((8, 16, 12)).astype("float32")
+    tc.write_volume(a, tmp_path / "x.mrc", voxel_size=10)
+    v = tc.open_volume(tmp_path / "x.mrc")
+    for k in [3, (slice(None), 5), (Ellipsis, 7), (slice(2, 4),)]:
+        got = v.data[k].compute()
+        assert got.shape == a[k].shape and np.array_equal(got, a[k])

@@ -284,14 +284,19 @@ def test_convert_movie_folder_keeps_time(tmp_path, rng):
 def test_convert_existing_output(tmp_path, vol):
     src = _mrc(tmp_path / "t.mrc", vol)
     dst = tmp_path / "t.zarr"
-    tc.convert(src, dst, chunks=16)
+    stats = tc.convert(src, dst, chunks=16)
+    assert tc.convert(src, dst, chunks=16) == stats  # the same source: the complete store is returned
+    (tmp_path / "other").mkdir()
+    other = _mrc(tmp_path / "other" / "t.mrc", vol + 1)
     with pytest.raises(ExistsError, match="overwrite") as e:
-        tc.convert(src, dst, chunks=16)
+        tc.convert(other, dst, chunks=16)
     _one_line(e, dst)
     tc.convert(src, dst, chunks=16, overwrite=True)
 
 
-def test_incomplete_store_refused_then_resumed(tmp_path, vol):
+def test_incomplete_store_refused_then_resumed(tmp_path, vol, monkeypatch):
+    import tomochunk.io.convert as conv
+
     src = _mrc(tmp_path / "t.mrc", vol)
     dst = tmp_path / "t.zarr"
     calls = []
@@ -299,21 +304,25 @@ def test_incomplete_store_refused_then_resumed(tmp_path, vol):
     class Boom(Exception):
         pass
 
-    # interrupt after 5 level-0 chunks have been read
-    w = PyramidWriter(dst, vol.shape, vol.dtype, dims=("z", "y", "x"), chunks=8, levels=3, threads=1)
+    class Failing:  # the source fails after the compressibility sample and 5 level-0 chunks
+        def __init__(self, inner):
+            self.inner, self.shape, self.dtype = inner, inner.shape, inner.dtype
 
-    def reader(region):
-        calls.append(region)
-        if len(calls) > 5:
-            raise Boom
-        return vol[region]
+        def __getitem__(self, region):
+            calls.append(region)
+            if len(calls) > 6:
+                raise Boom
+            return self.inner[region]
 
+    real = conv.open_source
+    monkeypatch.setattr(conv, "open_source", lambda *a, **k: (Failing(real(*a, **k)[0]), real(*a, **k)[1]))
     with pytest.raises(Boom):
-        w.write(reader)
+        tc.convert(src, dst, chunks=8, levels=3, threads=1)
+    monkeypatch.setattr(conv, "open_source", real)
     with pytest.raises(IncompleteError, match="incomplete") as e:
         tc.open_volume(dst)
     _one_line(e, dst)
-    n_done = len((dst / PROGRESS_FILE).read_text().splitlines())
+    n_done = len([p for p in (dst / PROGRESS_FILE).iterdir() if not p.name.startswith(".")])
     assert n_done == 5
     stats = tc.convert(src, dst, chunks=8, levels=3)  # resumes, does not refuse
     assert stats["n"] if "n" in stats else True

@@ -24,3 +24,98 @@ def test_worker_env_keeps_what_the_user_set(monkeypatch):
     assert worker_env(2, cores=8) == {"TF_NUM_INTEROP_THREADS": "1"}
     monkeypatch.delenv("TF_NUM_INTRAOP_THREADS")
     assert worker_env(16, cores=8)["TF_NUM_INTRAOP_THREADS"] == "1"  # never 0
+
+
+# --- cluster construction (no batch system needed: job scripts are only built) ----------
+
+import subprocess
+import sys
+
+import dask
+import pytest
+
+from tomochunk.errors import ValueProblem
+from tomochunk.parallel import ClusterError, _connect, client_from_config, client_options, jobqueue_options
+
+
+def test_run_config_cluster_section_maps_to_get_client_keywords():
+    cfg = {"workers": 3, "cluster": {"kind": "SLURM", "jobs": 2, "cores": 4, "memory": "8GB", "gpus": 1,
+                                     "gpu_jobs": 1, "job_extra": "--exclusive"}}
+    assert client_options(cfg) == {"n_workers": 3, "cluster": "slurm", "jobs": 2, "cores": 4, "memory": "8GB",
+                                   "gpus": 1, "gpu_jobs": 1, "job_extra_directives": ["--exclusive"]}
+    assert client_options({"cluster": "pbs"}) == {"cluster": "pbs"}
+    with pytest.raises(ValueProblem, match="unknown key 'memroy'"):
+        client_options({"cluster": {"kind": "slurm", "memroy": "8GB"}})
+    with pytest.raises(ValueProblem, match="cluster must be one of"):
+        with client_from_config({"cluster": "kubernetes"}):
+            pass
+
+
+def test_jobqueue_script_has_gpus_resources_and_tensorflow_threads(monkeypatch):
+    dask_jobqueue = pytest.importorskip("dask_jobqueue")
+    monkeypatch.delenv("TF_NUM_INTRAOP_THREADS", raising=False)
+    monkeypatch.delenv("TF_NUM_INTEROP_THREADS", raising=False)
+    # dask's jobqueue.yaml is honoured: its prologue and directives stay, ours are appended
+    with dask.config.set({"jobqueue.slurm.job-script-prologue": ["source /opt/venv/bin/activate"],
+                          "jobqueue.slurm.job-extra-directives": ["--exclusive"],
+                          "jobqueue.slurm.queue": "gpu"}):
+        opts = jobqueue_options("slurm", cores=4, memory="8GB", gpus=2, walltime="00:10:00")
+        with dask_jobqueue.SLURMCluster(**opts) as cluster:
+            script = cluster.job_script()
+    assert "#SBATCH -p gpu" in script and "#SBATCH --exclusive" in script
+    assert "#SBATCH --gres=gpu:2" in script and "--resources GPU=2" in script
+    assert "source /opt/venv/bin/activate" in script
+    assert "export TF_NUM_INTRAOP_THREADS=4" in script and "export TF_NUM_INTEROP_THREADS=1" in script
+    assert "#SBATCH -t 00:10:00" in script
+    # explicit keys override the config
+    with dask.config.set({"jobqueue.pbs.job-script-prologue": ["export TF_NUM_INTRAOP_THREADS=7"]}):
+        opts = jobqueue_options("pbs", cores=8, memory="8GB", processes=2, job_script_prologue=["module load cuda"])
+    assert opts["job_script_prologue"] == ["module load cuda", "export TF_NUM_INTRAOP_THREADS=4",
+                                           "export TF_NUM_INTEROP_THREADS=1"]
+
+
+def test_missing_cores_and_memory_is_one_line():
+    pytest.importorskip("dask_jobqueue")
+    from tomochunk.parallel import get_client
+
+    with pytest.raises(ValueProblem, match="set cores and memory per job"):
+        get_client(cluster="slurm", jobs=1)
+    with pytest.raises(ValueProblem, match="cores apply to batch jobs"):
+        get_client(cores=2)
+
+
+def test_unreachable_scheduler_is_a_one_line_error():
+    with pytest.raises(ClusterError, match="no Dask scheduler answers at tcp://127.0.0.1:9"):
+        _connect("tcp://127.0.0.1:9", 1)
+    res = subprocess.run([sys.executable, "-m", "tomochunk.cli", "pick", "x.zarr", "-o", "x.xml",
+                          "--scheduler", "nonsense:::"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.count("\n") == 1 and "no Dask scheduler answers at nonsense:::" in res.stderr
+
+
+def test_every_array_command_takes_the_cluster_options():
+    from tomochunk.cli import _parser
+
+    sub = next(a for a in _parser()._actions if a.dest == "command").choices
+    tirf = next(a for a in sub["tirf"]._actions if a.dest == "tirf_command").choices
+    parsers = {n: sub[n] for n in ("segment", "run", "segment-features", "pick", "train", "target",
+                                   "export-meshes")} | {f"tirf {n}": p for n, p in tirf.items()}
+    for name, p in parsers.items():
+        for flag in ("--scheduler", "--cluster", "--jobs", "--cores", "--memory", "--walltime", "--queue",
+                     "--gpus", "--job-extra"):
+            assert flag in p._option_string_actions, (name, flag)
+        assert {"--workers", "--dask-workers"} & set(p._option_string_actions), name
+
+
+def test_pick_on_a_running_scheduler_equals_the_local_run(client, tmp_path):
+    import tomochunk as tc
+    from tomochunk.cli import main
+
+    _, _, labels = tc.phantom_tomogram((32, 48, 48), classes=2, seed=1)
+    tc.write_volume(labels, tmp_path / "labels.zarr", voxel_size=10.0, label=True, levels=1)
+    common = ["pick", str(tmp_path / "labels.zarr"), "--method", "cc", "--min-size", "5"]
+    assert main([*common, "-o", str(tmp_path / "local.xml")]) == 0
+    assert main([*common, "-o", str(tmp_path / "remote.xml"), "--scheduler", client.scheduler.address]) == 0
+    local, remote = (tc.read_objects(tmp_path / f"{n}.xml") for n in ("local", "remote"))
+    assert len(local) > 0
+    assert local.equals(remote)

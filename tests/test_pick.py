@@ -114,7 +114,7 @@ def test_cli_pick_many_inputs(tmp_path):
 def test_squared_edt_matches_scipy():
     from scipy import ndimage as ndi
 
-    from tomochunk.ops.pick import _squared_edt
+    from tomochunk.ops._peaks import squared_edt as _squared_edt
 
     rng = np.random.default_rng(0)
     mask = ndi.gaussian_filter(rng.standard_normal((30, 40, 50)), 2) > 0.05

@@ -56,3 +56,66 @@ def test_config_errors(tmp_path):
     bad.write_text("inputs: [nothing/*.mrc]\n")
     with pytest.raises(MissingError, match="no input matches"):
         run(bad)
+
+
+def test_run_same_file_name_in_two_folders(project, client, tmp_path):
+    """TS_01/tomo.mrc and TS_02/tomo.mrc: two stores, two lists, each with its own tomogram's picks."""
+    from tomochunk.workflows.picking import pick_inputs
+
+    for i, ts in enumerate(("TS_01", "TS_02")):
+        (tmp_path / ts).mkdir()
+        vol, _, _ = tc.phantom_tomogram((32, 48, 48), classes=2, seed=10 + i)
+        tc.write_volume(vol, tmp_path / ts / "tomo.mrc", voxel_size=10.0)
+    cfg = {"inputs": ["TS_*/tomo.mrc"], "outdir": "out",
+           "segment": {"model": str(project / "tiny.keras"), "patch_size": 32, "crop": 4},
+           "pick": {"method": "cc", "min_size": 1, "formats": ["xml"]}}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
+    table = run(tmp_path / "run.yaml", client=client)
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.glob("*.zarr")) == ["TS_01_tomo.zarr", "TS_02_tomo.zarr"]
+    assert not (out / "tomo.zarr").exists() and not (out / "tomo.xml").exists()
+    assert len(set(table["store"])) == 2
+    for ts in ("TS_01", "TS_02"):
+        listed = tc.read_objects(out / f"{ts}_tomo.xml")
+        own = pick_inputs(out / f"{ts}_tomo.zarr", method="cc", min_size=1)
+        assert len(listed) == len(own)
+        np.testing.assert_allclose(listed[["x", "y", "z"]].to_numpy(float), own[["x", "y", "z"]].to_numpy(float))
+    # the two tomograms differ, so their stores (and their picks) must too
+    a = tc.open_volume(out / "TS_01_tomo.zarr").values
+    b = tc.open_volume(out / "TS_02_tomo.zarr").values
+    assert not np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("section, text, match", [
+    ("convert", "{level: 3}", "unknown key in convert: level"),
+    ("segment", "{patch_size: 30}", "multiple of 4"),
+    ("segment", "{patch_size: 32, crop: 16}", "leaves nothing"),
+    ("pick", "{radius: 0}", "pick.radius must be"),
+    ("pick", "{voxel_size: -10}", "pick.voxel_size must be"),
+    ("pick", "{method: blobs}", "pick.method"),
+    ("pick", "{radius: abc}", "pick.radius must be"),
+    ("evaluate", "{max_dist: 4}", "truth"),
+    ("segment", "[1, 2]", "mapping"),
+])
+def test_config_values_checked_before_work(tmp_path, section, text, match):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"inputs: [nothing/*.mrc]\n{section}: {text}\n")
+    with pytest.raises(FormatError, match=match) as exc:
+        load_config(bad)
+    assert "bad.yaml" in str(exc.value) and "\n" not in str(exc.value)
+    with pytest.raises(FormatError, match=match):  # a dict config is checked as well, before inputs
+        run(yaml.safe_load(bad.read_text()))
+
+
+def test_object_lists_written_atomically(project):
+    out = project / "out"
+    assert not list(out.glob(".*.tmp.*"))  # no temporary list left by a completed run
+
+
+def test_resume_refuses_outputs_of_another_input(tmp_path):
+    from tomochunk.workflows.pipeline import _check_same_source
+
+    _check_same_source(tmp_path, "tomo", tmp_path / "A" / "tomo.mrc")
+    _check_same_source(tmp_path, "tomo", tmp_path / "A" / "tomo.mrc")  # same input: resumes
+    with pytest.raises(FormatError, match="were made from"):
+        _check_same_source(tmp_path, "tomo", tmp_path / "B" / "tomo.mrc")

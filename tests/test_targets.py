@@ -125,3 +125,19 @@ def test_cli_target(tmp_path, objects):
     np.testing.assert_array_equal(lab, ref)
     assert main(["target", str(tmp_path / "objs.csv"), "--shape", "30,36,40", "--radii", "1:2",
                  "-o", str(tmp_path / "x.zarr")]) == 2          # classes 2, 3 have no radius
+
+
+def test_objects_outside_the_volume_warn_with_the_count():
+    objs = pd.DataFrame({"class_label": [1, 1, 1], "x": [5, 50, -9], "y": [5, 5, 5], "z": [5, 5, 5]})
+    with pytest.warns(UserWarning, match="2 of 3 objects lie outside"):
+        lab = spheres(objs, (16, 16, 16), 2).compute()
+    assert lab[5, 5, 5] == 1
+
+
+def test_heatmap_objects_outside_the_volume_warn_with_the_count():
+    from tomochunk.ops.heatmap import heatmap_targets
+
+    objs = pd.DataFrame({"x": [5.0, 30.0], "y": [5.0, 5.0], "z": [5.0, 5.0]})
+    with pytest.warns(UserWarning, match="1 of 2 objects lie outside"):
+        heat, _ = heatmap_targets(objs, (16, 16, 16))
+    assert float(heat[5, 5, 5].compute()) == 1.0

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from tomochunk.errors import FormatError, MissingError, ValueProblem
-from tomochunk.ops import tirf
+from tomochunk.workflows import tirf
 
 T, Y, X = 40, 64, 64
 

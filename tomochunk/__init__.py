@@ -52,8 +52,9 @@ _API = {
     "train": "tomochunk.nn.train",
     "segment": "tomochunk.nn.segment",
     "labelmap": "tomochunk.nn.segment",
-    "write_segmentation": "tomochunk.nn.segment",
-    "run": "tomochunk.pipeline",
+    "write_segmentation": "tomochunk.workflows.segment",
+    "run": "tomochunk.workflows.pipeline",
+    "pick_inputs": "tomochunk.workflows.picking",
     "orthoslices": "tomochunk.viz",
     # model library, meshes, sparse labels
     "create_model": "tomochunk.nn.registry",
@@ -62,7 +63,8 @@ _API = {
     "load_archive": "tomochunk.nn.archive",
     "segment_slices": "tomochunk.nn.slices",
     "train_slices": "tomochunk.nn.slices",
-    "segment_features": "tomochunk.nn.features",
+    "new_model": "tomochunk.nn.archive",
+    "segment_features": "tomochunk.workflows.features",
     "export_meshes": "tomochunk.io.mesh",
     "heatmap_targets": "tomochunk.ops.heatmap",
     "decode_heatmap": "tomochunk.ops.heatmap",
@@ -72,12 +74,12 @@ _API = {
 }
 
 __all__ = sorted(_API) + ["TomochunkError", "FormatError", "ShapeError", "MissingError",
-                          "ExistsError", "IncompleteError", "ValueProblem", "targets"]
+                          "ExistsError", "IncompleteError", "ValueProblem", "targets", "workflows"]
 
 
 def __getattr__(name: str):
-    if name == "targets":
-        return importlib.import_module("tomochunk.targets")
+    if name in ("targets", "workflows"):
+        return importlib.import_module(f"tomochunk.{name}")
     try:
         module = _API[name]
     except KeyError:

@@ -7,15 +7,34 @@ shows the traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 import textwrap
 
+from ._quiet import NativeLogFilter, native_log_line, quiet_libraries
 from .errors import TomochunkError, ValueProblem
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line (and exit 2), like every other CLI failure."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keeps the examples' layout and shows each option's default, where it has a meaningful one."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text.lower():
+            return text
+        return super()._get_help_string(action)
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="tomochunk",
         description="Out-of-core cryo-ET / TIRF segmentation and particle picking.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -32,14 +51,114 @@ def _parser() -> argparse.ArgumentParser:
 def _command(sub, name: str, help: str, example: str):
     return sub.add_parser(name, help=help, description=help,
                           epilog="example:\n" + textwrap.indent(example.strip(), "  "),
-                          formatter_class=argparse.RawDescriptionHelpFormatter)
+                          formatter_class=_Formatter)
 
 
-def _progress():
-    """A Dask progress bar for computations run from the CLI."""
+def _tty() -> bool:
+    """Whether stdout is a terminal: progress bars only there (a log file gets one line per stage)."""
+    return bool(getattr(sys.stdout, "isatty", lambda: False)())
+
+
+class _Summary:
+    """Stands in for the progress bar when stdout is not a terminal: one line when the stage ends."""
+
+    def __init__(self, stage):
+        self.stage = stage
+
+    def __enter__(self):
+        import time
+
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        import time
+
+        if exc_type is None:
+            print(f"{self.stage}: done in {time.perf_counter() - self.t0:.1f} s")
+        return False
+
+
+def _progress(stage: str = "computing"):
+    """A Dask progress bar for computations run from the CLI; a one-line summary when not on a terminal."""
+    if not _tty():
+        return _Summary(stage)
     from dask.diagnostics import ProgressBar
 
     return ProgressBar()
+
+
+# --- where to compute: one set of options and one client builder for every command ---------
+
+def _add_cluster_options(p, embedded: bool = False):
+    """Add ``--scheduler/--workers/--cluster/--jobs/...`` to a subcommand's parser.
+
+    ``embedded=True``: the command builds its client with :func:`_cluster_client` and,
+    without any of these options, gets an embedded LocalCluster. ``embedded=False``
+    (call it after ``set_defaults(run=...)``): the command's ``run`` is wrapped to run
+    inside :func:`_cluster_client`, whose client becomes the default one for its Dask
+    computations; without any option it uses dask's local scheduler. Where the command
+    already has ``--workers`` (``train``: its patch threads), the worker count is
+    ``--dask-workers``."""
+    g = p.add_argument_group("where to compute", "an embedded LocalCluster" + (" (default)" if embedded else "")
+                             + ", a running scheduler, or batch jobs through dask-jobqueue; keys not given come "
+                             "from dask's jobqueue.yaml")
+    g.add_argument("--scheduler", metavar="ADDR", default=None, help="address of a running Dask scheduler")
+    flag = "--dask-workers" if "--workers" in p._option_string_actions else "--workers"
+    g.add_argument(flag, dest="cluster_workers", metavar="N", type=int, default=None,
+                   help="worker processes of an embedded LocalCluster")
+    g.add_argument("--cluster", choices=("local", "slurm", "pbs", "lsf", "sge"), default=None,
+                   help="local: an embedded LocalCluster; slurm, pbs, lsf, sge: batch jobs (pip install "
+                        "'tomochunk[slurm]'), kept at --jobs by adapt")
+    g.add_argument("--jobs", type=int, default=None, help="batch jobs, one worker each by default (default 1)")
+    g.add_argument("--cores", type=int, default=None, help="cores per job")
+    g.add_argument("--memory", default=None, help="memory per job, e.g. 16GB")
+    g.add_argument("--walltime", default=None, help="job time limit, e.g. 02:00:00")
+    g.add_argument("--queue", default=None, help="partition / queue")
+    g.add_argument("--gpus", type=int, default=None,
+                   help="GPUs per job (--gres=gpu:G on SLURM; the workers advertise GPU=G)")
+    g.add_argument("--gpu-jobs", type=int, default=None, help="how many of the jobs get --gpus (default: all)")
+    g.add_argument("--job-extra", action="append", default=None, metavar="DIRECTIVE",
+                   help="extra batch directive, e.g. --job-extra=--exclusive (repeatable)")
+    p.set_defaults(cluster_embedded=embedded)
+    if not embedded:
+        run = p.get_default("run")
+
+        def run_on_cluster(args):
+            with _cluster_client(args):
+                return run(args)
+
+        p.set_defaults(run=run_on_cluster)
+
+
+def _cluster_client(args, config=None):
+    """The client for a command (a context manager; it closes what it started).
+
+    ``config``: a ``run`` config whose ``scheduler``/``workers``/``cluster`` keys the
+    command-line options override. Yields ``None`` (dask's local scheduler) when nothing
+    asks for a cluster and the command does not embed one by default."""
+    import contextlib
+
+    from .parallel import client_from_config
+
+    cfg = {k: v for k, v in (config or {}).items() if k in ("scheduler", "workers", "cluster")}
+    spec = cfg.get("cluster") or {}
+    spec = dict({"kind": spec} if isinstance(spec, str) else spec)
+    given = {"kind": args.cluster, "jobs": args.jobs, "cores": args.cores, "memory": args.memory,
+             "walltime": args.walltime, "queue": args.queue, "gpus": args.gpus, "gpu_jobs": args.gpu_jobs,
+             "job_extra_directives": args.job_extra}
+    spec.update({k: v for k, v in given.items() if v is not None})
+    if args.scheduler:
+        cfg["scheduler"] = args.scheduler
+    if args.cluster_workers:
+        cfg["workers"] = args.cluster_workers
+    if spec:
+        cfg["cluster"] = spec
+    if cfg.get("scheduler") and spec.get("kind", "local") != "local":
+        raise ValueProblem(f"--scheduler and --cluster {spec['kind']} exclude each other: pick one")
+    if not cfg and not args.cluster_embedded:
+        return contextlib.nullcontext(None)
+    return client_from_config(cfg)
 
 
 # --- convert -----------------------------------------------------------------
@@ -54,6 +173,8 @@ def _add_convert(sub):
     p.add_argument("--dataset", default=None, help="HDF5 dataset name")
     p.add_argument("--compression", choices=("auto", "on", "off"), default="auto",
                    help="auto: store noisy float data raw when a sample compresses < 1.15x (default)")
+    p.add_argument("--ngff", choices=("0.4", "0.5"), default="0.4",
+                   help="NGFF 0.4 on Zarr 2 (default, read by copick and the cryoET data portal) or 0.5 on Zarr 3")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--force", action="store_true",
                    help="convert inputs whose metadata marks them as label maps (with a warning)")
@@ -63,14 +184,15 @@ def _add_convert(sub):
 def _run_convert(args):
     from pathlib import Path
 
-    from .io.convert import convert, output_name
+    from .io.convert import convert
+    from .workflows.batch import output_paths
 
     out = Path(args.outdir)
+    outputs = output_paths(args.inputs, out)  # TS_01/tomo.mrc, TS_02/tomo.mrc: two stores, not one
     out.mkdir(parents=True, exist_ok=True)
-    for src in args.inputs:
-        dst = out / output_name(src)
+    for src, dst in outputs.items():
         convert(src, dst, chunks=args.chunks, levels=args.levels, overwrite=args.overwrite,
-                dataset=args.dataset, progress=True, force=args.force,
+                dataset=args.dataset, progress=_tty(), ngff=args.ngff, force=args.force,
                 compression={"auto": "auto", "on": True, "off": False}[args.compression])
         print(f"{src} -> {dst}")
 
@@ -88,12 +210,19 @@ def _add_target(sub):
     g2 = p.add_mutually_exclusive_group(required=True)
     g2.add_argument("--radii", help="sphere radius per class, 'label:r,...' or 'r1,r2,...' (class 1, 2, ...)")
     g2.add_argument("--masks", help="binary mask per class, 'label:file,...' (any volume format)")
+    g2.add_argument("--heatmap", type=float, metavar="SIGMA",
+                    help="sparse labels (cet_pick style): a Gaussian of this sigma (voxels) per object; "
+                         "writes 1 (hard positive), 2 (soft, ignored) and 0 (unlabeled), for train --loss pu")
+    p.add_argument("--soft", type=float, default=0.1, help="--heatmap: soft-positive threshold")
+    p.add_argument("--hard", type=float, default=0.5, help="--heatmap: hard-positive threshold")
+    p.add_argument("--heat-out", default=None, help="--heatmap: also write the float heatmap here")
     p.add_argument("--initial", help="volume to start from (e.g. membrane labels); objects overwrite it")
     p.add_argument("--tomo", help="use only the objects of this tomogram")
     p.add_argument("--chunks", type=_ints, default=None, help="block size, e.g. 256 or 64,256,256")
     p.add_argument("--no-rotate", action="store_true", help="ignore the objects' Euler angles")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(run=_run_target)
+    _add_cluster_options(p)
 
 
 def _per_class_arg(text, convert):
@@ -118,12 +247,14 @@ def _run_target(args):
         shape = (args.shape,) * 3 if isinstance(args.shape, int) else args.shape
     initial = open_volume(args.initial).data if args.initial else None
     common = dict(chunks=args.chunks, initial=initial, tomo=args.tomo, rotate=not args.no_rotate)
-    if args.radii:
+    if args.heatmap is not None:
+        lab = _heatmap_target(args, objs, shape, voxel_size)
+    elif args.radii:
         lab = spheres(objs, shape, _per_class_arg(args.radii, float), **common)
     else:
         masks = _per_class_arg(args.masks, lambda f: np.asarray(open_volume(f).data))
         lab = shapes(objs, shape, masks, **common)
-    with _progress():
+    with _progress("writing the target"):
         write_volume(lab, args.output, voxel_size=voxel_size, overwrite=args.overwrite, label=True)
     print(f"{args.objects} -> {args.output} {tuple(lab.shape)} {lab.dtype}")
 
@@ -158,8 +289,10 @@ def _add_train(sub):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ce-weight", type=float, default=0.0,
                    help="add cross-entropy with this weight to the Tversky loss (default 0)")
-    p.add_argument("--bf16", action="store_true",
-                   help="mixed bfloat16 precision (3-4x faster on CPUs with AMX/AVX512-BF16)")
+    p.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+                   help="network arithmetic; mixed bfloat16 is 3-4x faster on CPUs with AMX/AVX512-BF16")
+    p.add_argument("--bf16", dest="precision", action="store_const", const="bfloat16",
+                   help="alias of --precision bfloat16")
     p.add_argument("--micro-batch", type=int, default=2,
                    help="patches per network call within a step (0: the whole batch); the loss is "
                         "still over the whole batch (default 2, the fastest on CPUs)")
@@ -173,6 +306,7 @@ def _add_train(sub):
                    help="labelled sub-region z0:z1,y0:y1,x0:x1 (voxels): patches stay inside it and voxels "
                         "outside are ignored (dice_ce, pu)")
     p.set_defaults(run=_run_train)
+    _add_cluster_options(p)
 
 
 def _box(text: str):
@@ -188,16 +322,15 @@ def _box(text: str):
 
 
 def _run_train(args):
-    from pathlib import Path
-
     from . import read_objects, train
+    from ._names import tomo_name
     from .errors import ValueProblem
 
     if len(args.volumes) != len(args.targets):
         raise ValueProblem(f"{len(args.volumes)} volumes but {len(args.targets)} targets")
     otrain, ovalid = read_objects(args.train), read_objects(args.valid)
     # Key volumes by file stem when the object lists name tomograms that way, else by index.
-    stems = [Path(v).name.split(".")[0] for v in args.volumes]
+    stems = [tomo_name(v) for v in args.volumes]
     names = set()
     for o in (otrain, ovalid):
         if "tomo" in o.columns:
@@ -210,7 +343,7 @@ def _run_train(args):
                     lr=args.lr, out_dir=args.outdir, model=args.model, filters=filters,
                     anisotropic=args.anisotropic, checkpoint_every=args.checkpoint_every,
                     resume=args.resume, workers=args.workers, seed=args.seed,
-                    precision="bfloat16" if args.bf16 else "float32", ce_weight=args.ce_weight,
+                    precision=args.precision, ce_weight=args.ce_weight,
                     micro_batch=args.micro_batch or None,
                     **({"loss": args.loss, "tau": args.tau, "region": args.region}
                        if args.loss != "tversky" or args.region is not None else {}))
@@ -299,7 +432,7 @@ def _run_phantom(args):
     kw = dict(voxel_size=vs, overwrite=args.overwrite)
     if suffix == ".zarr":
         kw.update(levels=args.levels, chunks=chunks)
-    with _progress():
+    with _progress("writing the phantom"):
         write_volume(vol, out, **kw)
         write_volume(lab, labels, label=True, **kw)
     objects.parent.mkdir(parents=True, exist_ok=True)
@@ -359,6 +492,7 @@ def _add_pick(sub):
                    help="heatmap: Gaussian sigma (voxels) before the NMS; centres picks on saturated maps")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(run=_run_pick)
+    _add_cluster_options(p)
 
 
 def _z_range(text: str):
@@ -367,33 +501,18 @@ def _z_range(text: str):
 
 
 def _run_pick(args):
-    import pandas as pd
-
     from .io.objects import write_objects
-    from .ops.pick import pick_inputs
+    from .workflows.batch import output_names, pick_many
 
-    frames = []
-    for src in args.inputs:
-        df = pick_inputs(src, method=_PICK_METHODS[args.method], radius=args.radius, threshold=args.threshold,
-                         min_size=args.min_size, min_spacing=args.min_spacing, margin=args.margin,
-                         top_k=args.top_k, classes=args.classes, units=args.units,
-                         voxel_size=args.voxel_size, level=args.level,
-                         **({"z_range": args.z_range, "border": args.border, "smooth": args.smooth} if args.method == "heatmap" else {}))
-        print(f"{src}: {len(df)} objects")
-        frames.append(df)
-    # one list holds one voxel size (and a STAR file one shape per list): mixed inputs would be mislabelled
-    sizes = {str(src): df.attrs.get("voxel_size") for src, df in zip(args.inputs, frames)}
-    if len({v for v in sizes.values() if v is not None}) > 1:
-        from .errors import ValueProblem
-
-        listed = ", ".join(f"{k}: {v:g} Å" for k, v in sizes.items() if v is not None)
-        raise ValueProblem(f"inputs have different voxel sizes ({listed}); one object list holds one voxel "
-                           "size: pick them into separate files, or pass --voxel-size", args.output)
-    out = pd.concat(frames, ignore_index=True)
-    out.attrs = dict(frames[0].attrs)
-    if len({tuple(df.attrs.get("shape") or ()) for df in frames}) > 1:
-        out.attrs.pop("shape", None)  # centred STAR coordinates need each tomogram's own shape
-    out["obj_id"] = range(1, len(out) + 1)
+    out = pick_many(args.inputs, method=_PICK_METHODS[args.method], radius=args.radius, threshold=args.threshold,
+                    min_size=args.min_size, min_spacing=args.min_spacing, margin=args.margin,
+                    top_k=args.top_k, classes=args.classes, units=args.units,
+                    voxel_size=args.voxel_size, level=args.level,
+                    **({"z_range": args.z_range, "border": args.border, "smooth": args.smooth}
+                       if args.method == "heatmap" else {}))
+    counts = out["tomo"].value_counts() if len(out) else {}
+    for src, name in output_names(args.inputs).items():
+        print(f"{src}: {int(counts.get(name, 0))} objects" + (f" (tomo {name})" if len(args.inputs) > 1 else ""))
     write_objects(out, args.output, overwrite=args.overwrite)
     print(f"{len(out)} objects -> {args.output}")
 
@@ -406,7 +525,9 @@ def _add_segment(sub):
                  "tomochunk segment tomo1.mrc tomo2.zarr -m net_weights_FINAL.h5 -o zarr/ --patch 160 --workers 2\n"
                  "tomochunk segment zarr/*.zarr -m unet.keras -o zarr/ --scheduler tcp://head:8786")
     p.add_argument("inputs", nargs="+", metavar="TOMO", help="tomograms (MRC, HDF5, TIFF, Zarr)")
-    p.add_argument("-m", "--model", required=True, help="network: .keras, or DeepFinder .h5 weights")
+    p.add_argument("-m", "--model", required=True,
+                   help="network: .keras, DeepFinder .h5 weights, or 'phantom' (the model shipped in the "
+                        "package, trained on tomochunk phantoms at 10 A: for phantoms only)")
     p.add_argument("-o", "--outdir", required=True, help="folder of OME-Zarr stores (<name>.zarr)")
     p.add_argument("--patch", type=int, default=160, help="patch side in voxels (default 160)")
     p.add_argument("--crop", type=int, default=25, help="voxels discarded per patch side (default 25)")
@@ -424,34 +545,29 @@ def _add_segment(sub):
     p.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
                    help="network arithmetic; bfloat16 is ~4.5x faster on CPUs with AMX/AVX512-BF16 and GPUs")
     p.add_argument("--chunks", type=int, default=256, help="storage chunk side of the outputs")
-    p.add_argument("--scheduler", default=None, help="address of a running Dask scheduler")
-    p.add_argument("--workers", type=int, default=None, help="worker processes of the embedded cluster")
     p.add_argument("--dataset", default=None, help="HDF5 dataset name")
     p.add_argument("--overwrite", action="store_true", help="redo tomograms that are already segmented")
     p.add_argument("--force", action="store_true",
                    help="segment inputs whose metadata marks them as label maps (with a warning)")
+    _add_cluster_options(p, embedded=True)
     p.set_defaults(run=_run_segment)
 
 
 def _run_segment(args):
     from pathlib import Path
 
-    from .io.convert import convert, output_name
+    from .io.convert import convert
     from .io.omezarr import is_complete
     from .io.volume import open_volume
-    from .nn.segment import segment, write_segmentation
-    from .parallel import client_context
+    from .nn.segment import segment
+    from .workflows.batch import output_paths
+    from .workflows.segment import write_segmentation
 
     out = Path(args.outdir)
     out.mkdir(parents=True, exist_ok=True)
-    model = str(Path(args.model).resolve())
-    if not Path(model).exists():
-        from .errors import MissingError
-
-        raise MissingError("no such model file", args.model)
+    model = _model_file(args.model)
     todo = []
-    for src in args.inputs:
-        dst = out / output_name(src)
+    for src, dst in output_paths(args.inputs, out).items():
         labels = dst / "labels"
         if not args.overwrite and all((labels / n).exists() and is_complete(labels / n)
                                       for n in ("scores", "classes")):
@@ -460,11 +576,11 @@ def _run_segment(args):
         todo.append((src, dst))
     if not todo:
         return 0
-    with client_context(scheduler=args.scheduler, n_workers=args.workers) as client:
+    with _cluster_client(args) as client:
         print(f"Dask dashboard: {client.dashboard_link}")
         for src, dst in todo:
             if Path(src).resolve() != dst.resolve() and not (dst.exists() and is_complete(dst)):
-                convert(src, dst, dataset=args.dataset, progress=True, force=args.force)
+                convert(src, dst, dataset=args.dataset, progress=_tty(), force=args.force)
             vol = open_volume(dst)
             scores = segment(vol, model, patch_size=args.patch, crop=args.crop, batch_size=args.batch,
                              blend=args.blend, normalize=None if args.normalize == "none" else args.normalize,
@@ -472,8 +588,8 @@ def _run_segment(args):
                              force=args.force)
             print(f"{src}: segmenting {dict(zip(vol.dims, vol.shape))} into {dst / 'labels'}")
             write_segmentation(scores, dst, dtype=args.dtype, chunks=args.chunks, overwrite=args.overwrite,
-                               client=client, progress=True)
-            print(f"\n{src} -> {dst / 'labels'}")
+                               client=client, progress=_tty())
+            print(("\n" if _tty() else "") + f"{src} -> {dst / 'labels'}")
     return 0
 
 
@@ -499,21 +615,17 @@ tomochunk run pipeline.yaml      # rerun to resume: finished stages are skipped
 def _add_run(sub):
     p = _command(sub, "run", "run convert -> segment -> pick (-> evaluate) over many tomograms from a YAML config",
                  _RUN_EXAMPLE)
-    p.add_argument("config", help="YAML config (see tomochunk.pipeline)")
-    p.add_argument("--scheduler", default=None, help="address of a running Dask scheduler")
-    p.add_argument("--workers", type=int, default=None, help="workers of the embedded LocalCluster")
+    p.add_argument("config", help="YAML config (see tomochunk.workflows.pipeline)")
+    _add_cluster_options(p, embedded=True)
     p.set_defaults(run=_run_run)
 
 
 def _run_run(args):
-    from .pipeline import load_config, run
+    from .workflows.pipeline import load_config, run
 
     cfg = load_config(args.config)
-    if args.scheduler:
-        cfg["scheduler"] = args.scheduler
-    if args.workers:
-        cfg["workers"] = args.workers
-    table = run(cfg, progress=True)
+    with _cluster_client(args, config=cfg) as client:
+        table = run(cfg, client=client, progress=_tty())
     print(table.to_string(index=False))
 
 
@@ -540,6 +652,7 @@ def _add_tirf(sub):
     c.add_argument("--overwrite", action="store_true")
     c.add_argument("--skip-errors", action="store_true", help="report bad movies and go on")
     c.set_defaults(run=_run_tirf_convert)
+    _add_cluster_options(c)
 
     c = _command(tsub, "detect", "detect bright spots (LoG, no external binary) in movies",
                  "tomochunk tirf detect zarr/cell1.zarr zarr/cell2.zarr -o spots/ --sigma 1.5 --threshold 5")
@@ -551,6 +664,7 @@ def _add_tirf(sub):
     c.add_argument("--min-distance", type=int, default=3)
     c.add_argument("--labels", action="store_true", help="also write a detector label map")
     c.set_defaults(run=_run_tirf_detect)
+    _add_cluster_options(c)
 
     c = _command(tsub, "annotate", "expert event annotations (class 1) -> expert segmentation (a cone per event)",
                  "tomochunk tirf annotate zarr/cell1.zarr cell1/expert_annotation.xml -o cell1/expert_segmentation.zarr")
@@ -560,6 +674,7 @@ def _add_tirf(sub):
     c.add_argument("--radii", type=_floats, default=None, help="disk radius per frame (default 4,2,0)")
     c.add_argument("--overwrite", action="store_true")
     c.set_defaults(run=_run_tirf_annotate)
+    _add_cluster_options(c)
 
     c = _command(tsub, "merge", "merge detector spots (class 1) with expert events (class 2)",
                  "tomochunk tirf merge zarr/cell1.zarr --spots spots/cell1_spots.csv "
@@ -575,6 +690,7 @@ def _add_tirf(sub):
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--overwrite", action="store_true")
     c.set_defaults(run=_run_tirf_merge)
+    _add_cluster_options(c)
 
     c = _command(tsub, "dataset", "train/valid split of movies as a JSON manifest",
                  "tomochunk tirf dataset --movies m1.zarr m2.zarr --targets t1.zarr t2.zarr "
@@ -586,6 +702,7 @@ def _add_tirf(sub):
     c.add_argument("--valid-fraction", type=float, default=0.2)
     c.add_argument("--seed", type=int, default=0)
     c.set_defaults(run=_run_tirf_dataset)
+    _add_cluster_options(c)
 
     c = _command(tsub, "train", "train the anisotropic network on a dataset manifest",
                  "tomochunk tirf train dataset/dataset.json -o model/ --epochs 50")
@@ -601,6 +718,7 @@ def _add_tirf(sub):
     c.add_argument("--class-weights", type=_floats, default=None,
                    help="cross-entropy weights of background,spot,exocytosis (default 1,10,50)")
     c.set_defaults(run=_run_tirf_train)
+    _add_cluster_options(c)
 
     c = _command(tsub, "segment", "segment movies with a trained model (label map: 1 spot, 2 exocytosis)",
                  "tomochunk tirf segment zarr/cell1.zarr -m model/model.keras -o seg/")
@@ -612,6 +730,7 @@ def _add_tirf(sub):
                    help="patches: ExoDeepFinder's patch tiling; blocks: one network call per block plus a halo")
     c.add_argument("--overwrite", action="store_true")
     c.set_defaults(run=_run_tirf_segment)
+    _add_cluster_options(c)
 
     c = _command(tsub, "events", "segmentations -> exocytosis event lists (class 1, as expert annotations)",
                  "tomochunk tirf events seg/cell1_segmentation.zarr -o events/ --radius 5")
@@ -622,24 +741,18 @@ def _add_tirf(sub):
     c.add_argument("--keep-labels-unchanged", action="store_true",
                    help="keep every class with its label (default: keep exocytosis, as class 1)")
     c.set_defaults(run=_run_tirf_events)
+    _add_cluster_options(c)
 
 
 def _floats(text: str):
     return tuple(float(v) for v in text.split(","))
 
 
-def _stem(path) -> str:
-    from pathlib import Path
-
-    p = Path(path)
-    return p.name[:-5] if p.name.endswith(".zarr") else p.stem
-
-
 def _run_tirf_convert(args):
-    from .ops.tirf import convert_movies
+    from .workflows.tirf import convert_movies
 
     res = convert_movies(args.parent, args.outdir, chunks=args.chunks, levels=args.levels, overwrite=args.overwrite,
-                         on_error="skip" if args.skip_errors else "raise", progress=True)
+                         on_error="skip" if args.skip_errors else "raise", progress=_tty())
     bad = 0
     for folder, r in res.items():
         print(f"{folder} -> {r['output']}: {r['status']}" + (f" ({r['error']})" if "error" in r else ""))
@@ -652,23 +765,24 @@ def _run_tirf_detect(args):
 
     from .io.objects import write_objects
     from .io.volume import write_volume
-    from .ops.tirf import detect_spots
+    from .workflows.batch import output_names
+    from .workflows.tirf import detect_spots
 
     out = Path(args.outdir)
     out.mkdir(parents=True, exist_ok=True)
-    for m in args.movies:
+    for m, stem in output_names(args.movies).items():
         res = detect_spots(m, method=args.method, sigma=args.sigma, threshold=args.threshold,
                            min_distance=args.min_distance, labels=args.labels)
         spots = res[0] if args.labels else res
-        write_objects(spots, out / f"{_stem(m)}_spots.csv")
+        write_objects(spots, out / f"{stem}_spots.csv")
         if args.labels:
-            write_volume(res[1], out / f"{_stem(m)}_spots.zarr", levels=1, overwrite=True)
-        print(f"{m}: {len(spots)} spots -> {out / (_stem(m) + '_spots.csv')}")
+            write_volume(res[1], out / f"{stem}_spots.zarr", levels=1, overwrite=True)
+        print(f"{m}: {len(spots)} spots -> {out / (stem + '_spots.csv')}")
 
 
 def _run_tirf_annotate(args):
     from .io.volume import write_volume
-    from .ops.tirf import EVENT_RADII, event_targets
+    from .workflows.tirf import EVENT_RADII, event_targets
 
     with _progress():
         write_volume(event_targets(args.annotation, args.movie, radii=args.radii or EVENT_RADII), args.output,
@@ -679,7 +793,7 @@ def _run_tirf_annotate(args):
 def _run_tirf_merge(args):
     from pathlib import Path
 
-    from .ops.tirf import merge_annotations
+    from .workflows.tirf import merge_annotations
 
     out = Path(args.outdir)
     out.mkdir(parents=True, exist_ok=True)
@@ -694,7 +808,7 @@ def _run_tirf_merge(args):
 
 
 def _run_tirf_dataset(args):
-    from .ops.tirf import make_dataset
+    from .workflows.tirf import make_dataset
 
     p = make_dataset(args.movies, args.targets, args.objects, args.outdir, valid_fraction=args.valid_fraction,
                      seed=args.seed)
@@ -702,7 +816,7 @@ def _run_tirf_dataset(args):
 
 
 def _run_tirf_train(args):
-    from .ops.tirf import train_events
+    from .workflows.tirf import train_events
 
     kw = {} if args.patch is None else {"patch_size": args.patch}
     if args.ce_weight is not None:
@@ -716,7 +830,7 @@ def _run_tirf_train(args):
 
 
 def _run_tirf_segment(args):
-    from .ops.tirf import segment_movies
+    from .workflows.tirf import segment_movies
 
     kw = {"tiling": args.tiling} if args.patch is None else {"patch_size": args.patch, "tiling": args.tiling}
     for m, out in segment_movies(args.movies, args.model, args.outdir, overwrite=args.overwrite, **kw).items():
@@ -727,14 +841,15 @@ def _run_tirf_events(args):
     from pathlib import Path
 
     from .io.objects import write_objects
-    from .ops.tirf import events_from_segmentation
+    from .workflows.batch import output_names
+    from .workflows.tirf import events_from_segmentation
 
     out = Path(args.outdir)
     out.mkdir(parents=True, exist_ok=True)
-    for s in args.segmentations:
+    for s, stem in output_names(args.segmentations).items():
         ev = events_from_segmentation(s, keep=None if args.keep_labels_unchanged else (2,), radius=args.radius,
                                       method=args.method)
-        dst = out / f"{_stem(s)}_events.xml"
+        dst = out / f"{stem}_events.xml"
         write_objects(ev, dst)
         print(f"{s}: {len(ev)} events -> {dst}")
 
@@ -773,15 +888,13 @@ def _add_segment_features(sub):
     p.add_argument("--allow-code", default=None, metavar="FILE",
                    help="a .py model file (registry template) that defines the archives' architecture: "
                         "archives are data and never name code that runs; only this file is trusted")
-    p.add_argument("--scheduler", default=None, help="address of a running Dask scheduler")
-    p.add_argument("--workers", type=int, default=None, help="local worker processes")
+    _add_cluster_options(p, embedded=True)
     p.set_defaults(run=_run_segment_features)
 
 
 def _run_segment_features(args):
     from .errors import ValueProblem
-    from .nn.features import segment_features
-    from .parallel import client_context
+    from .workflows.features import segment_features
 
     inter = []
     for text in args.interaction:
@@ -790,7 +903,7 @@ def _run_segment_features(args):
             raise ValueProblem(f"--interaction {text!r}: expected CHILD:MODE:PARENT:RADIUS")
         child, mode, parent, radius = parts
         inter.append({"child": child, "mode": mode, "parent": parent, "radius": float(radius)})
-    with client_context(scheduler=args.scheduler, n_workers=args.workers) as client:
+    with _cluster_client(args) as client:
         models = [(m, args.allow_code) for m in args.models] if args.allow_code else args.models
         status = segment_features(args.tomograms, models, args.outdir, interactions=inter, client=client,
                                   slab=args.slab, levels=args.levels, overwrite=args.overwrite,
@@ -810,6 +923,7 @@ def _add_export_meshes(sub):
     p.add_argument("--step", type=int, default=1, help="marching-cubes step size")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(run=_run_export_meshes)
+    _add_cluster_options(p)
 
 
 def _run_export_meshes(args):
@@ -827,16 +941,444 @@ def _run_export_meshes(args):
 _COMMANDS += [_add_segment_features, _add_export_meshes]
 
 
+# --- evaluate / objects / view / train-slices (issue 22): whole workflows from the shell ---------
+
+def _model_file(name) -> str:
+    """A model path, or the name of a model shipped in the package (``phantom``), as a pipeline YAML takes."""
+    from pathlib import Path
+
+    from .errors import MissingError
+    from .workflows.pipeline import shipped_model
+
+    p = Path(name)
+    if p.exists():
+        return str(p.resolve())
+    if not p.suffix and p.name == str(name):
+        try:
+            return str(shipped_model(str(name)))
+        except MissingError:
+            raise MissingError("no such model file, nor a shipped model of that name (shipped: phantom)",
+                               name) from None
+    raise MissingError("no such model file", name)
+
+
+def _heatmap_target(args, objs, shape, voxel_size):
+    """``target --heatmap SIGMA``: the 0/1/2 label map of ``heatmap_targets`` (and its float heatmap)."""
+    from . import heatmap_targets, write_volume
+
+    if args.initial:
+        raise ValueProblem("--initial cannot be combined with --heatmap")
+    if args.tomo is not None and "tomo" in objs.columns:
+        objs = objs[objs["tomo"].astype(str) == str(args.tomo)]
+    heat, lab = heatmap_targets(objs, shape, sigma=args.heatmap, soft=args.soft, hard=args.hard,
+                                chunks=args.chunks)
+    if args.heat_out:
+        with _progress("writing the heatmap"):
+            write_volume(heat, args.heat_out, voxel_size=voxel_size, overwrite=args.overwrite)
+        print(f"heatmap -> {args.heat_out}")
+    return lab
+
+
+def _names_or_ints(text: str):
+    """``1,3`` or ``ribosome,membrane`` (class names) as a list of ints and strings."""
+    return [int(t) if t.strip().lstrip("-").isdigit() else t.strip() for t in text.split(",") if t.strip()]
+
+
+def _radii_arg(text: str):
+    """``1:5,2:8`` or ``ribosome:150`` -> ``{label or name: radius}``."""
+    out = {}
+    for item in text.split(","):
+        key, sep, val = item.partition(":")
+        try:
+            out[int(key) if key.strip().isdigit() else key.strip()] = float(val)
+        except ValueError:
+            sep = ""
+        if not sep or not key.strip():
+            raise argparse.ArgumentTypeError(f"expected CLASS:RADIUS,..., e.g. 1:5,2:8, not {text!r}")
+    return out
+
+
+def _shape_arg(text: str):
+    vals = _ints(text)
+    if isinstance(vals, int) or len(vals) != 3:
+        raise argparse.ArgumentTypeError(f"expected three sizes z,y,x, not {text!r}")
+    return vals
+
+
+def _read_list(path, args):
+    from . import read_objects
+
+    kw = {"shape": args.shape} if getattr(args, "shape", None) and str(path).lower().endswith(".star") else {}
+    return read_objects(path, voxel_size=getattr(args, "voxel_size", None), **kw)
+
+
+def _write_list(df, path, args):
+    from . import write_objects
+
+    kw = {"shape": args.shape} if getattr(args, "shape", None) and str(path).lower().endswith(".star") else {}
+    write_objects(df, path, overwrite=args.overwrite, **kw)
+    vs = df.attrs.get("voxel_size")
+    print(f"{len(df)} objects -> {path}" + (f" (voxel size {vs:g} A)" if vs else ""))
+
+
+def _add_evaluate(sub):
+    p = _command(sub, "evaluate", "score picks against ground truth, per class (precision, recall, F1)",
+                 "tomochunk evaluate picks.xml truth.xml --max-dist 5 -o scores.csv --plot curve.png\n"
+                 "tomochunk evaluate picks.star truth.star --method czii --radii ribosome:150,apo-ferritin:60 "
+                 "--unit angstrom")
+    p.add_argument("pred", metavar="PRED", help="predicted object list (xml, csv, star, json, ...)")
+    p.add_argument("truth", metavar="TRUTH", help="ground-truth object list")
+    p.add_argument("--method", choices=("hungarian", "deepfinder", "czii"), default="hungarian",
+                   help="hungarian: optimal one-to-one matching; deepfinder: DeepFinder's Evaluator; "
+                        "czii: the CZII challenge's F-beta")
+    p.add_argument("--max-dist", type=float, default=None,
+                   help="largest match distance (in --unit), needed by hungarian and deepfinder")
+    p.add_argument("--radii", type=_radii_arg, default=None, metavar="CLASS:R,...",
+                   help="czii: particle radius per class label or name, e.g. 1:5,2:8")
+    p.add_argument("--beta", type=float, default=4.0, help="czii: F-beta parameter")
+    p.add_argument("--unit", choices=("voxel", "angstrom"), default="voxel",
+                   help="distances in voxels, or in A (lists of different binnings then compare)")
+    p.add_argument("--voxel-size", type=float, default=None, help="A per voxel of both lists, if they lack it")
+    p.add_argument("-o", "--output", default=None, help="write the table as CSV")
+    p.add_argument("--plot", default=None, metavar="PNG",
+                   help="also plot precision, recall and F1 against the picks' score threshold")
+    p.set_defaults(run=_run_evaluate)
+
+
+def _run_evaluate(args):
+    from . import evaluate, plot_threshold_curve
+
+    pred, truth = _read_list(args.pred, args), _read_list(args.truth, args)
+    kw = dict(max_dist=args.max_dist, method=args.method, unit=args.unit)
+    if args.method == "czii":
+        kw.update(radii=args.radii, beta=args.beta)
+    elif args.radii is not None:
+        raise ValueProblem("--radii is for --method czii; hungarian and deepfinder take --max-dist")
+    table = evaluate(pred, truth, **kw)
+    print(table.to_string(float_format=lambda v: f"{v:.3f}"))
+    if args.output:
+        table.to_csv(args.output)
+        print(f"table -> {args.output}")
+    if args.plot:
+        curve = plot_threshold_curve(pred, truth, path=args.plot, **kw)
+        best = curve.loc[curve["f1"].idxmax()] if curve["f1"].notna().any() else None
+        col = "score" if "score" in pred.columns else "size"
+        print(f"threshold curve -> {args.plot}" +
+              ("" if best is None else f" (max F1 {best['f1']:.3f} at {col} >= {best['threshold']:.3g})"))
+
+
+def _add_objects(sub):
+    p = sub.add_parser("objects", help="convert, filter, merge, split or rescale object lists",
+                       description="Object-list operations. The format of every file follows its extension "
+                                   "(.xml DeepFinder, .csv ExoDeepFinder, .star RELION, .json copick, .tsv Ais, "
+                                   ".txt cet_pick, .xlsx).",
+                       epilog="example:\n  tomochunk objects convert picks.xml -o picks.star\n"
+                              "  tomochunk objects ACTION --help   # each action's options and example",
+                       formatter_class=_Formatter)
+    osub = p.add_subparsers(dest="objects_command", metavar="ACTION")
+    osub.required = True
+
+    def common(c, many=False):
+        c.add_argument("inputs" if many else "input", nargs="+" if many else None, metavar="IN",
+                       help="object list(s)")
+        c.add_argument("-o", "--output", required=True, help="output object list")
+        c.add_argument("--voxel-size", type=float, default=None, help="A per voxel (overrides the file's)")
+        c.add_argument("--shape", type=_shape_arg, default=None,
+                       help="z,y,x of the tomogram, for STAR files in centred A")
+        c.add_argument("--overwrite", action="store_true", help="replace an existing output")
+
+    c = _command(osub, "convert", "convert an object list to the format of the output's extension",
+                 "tomochunk objects convert picks.xml -o picks.star --voxel-size 10")
+    common(c)
+    c.set_defaults(run=_run_objects_convert)
+
+    c = _command(osub, "filter", "keep some classes, scores or sizes; non-maximum suppression",
+                 "tomochunk objects filter picks.xml -o best.xml --classes 1,3 --min-score 0.5 --nms 8")
+    common(c)
+    c.add_argument("--classes", type=_names_or_ints, default=None, help="labels or names to keep, e.g. 1,3")
+    c.add_argument("--tomo", default=None, help="keep only this tomogram's objects")
+    c.add_argument("--min-score", type=float, default=None)
+    c.add_argument("--max-score", type=float, default=None)
+    c.add_argument("--min-size", type=float, default=None, help="voxels")
+    c.add_argument("--max-size", type=float, default=None, help="voxels")
+    c.add_argument("--nms", type=float, default=None, metavar="DIST",
+                   help="drop objects closer than DIST voxels to a better one (same class and tomogram)")
+    c.set_defaults(run=_run_objects_filter)
+
+    c = _command(osub, "merge", "concatenate object lists (same voxel size)",
+                 "tomochunk objects merge t1.xml t2.xml t3.xml -o all.xml")
+    common(c, many=True)
+    c.set_defaults(run=_run_objects_merge)
+
+    c = _command(osub, "split", "write one object list per tomogram into a folder",
+                 "tomochunk objects split all.star -o per_tomo/ --format txt")
+    common(c)
+    c.add_argument("--format", default=None, help="output extension (default: the input's), e.g. txt, xml")
+    c.set_defaults(run=_run_objects_split)
+
+    c = _command(osub, "scale", "move coordinates between binnings (the voxel size follows)",
+                 "tomochunk objects scale bin2_picks.xml -o bin1_picks.xml --factor 2")
+    common(c)
+    c.add_argument("--factor", type=float, required=True,
+                   help="coordinate factor: 2 from bin 2 to bin 1, 0.5 from bin 1 to bin 2")
+    c.set_defaults(run=_run_objects_scale)
+
+
+def _run_objects_convert(args):
+    _write_list(_read_list(args.input, args), args.output, args)
+
+
+def _run_objects_filter(args):
+    from . import filter_objects, nms_objects, select_classes
+
+    df = _read_list(args.input, args)
+    n0 = len(df)
+    if args.tomo is not None:
+        if "tomo" not in df.columns:
+            raise ValueProblem(f"{args.input}: --tomo given but the list names no tomograms")
+        attrs = dict(df.attrs)
+        df = df[df["tomo"].astype(str) == str(args.tomo)]
+        df.attrs = attrs
+    if args.classes is not None:
+        df = select_classes(df, args.classes)
+    if any(v is not None for v in (args.min_score, args.max_score, args.min_size, args.max_size)):
+        df = filter_objects(df, min_score=args.min_score, max_score=args.max_score, min_size=args.min_size,
+                            max_size=args.max_size)
+    if args.nms is not None:
+        df = nms_objects(df, args.nms)
+    print(f"{args.input}: kept {len(df)} of {n0} objects")
+    _write_list(df, args.output, args)
+
+
+def _run_objects_merge(args):
+    from . import merge_objects
+
+    _write_list(merge_objects([_read_list(f, args) for f in args.inputs]), args.output, args)
+
+
+def _run_objects_split(args):
+    from pathlib import Path
+
+    from . import split_by_tomogram
+    from ._names import inside, safe_name, tomo_name
+
+    df = _read_list(args.input, args)
+    if Path(args.output).suffix:
+        raise ValueProblem(f"split writes a folder of files; -o {args.output} looks like a file")
+    ext = "." + args.format.lstrip(".") if args.format else Path(args.input).suffix
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    for tomo, part in split_by_tomogram(df).items():
+        name = safe_name(tomo_name(args.input) if tomo is None else tomo, "tomogram name")
+        _write_list(part, inside(name + ext, out), args)
+
+
+def _run_objects_scale(args):
+    from . import scale_coordinates
+
+    _write_list(scale_coordinates(_read_list(args.input, args), args.factor), args.output, args)
+
+
+def _add_view(sub):
+    p = _command(sub, "view", "orthoslice picture (xy, xz, yz) of a tomogram with its labels, picks and truth",
+                 "tomochunk view tomo.zarr --labels seg/tomo.zarr --objects picks.xml --truth truth.xml -o view.png")
+    p.add_argument("tomo", metavar="TOMO", help="tomogram (any format)")
+    p.add_argument("-o", "--output", required=True, help="PNG")
+    p.add_argument("--labels", default=None, help="label map drawn translucent (a segmentation store works)")
+    p.add_argument("--objects", default=None, help="picks, drawn as yellow circles")
+    p.add_argument("--truth", default=None, help="ground truth, drawn as white crosses")
+    p.add_argument("--slices", type=_shape_arg, default=None, metavar="Z,Y,X",
+                   help="voxel positions of the three slices (default: the centre)")
+    p.add_argument("--slab", type=int, default=3, help="draw objects within this many slices of each slice")
+    p.add_argument("--level", type=int, default=0, help="multiscale level of OME-Zarr inputs")
+    p.add_argument("--title", default=None)
+    p.set_defaults(run=_run_view)
+
+
+def _run_view(args):
+    from pathlib import Path
+
+    from . import open_volume, orthoslices
+
+    vol = open_volume(args.tomo, level=args.level)
+    if vol.ndim != 3:
+        raise ValueProblem(f"{args.tomo}: view draws a 3D volume, got {vol.ndim} dimensions")
+    labels = None
+    if args.labels:
+        src = Path(args.labels)
+        labels = open_volume(src / "labels" / "classes" if (src / "labels" / "classes").exists() else src,
+                             level=args.level)
+        if tuple(labels.shape) != tuple(vol.shape):
+            raise ValueProblem(f"{args.labels}: labels {tuple(labels.shape)} and tomogram {tuple(vol.shape)} "
+                               "differ in shape")
+    objs = _read_list(args.objects, args) if args.objects else None
+    truth = _read_list(args.truth, args) if args.truth else None
+    classes = {}
+    for src in (truth, objs, labels):
+        if src is not None:
+            classes.update({int(k): str(v) for k, v in (src.attrs.get("classes") or {}).items()})
+    pos = args.slices
+    if pos is not None and any(not 0 <= p < s for p, s in zip(pos, vol.shape)):
+        raise ValueProblem(f"--slices {','.join(map(str, pos))} lies outside the volume {tuple(vol.shape)}")
+    orthoslices(vol, args.output, labels=labels, objects=objs, position=pos, title=args.title or args.tomo,
+                slab=args.slab, truth=truth, classes=classes or None, voxel_size=vol.attrs.get("voxel_size"))
+    print(f"{args.tomo} -> {args.output}")
+
+
+def _add_train_slices(sub):
+    p = _command(sub, "train-slices",
+                 "train a 2D/2.5D one-feature model (EMAN2/Ais) from annotated slices or tiles; write a .tcm",
+                 "tomochunk train-slices tomo.mrc --mask membrane_mask.mrc --slices 40:60 --arch unet2d "
+                 "--box 64 \\\n    --copies 4 --negative-ratio 0.3 --valid 0.1 --epochs 20 --title membrane "
+                 "-o membrane.tcm\n"
+                 "tomochunk segment-features tomo.mrc -m membrane.tcm -o labels/")
+    p.add_argument("tomo", nargs="?", metavar="TOMO", help="annotated tomogram (with --mask)")
+    p.add_argument("-o", "--output", required=True, help="model archive (.tcm)")
+    p.add_argument("--mask", default=None, help="annotation of TOMO: 0/1 mask or label map (see --label)")
+    p.add_argument("--label", type=int, default=None, help="the feature's label in --mask (default: any > 0)")
+    p.add_argument("--slices", default=None, metavar="Z0:Z1|Z,Z,...",
+                   help="annotated slices to draw tiles from (default: every slice with an annotation)")
+    p.add_argument("--tiles", default=None, help="instead of TOMO: a stack [n, box, box] of annotated tiles")
+    p.add_argument("--tile-masks", default=None, help="with --tiles: their masks [n, box, box]")
+    p.add_argument("--arch", default="unet2d", help="registered architecture (unet2d, unet25d, eman2, ...)")
+    p.add_argument("--box", type=int, default=64, help="tile side in pixels")
+    p.add_argument("--context", type=int, default=0, help="neighbouring slices each side as channels (2.5D)")
+    p.add_argument("--n-tiles", type=int, default=200, help="tiles cut from TOMO")
+    p.add_argument("--positive-fraction", type=float, default=0.5, help="share of tiles centred on the feature")
+    p.add_argument("--copies", type=int, default=4, help="rotated/flipped copies of each positive tile (Ais)")
+    p.add_argument("--negative-ratio", type=float, default=0.3,
+                   help="extra negatives per positive copy (0.3: 30%% more negatives than positives)")
+    p.add_argument("--valid", type=float, default=0.1, help="validation split (fraction of the tiles)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--loss", choices=("dice_bce", "bce"), default="dice_bce")
+    p.add_argument("--title", default=None, help="feature name (label name in segment-features)")
+    p.add_argument("--threshold", type=float, default=0.5, help="score threshold stored in the archive")
+    p.add_argument("--pixel-size", type=float, default=None, help="A per pixel (default: TOMO's voxel size)")
+    p.add_argument("--emit", action="store_true", help="Ais competition: this model's voxels beat absorbers")
+    p.add_argument("--absorb", action="store_true", help="Ais competition: emitters' voxels beat this model")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(run=_run_train_slices)
+
+
+def _slice_list(text, nz):
+    try:
+        if ":" in text:
+            lo, hi = (int(v) for v in text.split(":"))
+            out = list(range(lo, hi))
+        else:
+            out = [int(v) for v in text.split(",")]
+    except ValueError:
+        out = []
+    if not out or any(not 0 <= z < nz for z in out):
+        raise ValueProblem(f"--slices {text!r}: expected Z0:Z1 or Z,Z,... within 0..{nz - 1}")
+    return out
+
+
+def _run_train_slices(args):
+    from pathlib import Path
+
+    import numpy as np
+
+    from . import new_model, open_volume, save_archive, train_slices
+    from .errors import ExistsError
+    from .nn.slices import sample_tiles
+
+    out = Path(args.output)
+    if out.exists() and not args.overwrite:
+        raise ExistsError("output exists; pass --overwrite to replace it", out)
+    if not out.parent.exists():
+        raise ValueProblem(f"{out}: the output folder {out.parent} does not exist")
+    for name, v in (("--box", args.box), ("--copies", args.copies), ("--epochs", args.epochs),
+                    ("--n-tiles", args.n_tiles), ("--batch", args.batch)):
+        if v < 1:
+            raise ValueProblem(f"{name} must be >= 1, not {v}")
+    if not 0 <= args.valid < 1 or args.negative_ratio < 0 or args.context < 0:
+        raise ValueProblem("--valid must be in [0, 1), --negative-ratio and --context >= 0")
+    pixel = args.pixel_size
+    if args.tiles:
+        if args.tomo or args.mask or not args.tile_masks:
+            raise ValueProblem("give either TOMO with --mask, or --tiles with --tile-masks")
+        if args.context:
+            raise ValueProblem("--context needs TOMO and --mask (tiles are single slices)")
+        tv = open_volume(args.tiles)
+        tiles, masks = np.asarray(tv.data), np.asarray(open_volume(args.tile_masks).data)
+        masks = masks == args.label if args.label is not None else masks > 0
+        pixel = pixel or tv.attrs.get("voxel_size")
+    else:
+        if not args.tomo or not args.mask:
+            raise ValueProblem("give TOMO with --mask (or --tiles with --tile-masks)")
+        vol, lab = open_volume(args.tomo), open_volume(args.mask)
+        if vol.ndim != 3 or tuple(lab.shape) != tuple(vol.shape):
+            raise ValueProblem(f"{args.mask}: mask {tuple(lab.shape)} does not match tomogram {tuple(vol.shape)}")
+        mask = np.asarray(lab.data)
+        mask = mask == args.label if args.label is not None else mask > 0
+        slices = _slice_list(args.slices, vol.shape[0]) if args.slices else np.flatnonzero(mask.any((1, 2)))
+        if not len(slices):
+            raise ValueProblem(f"{args.mask}: no annotated voxel" + ("" if args.label is None else
+                                                                     f" of label {args.label}"))
+        tiles, masks = sample_tiles(np.asarray(vol.data), mask, box=args.box, n=args.n_tiles, slices=slices,
+                                    context=args.context, positive_fraction=args.positive_fraction,
+                                    rng=args.seed)
+        pixel = pixel or vol.attrs.get("voxel_size")
+    box = int(tiles.shape[1])
+    fm = new_model(args.arch, box_size=box, channels=2 * args.context + 1, title=args.title, pixel_size=pixel,
+                   threshold=args.threshold, emit=args.emit, absorb=args.absorb, seed=args.seed)
+    hist = train_slices(fm, tiles, masks, n_copies=args.copies, excess_negative=args.negative_ratio,
+                        epochs=args.epochs, batch_size=args.batch, learning_rate=args.lr, loss=args.loss,
+                        pixel_size=pixel, validation_split=args.valid, seed=args.seed)
+    save_archive(fm, out, overwrite=args.overwrite)
+    h = hist.history
+    val = f", validation loss {h['val_loss'][-1]:.4f}" if h.get("val_loss") else ""
+    print(f"trained {fm.info.title} ({args.arch}, box {box}, {len(tiles)} tiles) for {len(h['loss'])} epochs: "
+          f"loss {h['loss'][-1]:.4f}{val}")
+    print(f"model -> {out} (pixel size {fm.info.pixel_size} A, threshold {fm.info.threshold})")
+
+
+_COMMANDS += [_add_evaluate]
+_COMMANDS += [_add_objects]
+_COMMANDS += [_add_view]
+_COMMANDS += [_add_train_slices]
+
+
+def _os_error(exc: OSError) -> str:
+    """One line naming the path (and the other path of a rename/link) of a failed file operation."""
+    from pathlib import Path
+
+    if isinstance(exc, FileNotFoundError) and exc.filename and exc.filename2 is None:
+        parent = Path(str(exc.filename)).parent
+        if str(parent) not in ("", ".") and not parent.exists():
+            return f"{parent}: the folder does not exist (create it first)"
+    where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
+    what = exc.strerror or str(exc) or type(exc).__name__
+    return f"{where}: {what}" if where else what
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
+    quiet_libraries(args.verbose)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    quiet = NativeLogFilter() if not args.verbose else contextlib.nullcontext()
+    with quiet:
+        return _main(args)
+
+
+def _main(args) -> int:
     try:
         return args.run(args) or 0
     except TomochunkError as exc:
         if args.debug:
             raise
         print(f"tomochunk: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        # a missing or unwritable output folder, a full disk, an unreachable scheduler
+        if args.debug:
+            raise
+        print(f"tomochunk: error: {_os_error(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("tomochunk: interrupted", file=sys.stderr)

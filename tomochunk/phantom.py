@@ -32,12 +32,17 @@ import math
 from functools import lru_cache
 from itertools import product
 
+import dask.array as da
 import numpy as np
 import pandas as pd
+from scipy import fft, ndimage
+from scipy.spatial import cKDTree
 
 from ._geometry import euler_to_matrix as euler_matrix  # the one ZXZ rotation; re-exported under its old name
 from ._log import get_logger
 from .errors import ValueProblem
+from .ops._paint import blockwise, stamp
+from .ops.targets import rotate_template_deepfinder
 
 log = get_logger(__name__)
 
@@ -178,8 +183,6 @@ def class_templates(classes=None) -> dict[int, np.ndarray]:
 
 def _rotate_float(vol: np.ndarray, phi: float, psi: float, the: float) -> np.ndarray:
     """Linear-interpolated rotation about voxel ``D / 2`` (float32); see the module doc."""
-    from .ops.targets import rotate_template_deepfinder
-
     vol = np.asarray(vol, dtype=np.float32)
     if phi == 0 and psi == 0 and the == 0:
         return vol.copy()
@@ -267,8 +270,6 @@ def missing_wedge_filter(volume: np.ndarray, tilt: float = 60.0) -> np.ndarray:
     >>> v.shape, v.dtype
     ((16, 16, 16), dtype('float32'))
     """
-    from scipy import fft
-
     v = np.asarray(volume, dtype=np.float32)
     if tilt is None or tilt >= 90:
         return v.copy()
@@ -290,8 +291,6 @@ def _place(rng, shape, halves, radii, n, *, max_tries, taken_pos=None, taken_rad
     Candidates come from ``halves``/``radii`` in order (cycled); returns accepted indices and
     centres (z, y, x).
     """
-    from scipy.spatial import cKDTree
-
     shape = np.asarray(shape)
     pos = [] if taken_pos is None else [np.asarray(taken_pos, float).reshape(-1, 3)]
     rad = [] if taken_rad is None else [np.asarray(taken_rad, float).ravel()]
@@ -375,22 +374,11 @@ def _render_block(plan_small, offset, bshape, *, density=True, labels=True):
         k = int(row[0])
         name, size = specs[k - 1]
         rot = _rotate_float(_template(name, size), row[4], row[5], row[6])
-        h = rot.shape[0] // 2  # template voxel D // 2 lands on the object's voxel
-        c = row[1:4].astype(int) - offset
-        dst, src = [], []
-        for ax in range(3):
-            lo, hi = c[ax] - h, c[ax] - h + rot.shape[ax]
-            a, b = max(lo, 0), min(hi, bshape[ax])
-            if a >= b:
-                break
-            dst.append(slice(a, b))
-            src.append(slice(a - lo, b - lo))
-        else:
-            piece = rot[tuple(src)]
-            if density:
-                dens[tuple(dst)] += contrast * piece
-            if labels:
-                lab[tuple(dst)][np.round(piece) == 1] = k
+        corner = row[1:4].astype(int) - offset - rot.shape[0] // 2  # template voxel D // 2 lands on it
+        if density:
+            stamp(dens, contrast * rot, corner, how="add")
+        if labels:
+            stamp(lab, np.round(rot) == 1, corner, value=k)
     for zc, yc, xc, r in (mems if density else ()):
         c = np.array([zc, yc, xc]) - offset
         ext = int(math.ceil(r + _MEMBRANE_THICK + 1))
@@ -411,8 +399,6 @@ def _gauss_scale(sigma: float) -> float:
 
 
 def _gaussian(block, sigma):
-    from scipy import ndimage
-
     return ndimage.gaussian_filter(block, sigma, mode="reflect", truncate=_TRUNCATE)
 
 
@@ -589,8 +575,6 @@ def phantom_tomogram(shape=(128, 256, 256), classes=None, *, n_objects=None, den
         o, m = plan.subset((0, 0, 0), shape)
         dens, lab = _render_block((plan.specs, contrast, mcon, o, m), (0, 0, 0), shape)
         return _finish_volume(dens, (0, 0, 0), params), df, lab
-    import dask.array as da
-
     chunks = da.core.normalize_chunks(chunks, shape, dtype=np.float32)
     token = (plan.shape, plan.specs, plan.objects, plan.membranes, contrast, params.__dict__)
 
@@ -659,41 +643,15 @@ def _tomo_label_block(args, offset, bshape):
     return _render_block((specs, 0.0, 0.0, objs, np.zeros((0, 4))), offset, bshape, density=False)[1]
 
 
-def _offsets(chunks):
-    return [np.concatenate([[0], np.cumsum(c)[:-1]]).astype(int) for c in chunks]
-
-
-class _Opaque:
-    """Wraps task arguments so that dask passes them through untouched (no key lookups)."""
-
-    def __init__(self, value):
-        self.value = value
-
-
-def _call_opaque(func, args, offset, bshape):
-    return func(args.value, offset, bshape)
-
-
 def _blockwise(render, block_args, chunks, token, dtype):
-    """A dask array with one independent ``render(args, offset, shape)`` task per block.
+    """A dask array with one independent ``render(args, offset, shape)`` task per block (the ops painter).
 
     ``block_args(offset, shape)`` is called here, at graph construction, so that every
     task carries only what its block needs (the objects that touch it). Tasks have no
     dependencies, so computing one block (``array[region].compute()``) runs one task.
     """
-    import dask.array as da
-    from dask.base import tokenize
-    from dask.highlevelgraph import HighLevelGraph
-
-    name = f"phantom-{tokenize(token, chunks)}"
-    offs = _offsets(chunks)
-    dsk = {}
-    for idx in product(*[range(len(c)) for c in chunks]):
-        off = [int(offs[a][i]) for a, i in enumerate(idx)]
-        bsh = [int(chunks[a][i]) for a, i in enumerate(idx)]
-        dsk[(name,) + idx] = (_call_opaque, render, _Opaque(block_args(off, bsh)), off, bsh)
-    graph = HighLevelGraph.from_collections(name, dsk, dependencies=())
-    return da.Array(graph, name, chunks, meta=np.empty((0,) * len(chunks), dtype))
+    return blockwise(render, chunks, lambda idx, off, shp: block_args(off, shp), name="phantom", token=token,
+                     dtype=dtype)
 
 
 # --- TIRF movie ---------------------------------------------------------------------------------
@@ -766,13 +724,10 @@ def _render_movie_block(args, offset, bshape, *, intensity=True, labels=True):
                 if r < 0:
                     continue
                 cy, cx = row[1] - y0, row[2] - x0
-                a0, a1 = max(int(math.floor(cy - r)), 0), min(int(math.ceil(cy + r)) + 1, by)
-                b0, b1 = max(int(math.floor(cx - r)), 0), min(int(math.ceil(cx + r)) + 1, bx)
-                if a0 >= a1 or b0 >= b1:
-                    continue
-                dy = np.arange(a0, a1)[:, None] - cy
-                dx = np.arange(b0, b1)[None, :] - cx
-                lab[f, a0:a1, b0:b1][dy * dy + dx * dx <= r * r] = int(row[6])
+                a0, b0 = int(math.floor(cy - r)), int(math.floor(cx - r))
+                dy = np.arange(a0, int(math.ceil(cy + r)) + 1)[:, None] - cy
+                dx = np.arange(b0, int(math.ceil(cx + r)) + 1)[None, :] - cx
+                stamp(lab[f], dy * dy + dx * dx <= r * r, (a0, b0), value=int(row[6]))
     return img, lab
 
 
@@ -962,8 +917,6 @@ def phantom_movie(shape=(300, 256, 256), *, n_spots=None, n_events=None, seed=0,
         movie = _movie_block((sub, seed, noise_std), (0, 0, 0), shape)
         lab = _movie_label_block((sub, seed, noise_std), (0, 0, 0), shape)
     else:
-        import dask.array as da
-
         chunks = da.core.normalize_chunks(chunks, shape, dtype=np.float32)
         token = ("movie", shape, emit, cell, bleach, seed, noise_std)
         movie = _blockwise(_movie_block, lambda o, b: (plan.subset(o, b), seed, noise_std), chunks,

@@ -1,179 +1,20 @@
-"""The whole job over many tomograms from one config: convert -> segment -> pick (-> evaluate).
+"""Old home of the YAML pipeline, now :mod:`tomochunk.workflows.pipeline`; every name is forwarded.
 
-Every stage is skipped for a tomogram whose output is already complete, so an
-interrupted run is resumed by running it again.
-
-Example config (YAML; paths relative to the config file)::
-
-    inputs: ["tomograms/*.mrc"]      # files, folders of TIFF frames or globs
-    outdir: out
-    workers: 2                       # embedded LocalCluster ...
-    scheduler: null                  # ... or the address of a running Dask scheduler
-    convert: {levels: 3}
-    segment: {model: phantom, patch_size: 48, crop: 8}   # "phantom": the model shipped in the package
-    pick: {method: meanshift, radius: 5, min_size: 20, formats: [xml, star]}
-    evaluate: {truth: "truth/{name}.xml", max_dist: 4}  # optional
+The pipeline sits above ``nn``, so this top-level module forwards its names lazily
+(looked up on first use) instead of importing it.
 """
 
 from __future__ import annotations
 
-import glob
-import json
-from pathlib import Path
+import importlib
 
-import pandas as pd
-
-from ._log import get_logger
-from .errors import FormatError, MissingError, ValueProblem
-
-log = get_logger(__name__)
-
-SHIPPED_MODELS = Path(__file__).parent / "models"
-DEFAULTS = {
-    "convert": {"levels": 3},
-    "segment": {"model": "phantom", "patch_size": 48, "crop": 8, "blend": "crop"},
-    "pick": {"method": "meanshift", "radius": 5, "min_size": 20, "formats": ["xml", "star"]},
-}
+_HOME = "tomochunk.workflows.pipeline"
 
 
-def shipped_model(name: str = "phantom") -> Path:
-    """Path of a model shipped inside the package (``phantom``: trained on tomochunk phantoms)."""
-    path = SHIPPED_MODELS / f"{name}_unet.keras"
-    if not path.exists():
-        raise MissingError(f"no shipped model named {name!r}", path)
-    return path
-
-
-def shipped_model_info(name: str = "phantom") -> dict:
-    p = SHIPPED_MODELS / f"{name}_unet.json"
-    return json.loads(p.read_text()) if p.exists() else {}
-
-
-def load_config(path) -> dict:
-    """Read a YAML (or JSON) run config, fill defaults, resolve paths against its folder."""
-    import yaml
-
-    path = Path(path)
-    if not path.exists():
-        raise MissingError("no such config file", path)
+def __getattr__(name: str):
+    if name.startswith("__"):
+        raise AttributeError(name)
     try:
-        cfg = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        line = getattr(getattr(exc, "problem_mark", None), "line", None)
-        raise FormatError(f"invalid YAML ({getattr(exc, 'problem', exc)})", path,
-                          line=None if line is None else line + 1) from None
-    if not isinstance(cfg, dict) or "inputs" not in cfg:
-        raise FormatError("the config needs an 'inputs' list", path)
-    unknown = set(cfg) - {"inputs", "outdir", "workers", "scheduler", "convert", "segment", "pick", "evaluate"}
-    if unknown:
-        raise FormatError(f"unknown config keys: {', '.join(sorted(unknown))}", path)
-    cfg["_base"] = path.parent
-    return cfg
-
-
-def _inputs(cfg) -> list[Path]:
-    base = Path(cfg.get("_base", "."))
-    found = []
-    for pattern in ([cfg["inputs"]] if isinstance(cfg["inputs"], str) else cfg["inputs"]):
-        p = str(pattern if Path(pattern).is_absolute() else base / pattern)
-        hits = sorted(glob.glob(p)) or ([p] if Path(p).exists() else [])
-        if not hits:
-            raise MissingError("no input matches this pattern", p)
-        found += [Path(h) for h in hits]
-    return found
-
-
-def run(config, *, client=None, progress=False) -> pd.DataFrame:
-    """Run convert -> segment -> pick (-> evaluate) over every input of a config.
-
-    Parameters
-    ----------
-    config : dict or path
-        See the module docstring.
-    client : distributed.Client, optional
-        Default: ``config["scheduler"]``, else an embedded LocalCluster of ``config["workers"]``.
-
-    Returns
-    -------
-    pandas.DataFrame
-        One row per tomogram: store, object-list paths, number of picks, and, with
-        ``evaluate``, mean precision/recall/F1 over classes.
-
-    Examples
-    --------
-    >>> run("pipeline.yaml")  # doctest: +SKIP
-    """
-    from .io.convert import convert, output_name
-    from .io.objects import read_objects, write_objects
-    from .io.omezarr import is_complete
-    from .io.volume import open_volume
-    from .nn.segment import segment, write_segmentation
-    from .ops.evaluate import evaluate
-    from .parallel import client_context
-
-    cfg = load_config(config) if not isinstance(config, dict) else dict(config)
-    base = Path(cfg.get("_base", "."))
-    outdir = Path(cfg.get("outdir", "out"))
-    outdir = outdir if outdir.is_absolute() else base / outdir
-    outdir.mkdir(parents=True, exist_ok=True)
-    conv = {**DEFAULTS["convert"], **(cfg.get("convert") or {})}
-    seg = {**DEFAULTS["segment"], **(cfg.get("segment") or {})}
-    pk = {**DEFAULTS["pick"], **(cfg.get("pick") or {})}
-    ev = cfg.get("evaluate")
-    model = seg.pop("model")
-    model = shipped_model(model) if not Path(str(model)).suffix else (
-        Path(model) if Path(model).is_absolute() else base / model)
-    rows, inputs = [], _inputs(cfg)  # before starting any cluster: bad patterns fail fast
-    with client_context(client, scheduler=cfg.get("scheduler"), n_workers=cfg.get("workers")) as c:
-        for src in inputs:
-            name = Path(output_name(src)).stem
-            store = outdir / f"{name}.zarr"
-            if not (store.exists() and is_complete(store)):
-                log.info("convert %s", src)
-                convert(src, store, progress=progress, **conv)
-            labels = store / "labels"
-            if not (labels.exists() and is_complete(labels / "classes")):
-                log.info("segment %s", store)
-                scores = segment(open_volume(store), model, client=c, **seg)
-                write_segmentation(scores, store, client=c, progress=progress)
-            paths = {fmt: outdir / f"{name}.{fmt}" for fmt in pk["formats"]}
-            if all(p.exists() for p in paths.values()):
-                objects = read_objects(next(iter(paths.values())))
-            else:
-                objects = _pick(store, pk)
-                objects["tomo"] = name
-                for fmt, p in paths.items():
-                    write_objects(objects, p)
-            row = {"tomogram": str(src), "store": str(store), "picks": len(objects),
-                   **{f"objects_{k}": str(v) for k, v in paths.items()}}
-            if ev:
-                truth_path = Path(str(ev["truth"]).format(name=name))
-                truth_path = truth_path if truth_path.is_absolute() else base / truth_path
-                truth = read_objects(truth_path)
-                truth["tomo"] = name
-                table = evaluate(objects, truth, max_dist=float(ev.get("max_dist", 4)))
-                per_class = table.drop(index="all", errors="ignore")
-                row.update(precision=float(per_class["precision"].mean()), recall=float(per_class["recall"].mean()),
-                           f1=float(per_class["f1"].mean()))
-            rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def _pick(store, pk) -> pd.DataFrame:
-    """Objects from a segmented store, by clustering its label map or picking its scores."""
-    from .io.volume import open_volume
-
-    method = pk.get("method", "meanshift")
-    if method in ("meanshift", "cc"):
-        from .ops.cluster import cluster
-
-        lab = open_volume(Path(store) / "labels" / "classes")
-        return cluster(lab, radius=float(pk.get("radius", 5)), method=method,
-                       min_size=int(pk.get("min_size", 1)))
-    if method in ("peaks", "centroid", "nms"):
-        from .ops.pick import pick
-
-        scores = open_volume(Path(store) / "labels" / "scores")
-        kw = {k: v for k, v in pk.items() if k in ("threshold", "min_size", "min_spacing", "margin", "top_k")}
-        return pick(scores, mode=method, **kw)
-    raise ValueProblem(f"unknown pick method {method!r} (meanshift, cc, peaks, centroid, nms)")
+        return getattr(importlib.import_module(_HOME), name)
+    except AttributeError:
+        raise AttributeError(f"module 'tomochunk.pipeline' has no attribute {name!r}") from None

@@ -48,25 +48,33 @@ class Source:
         return len(self.shape)
 
     def __getitem__(self, key):
-        key = _normalize_key(key, self.shape)
-        return self.read(key)
+        key = _expand_key(key, self.shape)
+        out = self.read(_normalize_key(key, self.shape))
+        # dask fuses ``x[16]`` into the getter, so integer keys reach us: drop their axes as numpy does
+        ints = [i for i, k in enumerate(key) if isinstance(k, (int, np.integer))]
+        return out.reshape([n for i, n in enumerate(out.shape) if i not in ints]) if ints else out
 
     def read(self, key: tuple[slice, ...]) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 
 
-def _normalize_key(key, shape):
+def _expand_key(key, shape) -> tuple:
+    """``key`` as a tuple of one entry per axis (Ellipsis and missing axes filled with ``:``)."""
     if not isinstance(key, tuple):
         key = (key,)
     if any(k is Ellipsis for k in key):
         i = key.index(Ellipsis)
         key = key[:i] + (slice(None),) * (len(shape) - len(key) + 1) + key[i + 1:]
-    key = key + (slice(None),) * (len(shape) - len(key))
+    return key + (slice(None),) * (len(shape) - len(key))
+
+
+def _normalize_key(key, shape):
+    key = _expand_key(key, shape)
     out = []
     for k, n in zip(key, shape):
         if isinstance(k, (int, np.integer)):
             k = int(k) % n if n else int(k)
-            out.append(slice(k, k + 1, 1))  # integer indices are squeezed by the caller below
+            out.append(slice(k, k + 1, 1))  # Source.__getitem__ drops these axes again
         else:
             out.append(slice(*k.indices(n)))
     return tuple(out)

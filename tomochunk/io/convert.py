@@ -6,19 +6,32 @@ from pathlib import Path
 
 import numpy as np
 
+from tqdm.auto import tqdm
+
 from .._log import get_logger
-from ._source import warn
+from .._names import tomo_name
 from ..errors import ValueProblem
-from .omezarr import PyramidWriter, default_compressor
+from ._identity import check_alias, source_identity
+from ._ngff_meta import VERSIONS, default_compressor
+from ._source import warn
+from .omezarr import PyramidWriter
 from .volume import check_tomogram, open_source
 
 log = get_logger(__name__)
 
 
 def output_name(src) -> str:
-    """``tomo.mrc`` -> ``tomo.zarr``; a frame folder ``cell1/`` -> ``cell1.zarr``."""
-    p = Path(src)
-    return (p.name if p.is_dir() and p.suffix.lower() != ".zarr" else p.stem) + ".zarr"
+    """``tomo.mrc`` -> ``tomo.zarr``, ``t1.ome.zarr`` -> ``t1.zarr``; a frame folder ``cell1/`` -> ``cell1.zarr``.
+
+    The name is :func:`tomochunk._names.tomo_name`, the one rule; many inputs are named by
+    :func:`tomochunk.workflows.batch.output_paths`, which keeps them distinct.
+
+    Examples
+    --------
+    >>> output_name("data/t1.ome.zarr"), output_name("a/tomo.rec")
+    ('t1.zarr', 'tomo.zarr')
+    """
+    return tomo_name(src) + ".zarr"
 
 
 #: compression ratio below which ``convert(compression="auto")`` stores float data raw
@@ -40,6 +53,43 @@ def _compressible(source, sample=(32, 256, 256)) -> bool:
     return ratio >= INCOMPRESSIBLE
 
 
+def mrc_origin(header, voxel_size):
+    """Å position ``[z, y, x]`` of voxel 0 from an MRC header (as a dict): the ``origin`` field, or
+    ``n[xyz]start`` voxels where the origin is zero (MRC2014, as UCSF ChimeraX reads it); None if both are 0.
+
+    Examples
+    --------
+    >>> mrc_origin({"origin": {"x": 1000.0, "y": 2000.0, "z": 3000.0}}, 10.0)
+    [3000.0, 2000.0, 1000.0]
+    >>> mrc_origin({"origin": {"x": 0, "y": 0, "z": 0}, "nxstart": 5, "nystart": 6, "nzstart": 7}, 10.0)
+    [70.0, 60.0, 50.0]
+    """
+    o = header.get("origin") or {}
+    zyx = [float(o.get(a, 0.0)) for a in "zyx"]
+    if not any(zyx):
+        zyx = [float(header.get(f"n{a}start", 0) or 0) * float(voxel_size) for a in "zyx"]
+    return zyx if any(zyx) else None
+
+
+def _origin(meta):
+    """The source's origin (Å, z, y, x): from the reader's ``attrs["origin"]``, else from an MRC header."""
+    attrs = meta.get("attrs", {})
+    if attrs.get("origin") is not None:
+        return [float(v) for v in attrs["origin"]]
+    header = meta.get("header") or attrs.get("mrc_header")
+    return mrc_origin(header, meta.get("voxel_size") or 1.0) if header else None
+
+
+def _codec(source, compression, ngff, dst, overwrite):
+    """``False`` (raw chunks) or ``None`` (the default codec); decided once, kept on resume."""
+    if compression is False:
+        return False
+    resumed = Path(dst).exists() and not overwrite  # a resumed store keeps its codec
+    if compression == "auto" and ngff == "0.4" and not (resumed or _compressible(source)):
+        return False
+    return None
+
+
 def convert(src, dst, *, chunks=None, levels=3, overwrite=False, dataset=None, ngff="0.4",
             compression="auto", threads=None, progress=False, force=False):
     """Convert a tomogram or movie to an OME-Zarr multiscale store, streaming block by block.
@@ -59,7 +109,11 @@ def convert(src, dst, *, chunks=None, levels=3, overwrite=False, dataset=None, n
     levels : int
         Multiscale levels: 1×, 2×, 4×, ... (movies are not downsampled in time).
     overwrite : bool
-        Replace a complete existing store. An incomplete one is resumed either way.
+        Redo a complete store, or start afresh over an incomplete one written from another
+        source or with other parameters. Without it, an interrupted conversion of the same
+        source (same path, size, mtime and sampled checksum) and parameters is resumed, a
+        complete one is returned as it is, and any other existing store is refused.
+        An output that is, holds or lies inside the input is always refused.
     ngff : {"0.4", "0.5"}
         NGFF 0.4 on Zarr 2 (default) or 0.5 on Zarr 3.
     compression : {"auto", True, False}
@@ -78,13 +132,20 @@ def convert(src, dst, *, chunks=None, levels=3, overwrite=False, dataset=None, n
     Returns
     -------
     dict
-        Level-0 statistics: mean, std, min, max and the count of non-finite voxels.
+        Level-0 statistics: mean, std, min, max and the count of non-finite voxels
+        (those recorded in the store, when it was already complete).
 
     Examples
     --------
     >>> convert("tomo.mrc", "tomo.zarr")  # doctest: +SKIP
     {'mean': 0.01, 'std': 1.0, 'min': -4.9, 'max': 5.1, 'nonfinite': 0}
     """
+    ngff = str(ngff)
+    if ngff not in VERSIONS:
+        raise ValueProblem(f"ngff must be one of {VERSIONS}, got {ngff!r}")
+    if compression not in ("auto", True, False):
+        raise ValueProblem(f"compression must be 'auto', True or False, got {compression!r}")
+    check_alias(dst, [src])  # before anything is opened, let alone deleted
     source, meta = open_source(src, dataset=dataset)
     check_tomogram(meta, src, force)
     attrs = {"source": str(src)}
@@ -94,14 +155,18 @@ def convert(src, dst, *, chunks=None, levels=3, overwrite=False, dataset=None, n
         if k in meta:
             attrs[k] = meta[k]
     attrs.update({k: v for k, v in meta.get("attrs", {}).items() if k in ("mrc_header", "source")})
-    if compression not in ("auto", True, False):
-        raise ValueProblem(f"compression must be 'auto', True or False, got {compression!r}")
-    compressor = None
-    if compression is False or (compression == "auto" and ngff == "0.4" and not _compressible(source)):
-        compressor = False
+    origin = _origin(meta)
+    identity = source_identity(src)
+    params = {"ngff": ngff, "compression": compression, "dataset": dataset, "voxel_size": meta["voxel_size"],
+              "origin": origin}
     writer = PyramidWriter(dst, source.shape, source.dtype, dims=meta["dims"], voxel_size=meta["voxel_size"],
                            levels=levels, chunks=chunks, overwrite=overwrite, ngff=ngff, threads=threads,
-                           label=False, attrs=attrs, name=Path(dst).stem, compressor=compressor)
+                           label=False, attrs=attrs, name=tomo_name(dst), source=identity,
+                           compressor=_codec(source, compression, ngff, dst, overwrite), params=params,
+                           inputs=[src], origin=origin)
+    if writer.complete:
+        log.info("%s is complete and was converted from this source: nothing to do", dst)
+        return writer.write(None)
     if type(source).__module__.startswith("dask"):  # a Zarr input: dask-backed
         def reader(region):
             return np.asarray(source[region].compute(scheduler="synchronous"))
@@ -109,8 +174,6 @@ def convert(src, dst, *, chunks=None, levels=3, overwrite=False, dataset=None, n
         reader = source.__getitem__
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=writer.n_chunks0(), desc=Path(src).name, unit="chunk")
         writer.progress = bar.update
     try:

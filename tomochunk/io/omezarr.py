@@ -6,149 +6,101 @@ Layout of a store written here::
       0/ 1/ 2/            levels 1x, 2x, 4x (time and channel axes are not downsampled)
       labels/<name>/      NGFF label images (segmentation output), same multiscale layout
 
+There is one writer for images and labels: :func:`open_output` creates a group
+(or resumes it), :class:`PyramidWriter` streams a pyramid into it chunk by
+chunk, and :func:`store_regions` writes regions from Dask workers.
+
+One resume mechanism: each finished chunk (or region) leaves a marker file in
+``<group>/.tomochunk_progress/``, written after its data and renamed into place,
+so a chunk is either recorded and whole, or rewritten. A resume is allowed
+only when the group's record of its source identity (path, size, mtime and a
+sampled checksum) and writer parameters matches the new run.
+
 A store is complete only when ``attrs["tomochunk"]["complete"]`` is true; that
-attribute is written last. Interrupted writes are resumed from the record of
-finished chunks in ``.tomochunk_progress`` (one line per chunk, appended after
-the chunk is written), so a chunk is either listed and whole, or rewritten.
+attribute is written last, together with the number of chunk files written per
+array. Readers refuse incomplete stores, stores whose chunk files went missing
+(a missing chunk would read as zeros), and name the store and chunk when a
+chunk cannot be decoded.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from itertools import product
 from pathlib import Path
 
+import dask.array as da
 import numpy as np
+import zarr
+from dask.base import tokenize
 
 from .._log import get_logger
-from ._source import ALIGN, aligned_empty
-from ..errors import ExistsError, FormatError, IncompleteError, MissingError
+from ..errors import ExistsError, FormatError, MissingError, ShapeError
+from ._identity import check_alias, graph_paths, source_identity
+from ._ngff_meta import (TYPES, VERSIONS, default_chunks, default_compressor, factors_for, group_attrs, jsonable,
+                         labels_attrs, level_shapes, level_transform, multiscales_metadata)
+from ._pyramid import _downsample, _write_direct, block_stats, stats_and_downsample
+from ._source import aligned_empty
+from ._store import (_EMPTY_TOO, PROGRESS_FILE, Progress, _chunk_key, _cleanup_tmp, _open, _record, _zarr_meta,
+                     check_chunks, check_complete, is_complete, mark_complete, ome_attrs, store_version)
 
 log = get_logger(__name__)
 
-PROGRESS_FILE = ".tomochunk_progress"
-_UNITS = {"z": "angstrom", "y": "angstrom", "x": "angstrom"}
-_TYPES = {"t": "time", "c": "channel", "z": "space", "y": "space", "x": "space"}
-
-
-# --- metadata ------------------------------------------------------------------
-
-def default_chunks(shape, dims) -> tuple[int, ...]:
-    """Storage chunks: 256 per spatial axis, 64 frames by 512x512 for movies, one channel per chunk."""
-    want = {"z": 256, "y": 256, "x": 256, "c": 1, "t": 64}
-    if "t" in dims:
-        want.update(y=512, x=512)
-    return tuple(min(want[d], s) for d, s in zip(dims, shape))
-
-
-def factors_for(dims) -> tuple[int, ...]:
-    """Downsampling factor per axis: 2 in space, 1 in time and channel."""
-    return tuple(2 if _TYPES[d] == "space" else 1 for d in dims)
-
-
-def level_shapes(shape, dims, levels):
-    f = factors_for(dims)
-    shapes = [tuple(shape)]
-    for _ in range(levels - 1):
-        shapes.append(tuple(math.ceil(s / k) for s, k in zip(shapes[-1], f)))
-    return shapes
-
-
-def default_compressor(dtype, zarr_format=2):
-    """Blosc with byte shuffle: lz4 for floats, zstd + bit shuffle for integers and labels.
-
-    Noisy float tomograms compress only ~1.07x with any codec, so speed wins there (lz4:
-    0.8 GB/s per thread against 0.4 for zstd at the same ratio); integer label maps compress
-    10-100x, where zstd + bit shuffle is worth it.
-    """
-    from numcodecs import Blosc
-
-    if np.dtype(dtype).kind == "f":
-        cname, clevel, shuffle = "lz4", 5, Blosc.SHUFFLE
-    else:
-        cname, clevel, shuffle = "zstd", 3, Blosc.BITSHUFFLE
-    if zarr_format == 2:
-        return Blosc(cname=cname, clevel=clevel, shuffle=shuffle)
-    from zarr.codecs import BloscCodec
-
-    return BloscCodec(cname=cname, clevel=clevel, shuffle="bitshuffle" if shuffle == Blosc.BITSHUFFLE else "shuffle",
-                      typesize=np.dtype(dtype).itemsize)
-
-
-def multiscales_metadata(dims, voxel_size, levels, name="", label=False) -> dict:
-    f = factors_for(dims)
-    axes = []
-    for d in dims:
-        ax = {"name": d, "type": _TYPES[d]}
-        if d in _UNITS:
-            ax["unit"] = _UNITS[d]
-        axes.append(ax)
-    datasets = []
-    for k in range(levels):
-        scale = [float(voxel_size) * fk ** k if _TYPES[d] == "space" else 1.0 for d, fk in zip(dims, f)]
-        datasets.append({"path": str(k), "coordinateTransformations": [{"type": "scale", "scale": scale}]})
-    return {"axes": axes, "datasets": datasets, "name": name,
-            "type": "mode" if label else "mean", "metadata": {"method": "stride" if label else "mean"}}
-
-
-def _open_group(path, mode="r"):
-    import zarr
-
-    try:
-        return zarr.open_group(str(path), mode=mode)
-    except Exception as exc:
-        raise FormatError(f"not a readable Zarr group ({exc})", path) from None
-
-
-def ome_attrs(group) -> tuple[dict, str]:
-    """(multiscales-holding attribute dict, NGFF version) for 0.4 and 0.5 groups."""
-    attrs = group.attrs.asdict()
-    if "ome" in attrs:
-        return attrs["ome"], attrs["ome"].get("version", "0.5")
-    ms = attrs.get("multiscales") or [{}]
-    return attrs, ms[0].get("version", "0.4")
-
-
-def is_complete(path) -> bool:
-    """False only for stores that tomochunk started and never finished; foreign stores count as complete."""
-    import zarr
-
-    try:
-        node = zarr.open(str(path), mode="r")
-    except Exception:
-        return False
-    rec = node.attrs.asdict().get("tomochunk")
-    return rec is None or bool(rec.get("complete"))
-
-
-def check_complete(path) -> None:
-    if not is_complete(path):
-        raise IncompleteError("incomplete store (no completion marker); rerun the command that wrote it "
-                              "to resume it", path)
-
-
-def mark_complete(path, **extra) -> None:
-    """Write the completion marker last; remove the progress record."""
-    g = _open_group(path, mode="r+")
-    rec = dict(g.attrs.asdict().get("tomochunk", {}))
-    rec.update(extra, complete=True)
-    g.attrs["tomochunk"] = rec
-    prog = Path(path) / PROGRESS_FILE
-    if prog.exists():
-        prog.unlink()
-
+__all__ = ["PyramidWriter", "open_output", "store_regions", "read_multiscale", "is_complete", "check_complete",
+           "mark_complete", "store_version", "default_chunks", "default_compressor", "factors_for",
+           "level_shapes", "multiscales_metadata", "group_attrs", "labels_attrs", "jsonable", "Progress",
+           "source_identity", "graph_paths", "check_alias", "check_chunks", "VERSIONS", "PROGRESS_FILE"]
 
 # --- reading -------------------------------------------------------------------
+
+class _Checked:
+    """A Zarr array whose read errors name the store and the chunk (a dask ``from_array`` source)."""
+
+    def __init__(self, arr, store):
+        self.arr, self.store = arr, str(store)
+        self.shape, self.dtype, self.ndim, self.chunks = arr.shape, arr.dtype, arr.ndim, arr.chunks
+
+    def __getitem__(self, key):
+        try:
+            return self.arr[key]
+        except Exception as exc:  # noqa: BLE001 - codecs raise RuntimeError, ValueError, ...
+            raise FormatError(f"corrupted chunk {self._which(key)} ({type(exc).__name__}: {exc})",
+                              self.store) from None
+
+    def _which(self, key):
+        key = key if isinstance(key, tuple) else (key,)
+        ranges = []
+        for k, n, c in zip(key + (slice(None),) * (self.ndim - len(key)), self.shape, self.chunks):
+            lo, hi, _ = k.indices(n) if isinstance(k, slice) else (int(k), int(k) + 1, 1)
+            ranges.append(range(lo // c, max(lo // c + 1, math.ceil(hi / c))))
+        for idx in product(*ranges):
+            try:
+                self.arr[tuple(slice(i * c, (i + 1) * c) for i, c in zip(idx, self.chunks))]
+            except Exception:  # noqa: BLE001
+                return f"{self.arr.path}/{_chunk_key(self.arr, idx)}"
+        return f"in {self.arr.path}"
+
+
+def _dask(arr, store):
+    """Lazy dask view of a Zarr array, named from the store path and its metadata's mtime (a fresh
+    name for every rewrite of the store)."""
+    meta = _zarr_meta(Path(store) / arr.path) if arr.path else _zarr_meta(Path(store))
+    stamp = meta.stat().st_mtime_ns if meta is not None else 0
+    name = "from-zarr-" + tokenize(str(Path(store).resolve()), arr.path, stamp, arr.shape, str(arr.dtype),
+                                   arr.chunks)
+    return da.from_array(_Checked(arr, store), chunks=arr.chunks, name=name, asarray=False, lock=False,
+                         meta=np.empty((0,) * arr.ndim, arr.dtype))
+
 
 def read_multiscale(path, level=0, *, check=True):
     """Open one level of an OME-Zarr multiscale group, or a plain Zarr array.
 
-    Axis names are matched to ``t, c, z, y, x`` whatever their case and order
+    Axis names are matched to ``c, t, z, y, x`` whatever their case and order
     (``X``, ``x, y, z``, ``tczyx``), and the array is transposed lazily to that
     order, so ``dims`` is always ``(z, y, x)``, ``(t, y, x)``, ``(c, z, y, x)`` or
     similar; time and channel axes of length 1 are dropped. Unknown axis names
@@ -158,8 +110,10 @@ def read_multiscale(path, level=0, *, check=True):
     -------
     array : dask.array.Array
     meta : dict
-        ``dims``, ``voxel_size`` (Å, of that level), ``origin`` (the level's translation
-        of the spatial axes, ``z, y, x`` Å, where the store has one), ``attrs`` (group attributes).
+        ``dims``, ``voxel_size`` (Å, of that level), ``scale`` and ``translation`` (per axis,
+        aligned with ``dims``, in Å for space), ``origin`` (the level's spatial translation,
+        ``z, y, x`` Å, where the store has one; also in ``attrs["origin"]``), ``attrs`` (group
+        attributes).
 
     Examples
     --------
@@ -170,24 +124,18 @@ def read_multiscale(path, level=0, *, check=True):
     >>> arr.shape, meta["dims"]
     ((2, 3, 4), ('z', 'y', 'x'))
     """
-    import dask.array as da
-    import zarr
-
     path = Path(path)
     if not path.exists():
         raise MissingError("no such Zarr store", path)
+    node = _open(path)
     if check:
         check_complete(path)
-    try:
-        node = zarr.open(str(path), mode="r")
-    except Exception as exc:
-        raise FormatError(f"not a readable Zarr store ({exc})", path) from None
     if isinstance(node, zarr.Array):
         dims = node.metadata.dimension_names if getattr(node.metadata, "dimension_names", None) else None
         attrs = node.attrs.asdict()
         dims = tuple(dims or attrs.get("_ARRAY_DIMENSIONS") or _dims_for(node.ndim, path))
         vs = float(attrs.get("voxel_size", 1.0))
-        arr, dims, _ = _canonical_axes(da.from_zarr(node), dims, path)
+        arr, dims, _ = _canonical_axes(_dask(node, path), dims, path)
         return arr, {"dims": dims, "voxel_size": vs, "attrs": attrs}
     ome, version = ome_attrs(node)
     ms = ome.get("multiscales")
@@ -207,15 +155,8 @@ def read_multiscale(path, level=0, *, check=True):
     if len(dims) != arr.ndim:
         raise FormatError(f"multiscales axes {list(dims)} do not match the {arr.ndim}D array "
                           f"{ds['path']!r}", path)
-    # NGFF: the dataset's transforms apply first, then the multiscale's; a scale scales what came before
-    transforms = list(ds.get("coordinateTransformations", [])) + list(ms.get("coordinateTransformations", []))
-    scale, translation = np.ones(arr.ndim), np.zeros(arr.ndim)
-    for t in transforms:
-        if t.get("type") == "scale" and "scale" in t:
-            scale, translation = scale * np.asarray(t["scale"], float), translation * np.asarray(t["scale"], float)
-        elif t.get("type") == "translation" and "translation" in t:
-            translation = translation + np.asarray(t["translation"], float)
-    data, dims_out, perm = _canonical_axes(da.from_zarr(arr), dims, path)
+    scale, translation = (np.asarray(v, float) for v in level_transform(ms, level, arr.ndim))
+    data, dims_out, perm = _canonical_axes(_dask(arr, path), dims, path)
     names = [str(dims[p]).lower() for p in perm]
     scale, translation = scale[list(perm)], translation[list(perm)]
     unit = {str(a.get("name", "")).lower(): a.get("unit") for a in ms.get("axes", []) if isinstance(a, dict)}
@@ -243,19 +184,21 @@ def read_multiscale(path, level=0, *, check=True):
 #: NGFF spatial units -> Å (voxel sizes and translations are kept in Å)
 _ANGSTROM_PER = {"angstrom": 1.0, "nanometer": 10.0, "micrometer": 1e4, "millimeter": 1e7, "meter": 1e10,
                  "picometer": 0.01}
-_AXIS_ORDER = "tczyx"
+#: tomochunk's axis order: the class/channel axis leads (score maps are ``c, z, y, x`` or
+#: ``c, t, y, x``), then time, then space
+AXIS_ORDER = "ctzyx"
 
 
 def _canonical_axes(arr, dims, path):
-    """``(array, dims, perm)`` with the axes renamed to lower case, put in ``t, c, z, y, x`` order
+    """``(array, dims, perm)`` with the axes renamed to lower case, put in ``c, t, z, y, x`` order
     (lazily) and length-1 ``t``/``c`` axes dropped; ``perm`` lists the kept source axes."""
     names = [str(d).lower() for d in dims]
     if len(names) != arr.ndim:
         raise FormatError(f"axes {list(dims)} do not match the {arr.ndim}D array", path)
-    unknown = [d for d in names if d not in _AXIS_ORDER]
+    unknown = [d for d in names if d not in AXIS_ORDER]
     if unknown or len(set(names)) != len(names):
         raise FormatError(f"axes {list(dims)} are not distinct names among t, c, z, y, x", path)
-    perm = sorted(range(len(names)), key=lambda i: _AXIS_ORDER.index(names[i]))
+    perm = sorted(range(len(names)), key=lambda i: AXIS_ORDER.index(names[i]))
     if perm != list(range(len(names))):
         log.info("%s: axes %s read as %s", path, list(dims), [names[i] for i in perm])
         arr = arr.transpose(perm)
@@ -271,77 +214,164 @@ def _dims_for(ndim, path):
         return ("z", "y", "x")
     if ndim == 4:
         return ("c", "z", "y", "x")
-    from ..errors import ShapeError
-
     raise ShapeError(f"expected a 3D volume or a 4D [c,z,y,x] map, got {ndim}D", path)
 
 
-# --- writing -------------------------------------------------------------------
+# --- creating or resuming a group ------------------------------------------------
 
-def _downsample(block, factors, label):
-    """Mean over ``factors`` blocks (edge-padded), or striding for labels."""
-    if all(f == 1 for f in factors):
-        return block
-    if label:
-        return block[tuple(slice(None, None, f) for f in factors)]
-    pad = [(0, (-n) % f) for n, f in zip(block.shape, factors)]
-    if any(p[1] for p in pad):
-        block = np.pad(block, pad, mode="edge")
-    acc = block.astype(np.float32 if block.dtype.itemsize <= 4 else np.float64, copy=False)
-    n = 1
-    for axis, f in enumerate(factors):
-        if f == 1:
+@dataclass
+class Output:
+    """An output group opened by :func:`open_output`."""
+
+    path: Path
+    group: object
+    arrays: list
+    progress: Progress
+    complete: bool = False
+    record: dict = field(default_factory=dict)
+    done: dict = field(default_factory=dict)
+
+
+def _remove(path: Path) -> None:
+    shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def _source_paths(obj):
+    if isinstance(obj, dict):
+        if isinstance(obj.get("path"), str):
+            yield obj["path"]
+        for v in obj.values():
+            if isinstance(v, (dict, list)):
+                yield from _source_paths(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _source_paths(v)
+
+
+def _differences(old, new) -> str:
+    """How an existing record differs from the new one, in words."""
+    what = [k for k in ("layout", "source", "params") if old.get(k) != new.get(k)]
+    if "source" in what:
+        olds, news = list(_source_paths(old.get("source"))), list(_source_paths(new.get("source")))
+        if olds:
+            changed = " as they were then (changed since: size, mtime or content)" if olds == news else ""
+            return f"from {', '.join(olds)}{changed}"
+    return "with other " + " and ".join("writer parameters" if w == "params" else w for w in what)
+
+
+def open_output(path, arrays, *, attrs, layout, source=None, params=None, overwrite=False, ngff="0.4",
+                compressor=None, inputs=(), note=None) -> Output:
+    """Create the group ``path`` with ``arrays``, or reopen it to resume or reuse it.
+
+    Parameters
+    ----------
+    arrays : list of (name, shape, chunks, dtype, dims)
+    attrs : dict
+        Group attributes (NGFF metadata and user attributes); the ``tomochunk`` record is added.
+    layout, source, params : dict
+        What the group must match to be resumed: its array layout, the identity of its source
+        (:func:`tomochunk.io._identity.source_identity`) and the writer's parameters.
+    overwrite : bool
+        Remove an existing group first (never an input: see ``inputs``).
+    inputs : sequence of paths or dask collections
+        What the output is computed from: an output that is, holds or lies inside one of them is
+        refused before anything is deleted.
+    compressor : numcodecs codec, False or None
+        ``False`` stores raw chunks; ``None`` the default codec for the dtype.
+    note : dict, optional
+        More entries for the ``tomochunk`` record that do not key the resume (e.g. the voxel size).
+
+    Returns
+    -------
+    Output
+        ``complete`` is True when an identical, complete group exists (nothing to write).
+    """
+    path = Path(path)
+    check_alias(path, inputs)
+    new = jsonable({"layout": layout, "source": source, "params": params})
+    if path.exists() and not overwrite:
+        if path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+        else:
+            rec = _record(path)
+            if rec is None:
+                raise ExistsError("output exists (a store not written by tomochunk); pass overwrite=True "
+                                  "(--overwrite) to replace it", path)
+            same = all(rec.get(k) == v for k, v in new.items())
+            if rec.get("complete"):
+                if same and source is not None:
+                    return Output(path, None, [], Progress(path), complete=True, record=rec)
+                why = "" if same else f" (written {_differences(rec, new)})"
+                raise ExistsError(f"output exists{why}; pass overwrite=True (--overwrite) to replace it", path)
+            if not same:
+                raise ExistsError(f"an incomplete store written {_differences(rec, new)} exists; pass "
+                                  "overwrite=True (--overwrite) to start afresh", path)
+    elif path.exists():
+        if path.is_file() or (any(path.iterdir()) and _zarr_meta(path) is None):
+            raise ExistsError("output exists and is not a Zarr store; remove it or choose another output", path)
+        _remove(path)
+    resume = path.exists()
+    zarr_format = 3 if str(ngff) == "0.5" else 2
+    if resume and store_version(path) != str(ngff):
+        raise ExistsError(f"an incomplete NGFF {store_version(path)} store exists, NGFF {ngff} was asked; "
+                          "pass overwrite=True (--overwrite) to start afresh", path)
+    g = zarr.open_group(str(path), mode="r+" if resume else "w", zarr_format=zarr_format)
+    out = []
+    for name, shape, chunks, dtype, dims in arrays:
+        if resume and name in g:
+            out.append(zarr.open_array(str(path / name), mode="r+", config=_EMPTY_TOO))
             continue
-        idx = [slice(None)] * acc.ndim
-        parts = []
-        for k in range(f):
-            idx[axis] = slice(k, None, f)
-            parts.append(acc[tuple(idx)])
-        acc = sum(parts[1:], parts[0].copy()) if f > 2 else parts[0] + parts[1]
-        n *= f
-    acc *= 1.0 / n
-    return acc.astype(block.dtype, copy=False) if block.dtype.kind == "f" else np.rint(acc).astype(block.dtype)
+        comp = None if compressor is False else (compressor or default_compressor(dtype, zarr_format))
+        kw = dict(shape=tuple(shape), chunks=tuple(chunks), dtype=np.dtype(dtype), fill_value=0, overwrite=True,
+                  compressors=comp, config=_EMPTY_TOO)
+        if zarr_format == 2:
+            kw["chunk_key_encoding"] = {"name": "v2", "separator": "/"}
+        else:
+            kw["dimension_names"] = tuple(dims)
+        out.append(g.create_array(name, **kw))
+    rec = {"complete": False, **new, **(note or {})}
+    g.attrs.update(jsonable({**attrs, "tomochunk": rec}))
+    progress = Progress(path)
+    done = progress.done() if resume else {}
+    if resume:
+        _cleanup_tmp(path)
+        log.info("resuming %s: %d chunks already written", path, len(done))
+    return Output(path, g, out, progress, record=rec, done=done)
 
 
-_DIRECT = getattr(os, "O_DIRECT", 0)  # Linux
+def store_regions(root, writes, key) -> None:
+    """Write ``(array path, region, data)`` items under the group ``root``, then record ``key``
+    in its progress (for writers running on Dask workers: each owns whole storage chunks)."""
+    root = Path(root)
+    for name, region, data in writes:
+        zarr.open_array(str(root / name), mode="r+", config=_EMPTY_TOO)[tuple(region)] = data
+    Progress(root).record(key)
 
 
-def _write_direct(path, data) -> bool:
-    """Write a raw chunk with ``O_DIRECT`` (False where that cannot be done: unaligned data, a
-    file system without it). The page cache is bypassed: no kernel copy of the chunk (about
-    a third of a raw conversion's CPU time) and no dirty pages left to write back later."""
-    if not _DIRECT or data.nbytes % ALIGN or data.ctypes.data % ALIGN:
-        return False
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _DIRECT, 0o644)
-    except OSError:  # e.g. EINVAL on tmpfs
-        return False
-    view, done = memoryview(data.reshape(-1).view(np.uint8)), 0
-    try:
-        while done < len(view):
-            done += os.write(fd, view[done:])
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-    if done < len(view):
-        os.unlink(path)
-        return False
-    return True
-
+# --- streaming a pyramid ---------------------------------------------------------
 
 class PyramidWriter:
     """Stream an array into an OME-Zarr multiscale store, chunk by chunk.
 
     Level ``k`` chunks are built from the downsampled level ``k-1`` chunks they
     cover, depth first, so memory holds about one chunk per level plus the
-    chunks in flight; every writer owns whole storage chunks.
+    chunks in flight; every writer owns whole storage chunks. ``source`` and
+    ``params`` key the resume (see :func:`open_output`); when an identical
+    complete store exists, ``complete`` is True and :meth:`write` returns its
+    recorded statistics without writing.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> w = PyramidWriter(Path(tempfile.mkdtemp()) / "t.zarr", (4, 4, 4), "uint8", dims="zyx", levels=2)
+    >>> w.write(lambda region: np.ones([s.stop - s.start for s in region], np.uint8))["mean"]
+    1.0
+    >>> w.finish()
     """
 
     def __init__(self, path, shape, dtype, *, dims, voxel_size=1.0, levels=3, chunks=None, label=False,
-                 attrs=None, ngff="0.4", compressor=None, threads=None, overwrite=False, name=""):
-        import zarr
-
+                 attrs=None, ngff="0.4", compressor=None, threads=None, overwrite=False, name="", source=None,
+                 params=None, inputs=(), origin=None, classes=None):
         self.path = Path(path)
         self.dims, self.shape, self.dtype = tuple(dims), tuple(int(s) for s in shape), np.dtype(dtype)
         self.levels = max(1, int(levels))
@@ -354,85 +384,39 @@ class PyramidWriter:
                             for c, f, s in zip(chunks, self.factors, self.shape))
         self.label = label
         self.shapes = level_shapes(self.shape, self.dims, self.levels)
-        self.zarr_format = 3 if str(ngff) == "0.5" else 2
+        ngff = str(ngff)
         self.threads = threads or (os.cpu_count() or 1) + 2  # two more: raw chunks block in O_DIRECT writes
         self.stats = {"n": 0, "sum": 0.0, "sumsq": 0.0, "min": math.inf, "max": -math.inf, "nonfinite": 0}
         self._lock = threading.Lock()
 
         layout = {"shape": list(self.shape), "dtype": self.dtype.str, "chunks": list(self.chunks),
                   "levels": self.levels, "dims": list(self.dims)}
-        done = set()
-        if self.path.exists():
-            if overwrite:
-                shutil.rmtree(self.path) if self.path.is_dir() else self.path.unlink()
-            elif is_complete(self.path):
-                raise ExistsError("output exists; pass overwrite=True (--overwrite) to replace it", self.path)
-            else:
-                old = zarr.open_group(str(self.path), mode="r").attrs.asdict().get("tomochunk", {})
-                if old.get("layout") != layout:
-                    raise ExistsError("an incomplete store with another layout exists; pass overwrite=True",
-                                      self.path)
-                done = self._read_progress()
-                log.info("resuming %s: %d chunks already written", self.path, len(done))
-        self.done = done
-        mode = "r+" if self.path.exists() else "w"  # after the checks above, existing means resumable
-        g = zarr.open_group(str(self.path), mode=mode, zarr_format=self.zarr_format)
-        if mode == "r+" and self.zarr_format == 2 and "0" in g:
-            compressor = g["0"].metadata.compressor or False  # a resumed store keeps its codec
-        # compressor=False stores raw chunks (see convert's ``compression="auto"``)
-        comp = None if compressor is False else (compressor or default_compressor(self.dtype, self.zarr_format))
+        ms = multiscales_metadata(self.dims, voxel_size, self.levels, name=name, label=label, origin=origin,
+                                  version=ngff)
+        meta = group_attrs(ms, ngff, label=label, classes=classes, extra=dict(attrs or {}))
+        specs = [(str(k), shp, self.chunks, self.dtype, self.dims) for k, shp in enumerate(self.shapes)]
+        out = open_output(self.path, specs, attrs=meta, layout=layout, source=source, params=params,
+                          overwrite=overwrite, ngff=ngff, compressor=compressor, inputs=inputs,
+                          note={"voxel_size": float(voxel_size)})
+        self.out, self.complete, self.record = out, out.complete, out.record
+        self.arrays, self.group = out.arrays, out.group
+        self.done = set()
+        for key, payload in out.done.items():
+            try:
+                k = tuple(int(v) for v in key.split("."))
+                if k[0] == 0 and payload.split():
+                    self._add_stats(*[float(v) for v in payload.split()])
+            except ValueError:
+                continue  # not one of ours: that chunk is rewritten
+            self.done.add(k)
         self._encode = None
-        if self.zarr_format == 2 and (comp is None or hasattr(comp, "encode")):
-            self._encode = comp.encode if comp is not None else memoryview
-        self.arrays = []
-        for k, shp in enumerate(self.shapes):
-            if str(k) in g and mode == "r+":
-                self.arrays.append(g[str(k)])
-                continue
-            kw = dict(shape=shp, chunks=self.chunks, dtype=self.dtype, fill_value=0, overwrite=True)
-            if self.zarr_format == 2:
-                kw.update(compressors=comp, chunk_key_encoding={"name": "v2", "separator": "/"})
-            else:
-                kw.update(compressors=comp, dimension_names=self.dims)
-            self.arrays.append(g.create_array(str(k), **kw))
-        ms = multiscales_metadata(self.dims, voxel_size, self.levels, name=name, label=label)
-        rec = {"complete": False, "layout": layout, "voxel_size": float(voxel_size)}
-        user = dict(attrs or {})
-        if self.zarr_format == 2:
-            ms["version"] = "0.4"
-            meta = {"multiscales": [ms], "tomochunk": rec, **user}
-            if label:
-                meta["image-label"] = {"version": "0.4", "source": {"image": "../../"}}
-        else:
-            ome = {"version": "0.5", "multiscales": [ms]}
-            if label:
-                ome["image-label"] = {"source": {"image": "../../"}}
-            meta = {"ome": ome, "tomochunk": rec, **user}
-        g.attrs.update(jsonable(meta))
-        self.group = g
-
-    # progress record: "level i j k [n sum sumsq min max nonfinite]"
-    def _read_progress(self):
-        done = set()
-        p = self.path / PROGRESS_FILE
-        if p.exists():
-            for line in p.read_text().splitlines():
-                parts = line.split()
-                if not parts:
-                    continue
-                try:
-                    key = tuple(int(v) for v in parts[:1 + len(self.shapes[0])])
-                    if key[0] == 0 and len(parts) > len(key):
-                        self._add_stats(*[float(v) for v in parts[len(key):]])
-                    done.add(key)
-                except (ValueError, IndexError):
-                    continue  # a torn last line: that chunk is simply rewritten
-        return done
+        if self.arrays and self.arrays[0].metadata.zarr_format == 2:
+            comp = self.arrays[0].metadata.compressor  # a resumed store keeps its codec
+            if comp is None or hasattr(comp, "encode"):
+                self._encode = comp.encode if comp is not None else memoryview
 
     def _record(self, key, stats=()):
-        line = " ".join(str(v) for v in key + tuple(stats)) + "\n"
-        with self._lock, open(self.path / PROGRESS_FILE, "a") as fh:
-            fh.write(line)
+        self.out.progress.record(".".join(str(v) for v in key), " ".join(repr(float(v)) for v in stats))
 
     def _add_stats(self, n, s, ss, mn, mx, nf):
         st = self.stats
@@ -472,51 +456,9 @@ class PyramidWriter:
         return out
 
     def _stats_and_downsample(self, block, down, slab_bytes=4 << 20):
-        """Block statistics and (optionally) its downsample, one cache-sized slab at a time:
-        the block crosses main memory once instead of once per reduction (~30% faster)."""
-        f0 = self.factors[0]
-        plane = max(1, block[:1].nbytes)
-        step = max(f0, slab_bytes // plane // f0 * f0)
-        if block.ndim == 0 or block.shape[0] <= step:
-            return self._block_stats(block), (_downsample(block, self.factors, self.label) if down else None)
-        n, s, ss, mn, mx, nf = 0, 0.0, 0.0, math.inf, -math.inf, 0
-        pieces = []
-        for z in range(0, block.shape[0], step):
-            sl = block[z:z + step]
-            bn, bs, bss, bmn, bmx, bnf = self._block_stats(sl)
-            n, s, ss, mn, mx, nf = n + bn, s + bs, ss + bss, min(mn, bmn), max(mx, bmx), nf + bnf
-            if down:
-                pieces.append(_downsample(sl, self.factors, self.label))
-        return (n, s, ss, mn, mx, nf), (np.concatenate(pieces) if down else None)
+        return stats_and_downsample(block, down, self.factors, self.label, slab_bytes)
 
-    def _block_stats(self, block):
-        """(n, sum, sum of squares, min, max, non-finite count) of a block.
-
-        Sums run along rows in the block's own precision (numpy sums pairwise
-        there, so float32 stays accurate) and only the row sums are
-        added in float64: no float64 copy of the block, half the time of a
-        float64 reduction.
-        """
-        if not block.ndim:
-            rows = block.reshape(1, 1)
-        elif block.flags.c_contiguous and block.size % 8192 == 0:
-            rows = block.reshape(-1, 8192)  # long rows: numpy's reductions run ~2x faster than on short x rows
-        else:
-            rows = block.reshape(-1, block.shape[-1])
-        nf, total = 0, None
-        if block.dtype.kind == "f":
-            total = float(rows.sum(axis=1).sum(dtype=np.float64))
-            if not math.isfinite(total):
-                finite = np.isfinite(block)
-                nf = int(block.size - np.count_nonzero(finite))
-                rows, total = block[finite].reshape(1, -1), None
-        if not rows.size:
-            return (0, 0.0, 0.0, math.inf, -math.inf, nf)
-        f = rows.astype(np.float32, copy=False) if rows.dtype.itemsize <= 4 else rows.astype(np.float64)
-        if total is None:
-            total = float(f.sum(axis=1).sum(dtype=np.float64))
-        sumsq = float(np.einsum("ij,ij->i", f, f).sum(dtype=np.float64))
-        return (rows.size, total, sumsq, float(rows.min()), float(rows.max()), nf)
+    _block_stats = staticmethod(block_stats)
 
     def _store(self, k, region, data):
         """Write whole chunks; Zarr 2 chunk files are encoded here and renamed into place, which
@@ -530,7 +472,7 @@ class PyramidWriter:
             full = aligned_empty(self.chunks, self.dtype, fill=0)
             full[tuple(slice(0, n) for n in data.shape)] = data
             data = full
-        path = self.path / str(k) / "/".join(str(i) for i in idx) if idx else self.path / str(k) / "0"
+        path = self.path / str(k) / _chunk_key(arr, idx)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{threading.get_ident()}.tmp")
         data = np.ascontiguousarray(data)
@@ -579,6 +521,8 @@ class PyramidWriter:
 
     def write(self, reader) -> dict:
         """Fill every level from ``reader(region) -> ndarray`` and return the level-0 statistics."""
+        if self.complete:
+            return dict(self.record.get("stats") or {})
         top = self.levels - 1
         grid = [range(math.ceil(s / c)) for s, c in zip(self.shapes[top], self.chunks)]
         self._pending = []
@@ -600,9 +544,5 @@ class PyramidWriter:
                 "nonfinite": int(st["nonfinite"])}
 
     def finish(self, **extra):
-        mark_complete(self.path, **jsonable(extra))
-
-
-def jsonable(obj):
-    """A JSON-safe copy of ``obj`` (arrays become lists, anything else unknown a string)."""
-    return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+        if not self.complete:
+            mark_complete(self.path, **extra)

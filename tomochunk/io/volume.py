@@ -10,12 +10,13 @@ import xarray as xr
 
 from .._blocks import block_slices
 from .._log import get_logger
+from .._names import tomo_name
 from ..errors import ExistsError, FormatError, MissingError, ShapeError, ValueProblem
 from ._source import check_chunks, check_voxel_size, warn
 from .em import EM_SUFFIXES, em_dtype, read_em, write_em
 from .h5 import H5_SUFFIXES, read_h5, write_h5
 from .mrc import MRC_SUFFIXES, read_mrc, write_mrc
-from .omezarr import PyramidWriter, read_multiscale
+from .omezarr import AXIS_ORDER, PyramidWriter, read_multiscale
 from .tiff import TIFF_SUFFIXES, read_tiff_folder, read_tiff_stack
 
 log = get_logger(__name__)
@@ -203,8 +204,10 @@ def open_volume(path, *, dataset=None, level=0, chunks=None, check_finite=False)
         raise ShapeError(f"array is {arr.ndim}D but its axes are {dims}", path)
     vs = float(meta.get("voxel_size") or 1.0)
     origin = dict(zip("zyx", meta["origin"])) if meta.get("origin") is not None else {}
-    coords = {d: np.arange(n) * vs + origin.get(d, 0.0) if d in "zyx" else np.arange(n)
-              for d, n in zip(dims, arr.shape)}
+    scale = meta.get("scale") or [vs] * len(dims)
+    trans = meta.get("translation") or [origin.get(d, 0.0) for d in dims]
+    coords = {d: trans[i] + np.arange(n) * scale[i] if d in "zyx" else np.arange(n)  # NGFF per-axis transforms
+              for i, (d, n) in enumerate(zip(dims, arr.shape))}
     attrs = {k: v for k, v in meta.get("attrs", {}).items()}
     attrs.update(voxel_size=vs, source=str(path), units="angstrom")
     if origin:
@@ -213,7 +216,7 @@ def open_volume(path, *, dataset=None, level=0, chunks=None, check_finite=False)
         attrs["mrc_nstart"] = tuple(int(v) for v in meta["nstart"])
     if "header" in meta:
         attrs["mrc_header"] = meta["header"]
-    out = xr.DataArray(arr, dims=dims, coords=coords, attrs=attrs, name=Path(path).stem)
+    out = xr.DataArray(arr, dims=dims, coords=coords, attrs=attrs, name=tomo_name(path))
     if check_finite and arr.dtype.kind == "f":
         n = int((~da.isfinite(arr)).sum().compute())
         if n:
@@ -221,16 +224,14 @@ def open_volume(path, *, dataset=None, level=0, chunks=None, check_finite=False)
     return out
 
 
-_AXIS_ORDER = "tczyx"
-
 
 def _as_dask(array):
     """(dask array, dims, voxel_size, attrs) from numpy, dask or xarray input."""
     if isinstance(array, xr.DataArray):
         names = [str(d).lower() for d in array.dims]
-        if len(set(names)) == len(names) and set(names) <= set(_AXIS_ORDER):
+        if len(set(names)) == len(names) and set(names) <= set(AXIS_ORDER):
             # files store z, y, x: a DataArray in another axis order is transposed, never written as is
-            order = sorted(range(len(names)), key=lambda i: _AXIS_ORDER.index(names[i]))
+            order = sorted(range(len(names)), key=lambda i: AXIS_ORDER.index(names[i]))
             array = array.transpose(*[array.dims[i] for i in order])
             array = array.rename({d: str(d).lower() for d in array.dims})
         dims, attrs = tuple(array.dims), dict(array.attrs)
@@ -302,7 +303,8 @@ def write_volume(array, path, *, voxel_size=None, levels=3, chunks=None, overwri
         label = data.dtype.kind in "iub" if label is None else label
         w = PyramidWriter(path, data.shape, data.dtype, dims=dims, voxel_size=voxel_size, levels=levels,
                           chunks=chunks, label=label, overwrite=overwrite, ngff=ngff,
-                          attrs={k: v for k, v in attrs.items() if k in ("mrc_header",)}, name=path.stem)
+                          attrs={k: v for k, v in attrs.items() if k in ("mrc_header",)}, name=path.stem,
+                          inputs=[data], origin=attrs.get("origin"))  # refused if data reads from path
         stats = w.write(lambda region: data[region].compute())
         w.finish(stats=stats)
         return path

@@ -2,9 +2,8 @@
 
 A task carries a :class:`ModelHandle` (a path or a token, a few bytes) and loads the network
 from the per-process cache (:mod:`tomochunk.nn._cache`). A Keras model object is serialised
-to its ``.keras`` bytes once; with a distributed client the bytes are scattered to the
-workers through the scheduler (one copy per worker, whatever the number of tasks), without
-one the graph holds them in one key. No temporary file is involved, so workers on other
+to its ``.keras`` bytes once, and one key of the graph holds them: the scheduler gets them
+once with the graph and each worker fetches one copy, whatever the number of tasks. No temporary file is involved, so workers on other
 machines get the model too.
 """
 
@@ -17,7 +16,6 @@ import dask
 import numpy as np
 
 from ..errors import MissingError, ShapeError, ValueProblem
-from ..parallel import current_client
 from . import _cache
 
 
@@ -58,8 +56,8 @@ def model_handle(model, client=None):
     """``(handle, keras_model)`` for a model path or a Keras model object.
 
     A path must exist; the model is loaded here (once per process) to read its shapes.
-    A Keras model is serialised once and, under a distributed client, scattered to every
-    worker (``broadcast``); tasks name it by the token of its bytes.
+    A Keras model is serialised once into one graph key; tasks name it by the token of its
+    config and weights. ``client`` is accepted for compatibility and not needed.
 
     Examples
     --------
@@ -81,11 +79,10 @@ def model_handle(model, client=None):
     # from the config and weights: a .keras file holds its save date, so its bytes differ per save
     token = "keras-" + dask.base.tokenize(model.to_json(), [np.asarray(w) for w in model.get_weights()])
     _cache.put_token(token, model)  # this process already has it
-    client = current_client(client)
-    if client is not None:
-        dep = dask.delayed(client.scatter(blob, broadcast=True, hash=False))
-    else:
-        dep = dask.delayed(blob, name="model-bytes-" + token)
+    # one key of the graph holds the bytes: the scheduler receives them once with the graph and
+    # workers fetch them from each other. Scattered data would tie the graph to one client, so a
+    # graph computed later (another client, or dask's local scheduler) would miss it.
+    dep = dask.delayed(blob, name="model-bytes-" + token, pure=True)
     return ModelHandle(None, token, dep), model
 
 

@@ -24,13 +24,18 @@ the bandwidth apart.
 from __future__ import annotations
 
 import itertools
+import os
 
+import dask
 import numpy as np
+import pandas as pd
 
+from .._blocks import chunk_bounds
 from .._log import get_logger
 from ..errors import ShapeError, ValueProblem
-from ._arrays import as_dask, object_frame
-from .label import _combine_stats, _plan, _relabel, _stats_frame, _stats_tasks, _structure
+from ..parallel import current_client, n_workers
+from . import _ccl
+from ._arrays import object_frame
 
 log = get_logger(__name__)
 
@@ -61,7 +66,7 @@ def _meanshift(coords, radius, max_iter: int = 300):
         idx = np.flatnonzero(active)
         if not idx.size:
             break
-        d2 = ((means[idx, None, :] - x[None]) ** 2).sum(-1) <= r2
+        d2 = _sq_dist(means[idx], x) <= r2
         n = d2.sum(1)
         empty = n == 0
         new = (d2 @ x) / np.maximum(n, 1)[:, None]
@@ -85,13 +90,29 @@ def _meanshift(coords, radius, max_iter: int = 300):
         out.append(cand[i])
         taken |= ((cand - cand[i]) ** 2).sum(1) <= r2
     centres = np.array(out)
-    labels = np.argmin(((x[:, None, :] - centres[None]) ** 2).sum(-1), axis=1)
+    labels = np.argmin(_sq_dist(x, centres), axis=1)
     return centres, labels
 
 
-def _extract(mask_block, lm_block, structure, table, wanted, origin):
-    """Coordinates and class values of the voxels of the ``wanted`` components in one block."""
-    lab = _relabel(mask_block, structure, table)
+def _sq_dist(a, b):
+    """``((a[:, None] - b[None]) ** 2).sum(-1)``, summed in the same order (so bit-identical), but
+    one axis at a time: ~3x faster, without the ``(n, m, 3)`` temporaries and the short-axis reduction."""
+    d = np.subtract.outer(a[:, 0], b[:, 0])
+    d *= d
+    for k in range(1, a.shape[1]):
+        t = np.subtract.outer(a[:, k], b[:, k])
+        t *= t
+        d += t
+    return d
+
+
+def _extract(mask_block, lm_block, structure, table, wanted, origin, lab=None):
+    """Coordinates and class values of the voxels of the ``wanted`` components in one block.
+
+    ``lab``: the block's global labels when they are at hand already (one-block map).
+    """
+    if lab is None:
+        lab = _ccl.relabel(mask_block, structure, table)
     sel = np.isin(lab, wanted)
     if not sel.any():
         return None
@@ -165,11 +186,8 @@ def cluster(labelmap, *, radius, classes=None, min_size: int = 1, method: str = 
     >>> cluster(lm, radius=3)[["class_label", "x", "y", "z", "size"]].values.tolist()
     [[2.0, 6.0, 6.0, 6.0, 27.0]]
     """
-    import dask
-    import pandas as pd
-
     source = (getattr(labelmap, "attrs", None) or {}).get("source")
-    lm, vs = as_dask(labelmap, "labelmap")
+    lm, vs = _ccl.as_input(labelmap, "labelmap")
     vs = voxel_size if voxel_size is not None else vs
     if not np.issubdtype(lm.dtype, np.integer) and lm.dtype != bool:
         # a float map here is almost always the tomogram itself: its store was never segmented
@@ -186,19 +204,21 @@ def cluster(labelmap, *, radius, classes=None, min_size: int = 1, method: str = 
     if method not in ("meanshift", "cc"):
         raise ValueProblem(f"method must be 'meanshift' or 'cc', got {method!r}")
     lm = lm.astype(np.int64) if lm.dtype == bool else lm
-    if classes is not None:
-        classes = np.asarray(sorted({int(c) for c in classes}), dtype=np.int64)
+    if _ccl.one_block(lm):  # the whole map is one block: numpy from here on, no task graph
+        lm = _ccl.in_memory(lm)
+        if classes is not None:
+            lm = np.where(np.isin(lm, classes), lm, 0)
+    elif classes is not None:
         lm = lm.map_blocks(lambda b, c: np.where(np.isin(b, c), b, 0), classes, dtype=lm.dtype)
     mask = lm > 0
-    structure = _structure(3, None, connectivity)
-    plan = _plan(mask, structure, persist=None)
+    structure = _ccl.structure(3, None, connectivity)
+    plan = _ccl.plan(mask, structure, persist=None)
     cols = ["class_label", "x", "y", "z", "size", "obj_id"]
     if plan.n == 0:
         return object_frame({c: [] for c in cols}, vs)
-    labels = plan.labels()
-    parts = dask.compute(*_stats_tasks(labels, None, lm))
-    obj, cls = _combine_stats(parts, 3, False, True)
-    props = _stats_frame(obj, cls, 3, vs)
+    parts = _ccl.block_parts(plan.labels() if plan.array is None else plan.array, None, lm)
+    obj, cls = _ccl.combine_stats(parts, 3, False, True)
+    props = _ccl.stats_frame(obj, cls, 3, vs)
     if method == "meanshift":
         extent = np.stack([props[f"bbox_{a}1"] - props[f"bbox_{a}0"] for a in "zyx"], axis=1).max(axis=1)
         big = extent > 2 * radius + 1
@@ -208,27 +228,11 @@ def cluster(labelmap, *, radius, classes=None, min_size: int = 1, method: str = 
     rows = []
     if big.any():
         wanted = np.sort(props.loc[big, "obj_id"].to_numpy())
-        bb = props.loc[big, [f"bbox_{a}{e}" for e in "01" for a in "zyx"]].to_numpy()
-        starts = [np.concatenate([[0], np.cumsum(c)]) for c in mask.chunks]
-        md, ld = mask.to_delayed(), lm.to_delayed()
-        extracts = []
-        for idx in itertools.product(*[range(n) for n in mask.numblocks]):
-            lo = np.array([s[i] for s, i in zip(starts, idx)])
-            hi = np.array([s[i + 1] for s, i in zip(starts, idx)])
-            if not np.any(np.all((bb[:, :3] < hi) & (bb[:, 3:] > lo), axis=1)):
-                continue  # no large component touches this block
-            extracts.append(dask.delayed(_extract, pure=True)(md[idx], ld[idx], structure, plan.tables[idx],
-                                                              wanted, tuple(int(v) for v in lo)))
-        # balance the mean-shift work: groups of components with similar voxel totals
-        sizes = props.loc[big, "size"].to_numpy()
-        order = np.argsort(props.loc[big, "obj_id"].to_numpy())
-        ngroups = max(1, min(len(wanted), 4 * _n_workers()))
-        cum = np.cumsum(sizes[order])
-        grp = np.minimum((cum - 1) * ngroups // max(cum[-1], 1), ngroups - 1)
-        groups = [wanted[grp == g] for g in range(ngroups) if np.any(grp == g)]
-        tasks = [dask.delayed(_split_group, pure=True)(extracts, g, radius) for g in groups]
-        for r in dask.compute(*tasks):
-            rows.extend(r)
+        if plan.array is not None:
+            ext = _extract(None, lm, structure, None, wanted, (0, 0, 0), lab=plan.array)
+            rows = _split_group([ext], wanted, radius)
+        else:
+            rows = _split_blocked(mask, lm, plan, props, big, wanted, radius)
     if rows:
         arr = np.array(rows, dtype=float)
         split = pd.DataFrame({"class_label": arr[:, 0].astype(np.int64), "x": arr[:, 3], "y": arr[:, 2],
@@ -241,12 +245,35 @@ def cluster(labelmap, *, radius, classes=None, min_size: int = 1, method: str = 
     return object_frame(out[cols], vs)
 
 
+def _split_blocked(mask, lm, plan, props, big, wanted, radius):
+    """Mean shift over the large components of a blocked map: extract per block, split per group."""
+    bb = props.loc[big, [f"bbox_{a}{e}" for e in "01" for a in "zyx"]].to_numpy()
+    bounds = chunk_bounds(mask.chunks)
+    md, ld = mask.to_delayed(), lm.to_delayed()
+    extracts = []
+    for idx in itertools.product(*[range(n) for n in mask.numblocks]):
+        lo = np.array([b[i] for b, i in zip(bounds, idx)])
+        hi = np.array([b[i + 1] for b, i in zip(bounds, idx)])
+        if not np.any(np.all((bb[:, :3] < hi) & (bb[:, 3:] > lo), axis=1)):
+            continue  # no large component touches this block
+        extracts.append(dask.delayed(_extract, pure=True)(md[idx], ld[idx], plan.structure, plan.tables[idx],
+                                                          wanted, tuple(int(v) for v in lo)))
+    # balance the mean-shift work: groups of components with similar voxel totals
+    sizes = props.loc[big, "size"].to_numpy()
+    order = np.argsort(props.loc[big, "obj_id"].to_numpy())
+    ngroups = max(1, min(len(wanted), 4 * _n_workers()))
+    cum = np.cumsum(sizes[order])
+    grp = np.minimum((cum - 1) * ngroups // max(cum[-1], 1), ngroups - 1)
+    groups = [wanted[grp == g] for g in range(ngroups) if np.any(grp == g)]
+    tasks = [dask.delayed(_split_group, pure=True)(extracts, g, radius) for g in groups]
+    rows = []
+    for r in dask.compute(*tasks):
+        rows.extend(r)
+    return rows
+
+
 def _n_workers() -> int:
-    try:
-        from distributed import get_client
-
-        return max(1, len(get_client().scheduler_info().get("workers", {})))
-    except Exception:  # no distributed client: local scheduler
-        import os
-
-        return os.cpu_count() or 1
+    """Workers of the distributed client, or this machine's cores for dask's local scheduler."""
+    if current_client() is not None:
+        return n_workers()
+    return os.cpu_count() or 1

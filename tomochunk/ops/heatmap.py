@@ -14,25 +14,34 @@ Targets (:func:`heatmap_targets`)
     2     soft positive: ``soft <= heatmap < hard``; ignored by the losses
     ===== ===============================================================
 
-    Built block by block with dask: a block only places the objects whose
-    Gaussian support (truncated where it falls below ``soft``, and at 3σ)
-    touches it, so the result does not depend on the chunking.
+    Built block by block with the shared painter (:mod:`tomochunk.ops._paint`):
+    a block only places the objects whose Gaussian support (truncated where it
+    falls below ``soft``, and at 3σ) touches it, so the result does not depend
+    on the chunking.
 
 Decoding (:func:`decode_heatmap`)
     3D max-pool non-maximum suppression of the score, distributed over blocks
-    with a halo (the ``"nms"`` mode of :func:`tomochunk.ops.pick.pick`),
-    followed by a score threshold, z-range and border cut-offs, and a global
+    with a halo (the ``"nms"`` mode of :func:`tomochunk.ops.pick.pick`, whose
+    engine :mod:`tomochunk.ops._peaks` both share), followed by a score threshold, z-range and border cut-offs, and a global
     top-K by score.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 
+import dask.array as da
 import numpy as np
+import pandas as pd
+from scipy import ndimage as ndi
 
 from .._log import get_logger
 from ..errors import ShapeError, ValueProblem
+from ._arrays import object_frame
+from ._ccl import as_blocked, as_input, in_memory, one_block
+from ._paint import blockwise, route, stamp
+from ._peaks import class_maps, peaks, picks_frame
 
 log = get_logger(__name__)
 
@@ -47,22 +56,18 @@ def _support(sigma: float, soft: float) -> int:
     return int(math.ceil(r))
 
 
-def _heat_block(zyx, origin, bshape, sigma, radius):
+def _heat_block(args, origin, bshape):
     """Max of Gaussians centred at ``zyx`` (global, float) over one block."""
+    zyx, sigma, radius = args
     out = np.zeros(bshape, np.float32)
-    lo_b = np.asarray(origin)
     for c in zyx:
-        lo = np.maximum(np.floor(c - radius).astype(int), lo_b)
-        hi = np.minimum(np.ceil(c + radius).astype(int) + 1, lo_b + np.asarray(bshape))
-        if np.any(hi <= lo):
-            continue
-        g = [np.exp(-((np.arange(a, b) - cc) ** 2) / (2.0 * sigma * sigma)) for a, b, cc in zip(lo, hi, c)]
+        lo = np.floor(c - radius).astype(int)
+        hi = np.ceil(c + radius).astype(int) + 1
         d2 = [(np.arange(a, b) - cc) ** 2 for a, b, cc in zip(lo, hi, c)]
+        g = [np.exp(-d / (2.0 * sigma * sigma)) for d in d2]
         val = g[0][:, None, None] * g[1][None, :, None] * g[2][None, None, :]
         inside = (d2[0][:, None, None] + d2[1][None, :, None] + d2[2][None, None, :]) <= radius * radius
-        val = np.where(inside, val, 0.0).astype(np.float32)
-        sl = tuple(slice(a - o, b - o) for a, b, o in zip(lo, hi, lo_b))
-        np.maximum(out[sl], val, out=out[sl])
+        stamp(out, np.where(inside, val, 0.0).astype(np.float32), lo - np.asarray(origin), how="max")
     return out
 
 
@@ -102,10 +107,6 @@ def heatmap_targets(objects, shape, *, sigma: float = 2.0, soft: float = 0.1, ha
     >>> float(heat[8, 8, 8].compute()), int(lab[8, 8, 8].compute()), int(lab[8, 8, 12].compute())
     (1.0, 1, 2)
     """
-    import dask
-    import dask.array as da
-    import pandas as pd
-
     shape = tuple(int(s) for s in shape)
     if len(shape) != 3:
         raise ShapeError(f"shape must have 3 values (z, y, x), not {shape}")
@@ -125,20 +126,18 @@ def heatmap_targets(objects, shape, *, sigma: float = 2.0, soft: float = 0.1, ha
         objects = objects[objects["class_label"].astype(np.int64).isin(keep)]
     zyx = objects[["z", "y", "x"]].to_numpy(dtype=np.float64).reshape(-1, 3)
     radius = _support(float(sigma), float(soft))
+    c = np.rint(zyx)
+    outside = int(np.sum(np.any((c < 0) | (c >= np.asarray(shape)), axis=1)))
+    if outside:
+        warnings.warn(f"heatmap targets: {outside} of {len(zyx)} objects lie outside the volume (z, y, x) = "
+                      f"{shape}; only what their Gaussians reach inside is painted", stacklevel=2)
 
-    template = da.empty(shape, dtype=np.float32, chunks=chunks if chunks is not None else "auto")
-    starts = [np.concatenate([[0], np.cumsum(c)]) for c in template.chunks]
-    blocks = np.empty(template.numblocks, dtype=object)
-    for idx in np.ndindex(*template.numblocks):
-        lo = np.array([s[i] for s, i in zip(starts, idx)])
-        hi = np.array([s[i + 1] for s, i in zip(starts, idx)])
-        # only the objects whose truncated Gaussian reaches this block
-        near = np.all((zyx + radius >= lo) & (zyx - radius <= hi - 1), axis=1)
-        blocks[idx] = da.from_delayed(
-            dask.delayed(_heat_block, pure=True)(zyx[near], tuple(lo.tolist()), tuple((hi - lo).tolist()),
-                                                 float(sigma), radius),
-            shape=tuple((hi - lo).tolist()), dtype=np.float32)
-    heat = da.block(blocks.tolist())
+    chunks = da.core.normalize_chunks(chunks if chunks is not None else "auto", shape, dtype=np.float32)
+    # only the objects whose truncated Gaussian reaches a block (the same boxes _heat_block paints)
+    per_block = route(np.floor(zyx - radius).astype(np.int64), np.ceil(zyx + radius).astype(np.int64) + 1, chunks)
+    none = np.zeros(0, np.int64)
+    heat = blockwise(_heat_block, chunks, lambda idx, off, shp: (zyx[per_block.get(idx, none)], float(sigma), radius),
+                     name="heatmap", token=(zyx, float(sigma), radius), dtype=np.float32)
     labels = da.where(heat >= hard, np.uint8(1), da.where(heat >= soft, np.uint8(2), np.uint8(0))).astype(np.uint8)
     log.info("heatmap targets: %d objects, sigma %.2f, support radius %d", len(zyx), sigma, radius)
     return heat, labels
@@ -146,8 +145,6 @@ def heatmap_targets(objects, shape, *, sigma: float = 2.0, soft: float = 0.1, ha
 
 def _smooth(h, sigma: float):
     """Gaussian filter of the spatial axes, block-wise with an exact halo (scipy, mode 'nearest')."""
-    from scipy import ndimage as ndi
-
     depth = int(math.ceil(4.0 * sigma))  # scipy's truncate=4 support
     sig = (0.0,) * (h.ndim - 3) + (float(sigma),) * 3
     dep = {ax: (depth if ax >= h.ndim - 3 else 0) for ax in range(h.ndim)}
@@ -206,11 +203,14 @@ def decode_heatmap(heatmap, *, threshold: float = 0.5, top_k: int | None = None,
     >>> decode_heatmap(h, threshold=0.5, z_range=(0, 10))[["x", "y", "z", "score"]].values.tolist()
     [[6.0, 5.0, 4.0, 0.75]]
     """
-    from ._arrays import object_frame
-    from .pick import pick
-
+    h, vs = as_input(heatmap, "heatmap")
+    vs = voxel_size if voxel_size is not None else vs
+    if h.ndim not in (3, 4):
+        raise ShapeError(f"heatmap must be [z, y, x] or [c, z, y, x], got {h.ndim} dimensions")
     if top_k is not None and int(top_k) < 0:
         raise ValueProblem(f"top_k must be >= 0, not {top_k}")
+    if not min_distance >= 0:
+        raise ValueProblem(f"min_distance must be >= 0, not {min_distance}")
     b = np.broadcast_to(np.asarray(border, dtype=float), (3,))
     if np.any(b < 0):
         raise ValueProblem(f"border must be >= 0, not {border}")
@@ -224,15 +224,13 @@ def decode_heatmap(heatmap, *, threshold: float = 0.5, top_k: int | None = None,
     if smooth < 0:
         raise ValueProblem(f"smooth must be >= 0, not {smooth}")
     if smooth > 0:
-        from ._arrays import as_dask
-
-        h, vs0 = as_dask(heatmap, "heatmap")
-        voxel_size = voxel_size if voxel_size is not None else vs0
-        heatmap = _smooth(h, smooth)
-    df = pick(heatmap, threshold=threshold, min_spacing=min_distance, mode="nms", classes=classes,
-              voxel_size=voxel_size)
-    shape = np.asarray(np.shape(heatmap)[-3:], dtype=float)
-    vs = df.attrs.get("voxel_size")
+        h = _smooth(as_blocked(h)[0], smooth)
+    if one_block(h):  # read (and smooth) once, then numpy only
+        h = in_memory(h)
+    frames = [picks_frame(c, peaks(m, threshold=threshold, spacing=min_distance, cap=1, mode="nms"))
+              for c, m in class_maps(h, classes, "heatmap")]
+    df = pd.concat(frames, ignore_index=True) if frames else picks_frame(1, np.zeros((0, 4)))
+    shape = np.asarray(h.shape[-3:], dtype=float)
     if len(df):
         zyx = df[["z", "y", "x"]].to_numpy(dtype=float)
         ok = np.all((zyx >= b) & (zyx <= shape - 1 - b), axis=1)

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import math
 
+import dask.array as da
 import numpy as np
+from scipy import ndimage as ndi
 
 from .._log import get_logger
 from ..errors import ShapeError, ValueProblem
@@ -54,8 +56,6 @@ def compete(scores, emit=None, absorb=None):
     >>> out["any"].compute().tolist()
     [0.0, 0.5]
     """
-    import dask.array as da
-
     stacked = not isinstance(scores, (list, tuple, dict))
     wrapper = scores if stacked and hasattr(scores, "dims") else None
     if stacked:
@@ -91,8 +91,6 @@ def _rewrap(orig, arr):
 
 
 def _dilate_block(block, radius):
-    from scipy import ndimage as ndi
-
     m = np.asarray(block)
     if not m.any():
         return np.zeros(m.shape, bool)
@@ -127,8 +125,6 @@ def interact(child, parent, *, mode: str = "colocalize", radius: float, threshol
     >>> interact(np.ones((1, 1, 9)), p, radius=2).compute().ravel().tolist()
     [1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
     """
-    import dask.array as da
-
     c, _ = as_dask(child, "child")
     p, _ = as_dask(parent, "parent")
     if c.shape != p.shape:

@@ -1,284 +1,24 @@
 """Distributed connected components and per-object statistics.
 
-``label`` labels every block (with ``cc3d``, or :func:`scipy.ndimage.label`), gives each
-block a disjoint label range (``block_index * stride``), collects only the
-label pairs that touch across block faces (edges and corners included for
-connectivity 2 and 3), solves that small graph with
-:func:`scipy.sparse.csgraph.connected_components` on the client, and relabels
-every block with a per-block lookup table. Work and memory grow linearly with
-the number of blocks, unlike dask-image's ``label`` whose single ``(n+1)²``
-graph task grows with its square (see PITFALLS.md).
-
-``regionprops`` reduces every block to one row per object present
-(``np.bincount`` / ``ufunc.at``) and combines the rows with a pandas groupby;
-it never builds ``label == i`` masks.
+``label`` labels every block, stitches the labels that touch across block faces
+with a small graph solved on the client, and relabels every block with a lookup
+table; ``regionprops`` reduces every block to one row per object present and
+combines the rows. Both run on the shared engine :mod:`tomochunk.ops._ccl` (see
+it for the algorithm); a map that is one block is labelled directly with numpy.
 """
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
+import pandas as pd
 
 from .._log import get_logger
-from ..errors import ShapeError, ValueProblem
-from ._arrays import as_dask, object_frame
+from ..errors import ShapeError
+from . import _ccl
 
 log = get_logger(__name__)
 
 __all__ = ["label", "regionprops"]
-
-
-# --------------------------------------------------------------------------- structure
-
-def _structure(ndim: int, structure=None, connectivity: int = 1) -> np.ndarray:
-    from scipy import ndimage as ndi
-
-    if structure is None:
-        if not 1 <= int(connectivity) <= ndim:
-            raise ValueProblem(f"connectivity must be between 1 and {ndim}, got {connectivity}")
-        return ndi.generate_binary_structure(ndim, int(connectivity))
-    s = np.asarray(structure).astype(bool)
-    if s.shape != (3,) * ndim:
-        raise ShapeError(f"structure must have shape {(3,) * ndim}, got {s.shape}")
-    if not np.array_equal(s, s[(slice(None, None, -1),) * ndim]):
-        raise ValueProblem("structure must be centro-symmetric (as scipy.ndimage.label requires)")
-    return s
-
-
-# --------------------------------------------------------------------------- block tasks
-
-try:
-    import cc3d as _CC3D
-except ImportError:  # optional speed-up; scipy labels the blocks without it
-    _CC3D = None
-
-
-def _cc3d_connectivity(structure):
-    """cc3d's name for ``structure`` (6/18/26 in 3D, 4/8 in 2D), or None where only scipy has it."""
-    from scipy import ndimage as ndi
-
-    nd = structure.ndim
-    if nd not in (2, 3):
-        return None
-    for c, name in zip(range(1, nd + 1), ((4, 8), (6, 18, 26))[nd - 2]):
-        if np.array_equal(structure, ndi.generate_binary_structure(nd, c)):
-            return name
-    return None
-
-
-def _label_local(block, structure):
-    """Label one block (int32 local labels 1..n_b).
-
-    ``cc3d`` (connected-components-3d) labels 2.3x faster than scipy on our masks and
-    gives the same components; scipy serves the other structures and dimensions.
-    """
-    block = np.asarray(block)
-    fg = block if block.dtype == bool else block != 0
-    conn = _cc3d_connectivity(structure) if fg.size < 2**31 else None
-    if conn is not None and _CC3D is not None:
-        lab = _CC3D.connected_components(fg, connectivity=conn, out_dtype=np.uint32)
-        return lab.view(np.int32)  # fewer labels than voxels, so below 2**31: same values
-    from scipy import ndimage as ndi
-
-    lab, _ = ndi.label(fg, structure=structure, output=np.int32)
-    return lab
-
-
-def _count(lab):
-    return int(lab.max()) if lab.size else 0
-
-
-def _face(lab, axis, high, offset):
-    """One boundary slice of a block, shifted into the block's private label range."""
-    idx = [slice(None)] * lab.ndim
-    idx[axis] = -1 if high else 0
-    f = np.array(lab[tuple(idx)], dtype=np.int64)
-    f[f > 0] += offset
-    return f
-
-
-def _pairs(face0, ring, shapes, deltas):
-    """Label pairs between ``face0`` (high face of a block) and the next block's low face.
-
-    ``ring`` maps a lateral position (-1, 0, 1 per remaining axis) to the low
-    face of the block at that lateral offset (or None); they are assembled
-    into a face one voxel wider on each side so diagonal neighbours that sit
-    in edge/corner blocks are seen.
-    """
-    ext_shape = tuple(s + 2 for s in face0.shape)
-    ext = np.zeros(ext_shape, dtype=np.int64)
-    for pos, f in ring.items():
-        if f is None:
-            continue
-        sl = []
-        for p, s in zip(pos, face0.shape):
-            sl.append(slice(1, s + 1) if p == 0 else (slice(0, 1) if p < 0 else slice(s + 1, s + 2)))
-        src = []
-        for p, fs in zip(pos, f.shape):
-            src.append(slice(None) if p == 0 else (slice(fs - 1, fs) if p < 0 else slice(0, 1)))
-        ext[tuple(sl)] = f[tuple(src)]
-    out = []
-    a_nz = face0 > 0
-    if not a_nz.any():
-        return np.zeros((0, 2), np.int64)
-    for d in deltas:
-        sl = tuple(slice(1 + dd, 1 + dd + s) for dd, s in zip(d, face0.shape))
-        b = ext[sl]
-        m = a_nz & (b > 0)
-        if m.any():
-            out.append(np.stack([face0[m], b[m]], axis=1))
-    if not out:
-        return np.zeros((0, 2), np.int64)
-    return _unique_pairs(np.concatenate(out))
-
-
-def _unique_pairs(p):
-    """Distinct rows of an ``(n, 2)`` integer array, sorted; a lexsort is ~3x faster
-    than ``np.unique(axis=0)`` and, unlike packing a pair into one int64, works for any label range."""
-    if len(p) < 2:
-        return p
-    p = p[np.lexsort((p[:, 1], p[:, 0]))]
-    keep = np.ones(len(p), bool)
-    keep[1:] = np.any(p[1:] != p[:-1], axis=1)
-    return p[keep]
-
-
-def _collect(pairs, counts):
-    p = [x for x in pairs if len(x)]
-    p = _unique_pairs(np.concatenate(p)) if p else np.zeros((0, 2), np.int64)
-    return p, np.asarray(counts, dtype=np.int64)
-
-
-def _relabel(block, structure, table):
-    return _lookup(_label_local(block, structure), table)
-
-
-def _lookup(lab, table):
-    return table[lab]
-
-
-# --------------------------------------------------------------------------- plan
-
-class _Plan:
-    """What pass 1 found: per-block lookup tables from local to global labels.
-
-    ``local`` holds the persisted block-local labels when they were kept in
-    worker memory (then pass 2 is a lookup), else None (pass 2 labels again).
-    """
-
-    def __init__(self, mask, structure, tables, n, local=None):
-        self.mask, self.structure, self.tables, self.n, self.local = mask, structure, tables, n, local
-        self.dtype = np.int32 if n < 2**31 - 1 else np.int64
-
-    def labels(self):
-        import dask.array as da
-        from dask.base import tokenize
-        from dask.highlevelgraph import HighLevelGraph
-
-        src = self.local if self.local is not None else self.mask
-        name = "tc-label-" + tokenize(src.name, self.structure, self.n,
-                                       [t.tobytes() for t in self.tables.values()])
-        if self.local is not None:
-            dsk = {(name,) + idx: (_lookup, (src.name,) + idx, self.tables[idx]) for idx in self.tables}
-        else:
-            dsk = {(name,) + idx: (_relabel, (src.name,) + idx, self.structure, self.tables[idx])
-                   for idx in self.tables}
-        graph = HighLevelGraph.from_collections(name, dsk, dependencies=[src])
-        return da.Array(graph, name, chunks=src.chunks, dtype=self.dtype)
-
-
-def _auto_persist(mask) -> bool:
-    """Keep block labels on the workers when they take under a quarter of their memory."""
-    try:
-        from distributed import get_client
-
-        info = get_client().scheduler_info(n_workers=-1)
-        mem = sum(w.get("memory_limit", 0) or 0 for w in info.get("workers", {}).values())
-    except Exception:  # no distributed client: never hold a whole volume in this process
-        return False
-    return mem > 0 and mask.size * 4 < 0.25 * mem
-
-
-def _plan(mask, structure, persist=False) -> _Plan:
-    import dask
-    from dask.base import tokenize
-    from dask.delayed import Delayed
-    from dask.highlevelgraph import HighLevelGraph
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    nd = mask.ndim
-    numblocks = mask.numblocks
-    blocks = list(itertools.product(*[range(n) for n in numblocks]))
-    stride = int(np.prod([max(c) for c in mask.chunks])) + 1
-    if persist is None:
-        persist = _auto_persist(mask)
-    local = mask.map_blocks(_label_local, structure, dtype=np.int32)
-    if persist:
-        local = local.persist()
-    tok = tokenize(local.name, structure)
-    lname = local.name
-    fname, pname, cname = (f"tc-{s}-{tok}" for s in ("face", "pairs", "count"))
-    dsk = {}
-    lin = {idx: int(np.ravel_multi_index(idx, numblocks)) for idx in blocks}
-    for idx in blocks:
-        dsk[(cname,) + idx] = (_count, (lname,) + idx)
-    # offsets (other-axes part) of structure elements that step +1 along an axis
-    centre = np.argwhere(structure) - 1
-    pair_keys = []
-    for axis in range(nd):
-        deltas = [tuple(np.delete(d, axis)) for d in centre if d[axis] == 1]
-        lateral = list(itertools.product((-1, 0, 1), repeat=nd - 1))
-        other = [i for i in range(nd) if i != axis]
-        for idx in blocks:
-            if idx[axis] + 1 >= numblocks[axis]:
-                continue
-            hi = (fname, axis, 1) + idx
-            dsk[hi] = (_face, (lname,) + idx, axis, True, lin[idx] * stride)
-            ring = {}
-            for pos in lateral:
-                nb = list(idx)
-                nb[axis] += 1
-                ok = True
-                for p, ax in zip(pos, other):
-                    nb[ax] += p
-                    ok &= 0 <= nb[ax] < numblocks[ax]
-                # edge/corner neighbours only matter for diagonal structure elements
-                needed = any(all(p == 0 or p == d for p, d in zip(pos, dl)) for dl in deltas)
-                if not ok or not needed:
-                    continue
-                nb = tuple(nb)
-                lo = (fname, axis, 0) + nb
-                dsk.setdefault(lo, (_face, (lname,) + nb, axis, False, lin[nb] * stride))
-                ring[pos] = lo
-            key = (pname, axis) + idx
-            dsk[key] = (_pairs, hi, (dict, [[pos, k] for pos, k in ring.items()]), None, deltas)
-            pair_keys.append(key)
-    final = "tc-collect-" + tok
-    dsk[final] = (_collect, pair_keys, [(cname,) + idx for idx in blocks])
-    graph = HighLevelGraph.from_collections(final, dsk, dependencies=[local])
-    pairs, counts = dask.compute(Delayed(final, graph))[0]
-
-    cum = np.concatenate([[0], np.cumsum(counts)])
-    total = int(cum[-1])
-    if total and len(pairs):
-        g = pairs.ravel()
-        b, loc = np.divmod(g, stride)
-        compact = (cum[b] + loc - 1).reshape(-1, 2)
-        m = coo_matrix((np.ones(len(compact), np.int8), (compact[:, 0], compact[:, 1])), shape=(total, total))
-        n, comp = connected_components(m, directed=False)
-    else:
-        n, comp = total, np.arange(total)
-    dtype = np.int32 if n < 2**31 - 1 else np.int64
-    comp = comp.astype(dtype) + 1
-    tables = {}
-    for idx in blocks:
-        i = lin[idx]
-        tables[idx] = np.concatenate([np.zeros(1, dtype), comp[cum[i]:cum[i + 1]]])
-    log.info("label: %d blocks, %d block-local components, %d face pairs, %d objects%s",
-             len(blocks), total, len(pairs), n, " (block labels kept on workers)" if persist else "")
-    return _Plan(mask, structure, tables, int(n), local if persist else None)
 
 
 def label(mask, *, structure=None, connectivity: int = 1, persist=None):
@@ -313,7 +53,10 @@ def label(mask, *, structure=None, connectivity: int = 1, persist=None):
     -----
     The face graph is solved eagerly (it only holds labels that touch block
     faces). Without ``persist`` the returned array labels each block again
-    when computed, so nothing the size of the volume stays in memory.
+    when computed, so nothing the size of the volume stays in memory. A mask
+    that is one block (a numpy array up to dask's automatic chunk size, or a
+    dask array of one chunk) is labelled at once in this process, and the
+    returned array wraps those labels.
 
     Examples
     --------
@@ -323,148 +66,12 @@ def label(mask, *, structure=None, connectivity: int = 1, persist=None):
     >>> n
     0
     """
-    m, _ = as_dask(mask, "mask")
+    m, _ = _ccl.as_input(mask, "mask")
     if m.ndim < 1:
         raise ShapeError("mask must have at least one dimension")
-    s = _structure(m.ndim, structure, connectivity)
-    plan = _plan(m, s, persist=persist)
+    s = _ccl.structure(m.ndim, structure, connectivity)
+    plan = _ccl.plan(m, s, persist=persist)
     return plan.labels(), plan.n
-
-
-# --------------------------------------------------------------------------- regionprops
-
-def _block_stats(lab, inten, cls, origin):
-    """Per-object partial statistics of one block as a dict of arrays."""
-    lab = np.asarray(lab)
-    flat = lab.ravel()
-    nz = np.flatnonzero(flat)
-    if nz.size == 0:
-        return None
-    lv = flat[nz].astype(np.int64)
-    lo, hi = int(lv.min()), int(lv.max())
-    if hi - lo <= 4 * nz.size + 4096:
-        idx = lv - lo
-        cnt = np.bincount(idx, minlength=hi - lo + 1)
-        present = np.flatnonzero(cnt)
-        remap = np.zeros(hi - lo + 1, np.int64)
-        remap[present] = np.arange(present.size)
-        idx = remap[idx]
-        ids = present + lo
-        cnt = cnt[present]
-    else:
-        ids, idx = np.unique(lv, return_inverse=True)
-        cnt = np.bincount(idx)
-    k = ids.size
-    coords = np.unravel_index(nz, lab.shape)
-    out = {"label": ids, "size": cnt}
-    for ax, c in enumerate(coords):
-        c = c.astype(np.int64)
-        out[f"s{ax}"] = np.bincount(idx, weights=c, minlength=k) + cnt * origin[ax]
-        mn = np.full(k, np.iinfo(np.int64).max)
-        mx = np.full(k, -1, np.int64)
-        np.minimum.at(mn, idx, c)
-        np.maximum.at(mx, idx, c)
-        out[f"min{ax}"] = mn + origin[ax]
-        out[f"max{ax}"] = mx + origin[ax]
-    if inten is not None:
-        v = np.asarray(inten).ravel()[nz].astype(np.float64)
-        out["isum"] = np.bincount(idx, weights=v, minlength=k)
-        imax = np.full(k, -np.inf)
-        np.maximum.at(imax, idx, v)
-        out["imax"] = imax
-    res = {"obj": out}
-    if cls is not None:
-        cv = np.asarray(cls).ravel()[nz].astype(np.int64)
-        ncls = int(cv.max()) + 1 if cv.size else 1
-        cc = np.bincount(idx * ncls + cv, minlength=k * ncls)
-        nzc = np.flatnonzero(cc)
-        res["cls"] = {"label": ids[nzc // ncls], "class": nzc % ncls, "count": cc[nzc]}
-    return res
-
-
-def _block_stats_task(lab, inten, cls, origin):
-    return _block_stats(lab, inten, cls, origin)
-
-
-def _combine_stats(parts, ndim, with_int, with_cls):
-    import pandas as pd
-
-    parts = [p for p in parts if p is not None]
-    if not parts:
-        return None, None
-    obj = pd.concat([pd.DataFrame(p["obj"]) for p in parts], ignore_index=True)
-    agg = {"size": "sum"}
-    for ax in range(ndim):
-        agg.update({f"s{ax}": "sum", f"min{ax}": "min", f"max{ax}": "max"})
-    if with_int:
-        agg.update({"isum": "sum", "imax": "max"})
-    obj = obj.groupby("label", sort=True).agg(agg)
-    cls = None
-    if with_cls:
-        c = pd.concat([pd.DataFrame(p["cls"]) for p in parts if "cls" in p], ignore_index=True)
-        c = c.groupby(["label", "class"], sort=True)["count"].sum().reset_index()
-        # majority class; ties go to the smaller class id; background (0) only wins if alone
-        c_fg = c[c["class"] > 0]
-        c_use = c_fg if len(c_fg) else c
-        c_use = c_use.sort_values(["label", "count", "class"], ascending=[True, False, True])
-        cls = c_use.drop_duplicates("label").set_index("label")["class"]
-    return obj, cls
-
-
-def _stats_tasks(lab, intensity, classes):
-    """Delayed per-block statistics of ``lab`` (dask), aligned with optional maps."""
-    import dask
-    import dask.array as da
-
-    arrays = [lab] + [a for a in (intensity, classes) if a is not None]
-    if len(arrays) > 1:
-        _, arrays = da.core.unify_chunks(*itertools.chain.from_iterable((a, tuple(range(a.ndim)))
-                                                                        for a in arrays))
-    lab = arrays[0]
-    rest = list(arrays[1:])
-    inten = rest.pop(0) if intensity is not None else None
-    cls = rest.pop(0) if classes is not None else None
-    starts = [np.concatenate([[0], np.cumsum(c)[:-1]]) for c in lab.chunks]
-    ld = lab.to_delayed()
-    idd = inten.to_delayed() if inten is not None else None
-    cd = cls.to_delayed() if cls is not None else None
-    tasks = []
-    for idx in itertools.product(*[range(n) for n in lab.numblocks]):
-        origin = tuple(int(s[i]) for s, i in zip(starts, idx))
-        tasks.append(dask.delayed(_block_stats_task, pure=True)(
-            ld[idx], None if idd is None else idd[idx], None if cd is None else cd[idx], origin))
-    return tasks
-
-
-def _stats_frame(obj, cls, ndim, voxel_size=None, with_int=False):
-    import pandas as pd
-
-    if obj is None:
-        cols = {"class_label": [], "x": [], "y": [], "z": [], "size": [], "obj_id": []}
-        df = object_frame(cols, voxel_size)
-        if cls is None:
-            df = df.drop(columns="class_label")
-        return df
-    n = obj["size"].to_numpy()
-    cols = {}
-    if cls is not None:
-        cols["class_label"] = cls.reindex(obj.index).fillna(0).to_numpy().astype(np.int64)
-    names = ["z", "y", "x"][-ndim:] if ndim <= 3 else [f"ax{i}" for i in range(ndim)]
-    cent = {nm: obj[f"s{ax}"].to_numpy() / n for ax, nm in enumerate(names)}
-    for nm in ("x", "y", "z"):
-        if nm in cent:
-            cols[nm] = cent[nm]
-    cols["size"] = n
-    cols["obj_id"] = obj.index.to_numpy()
-    if with_int:
-        cols["score_sum"] = obj["isum"].to_numpy()
-        cols["score_max"] = obj["imax"].to_numpy()
-        cols["score_mean"] = obj["isum"].to_numpy() / n
-    for ax, nm in enumerate(names):
-        cols[f"bbox_{nm}0"] = obj[f"min{ax}"].to_numpy()
-    for ax, nm in enumerate(names):
-        cols[f"bbox_{nm}1"] = obj[f"max{ax}"].to_numpy() + 1
-    return object_frame(pd.DataFrame(cols), voxel_size)
 
 
 def regionprops(labels, *, intensity=None, classes=None):
@@ -496,25 +103,25 @@ def regionprops(labels, *, intensity=None, classes=None):
     >>> regionprops(lab)[["x", "y", "z", "size"]].values.tolist()
     [[1.5, 1.5, 1.5, 8.0]]
     """
-    import dask
-
-    lab, vs = as_dask(labels, "labels")
+    lab, vs = _ccl.as_input(labels, "labels")
     if not np.issubdtype(lab.dtype, np.integer):
         raise ShapeError(f"labels must be an integer array, got {lab.dtype}")
     inten = cls = None
     if intensity is not None:
-        inten, vs2 = as_dask(intensity, "intensity")
+        inten, vs2 = _ccl.as_input(intensity, "intensity")
         vs = vs or vs2
         if inten.shape != lab.shape:
             raise ShapeError(f"intensity shape {inten.shape} differs from labels shape {lab.shape}")
     if classes is not None:
-        cls, _ = as_dask(classes, "classes")
+        cls, _ = _ccl.as_input(classes, "classes")
         if cls.shape != lab.shape:
             raise ShapeError(f"classes shape {cls.shape} differs from labels shape {lab.shape}")
         if not np.issubdtype(cls.dtype, np.integer):
             raise ShapeError(f"classes must be an integer array, got {cls.dtype}")
-    parts = dask.compute(*_stats_tasks(lab, inten, cls))
-    obj, cl = _combine_stats(parts, lab.ndim, inten is not None, cls is not None)
+    if not _ccl.one_block(lab, inten, cls):
+        lab, inten, cls = _ccl.as_blocked(lab, inten, cls)
+    parts = _ccl.block_parts(lab, inten, cls)
+    obj, cl = _ccl.combine_stats(parts, lab.ndim, inten is not None, cls is not None)
     if cls is not None and cl is None:
-        cl = __import__("pandas").Series(dtype=np.int64)
-    return _stats_frame(obj, cl, lab.ndim, vs, inten is not None)
+        cl = pd.Series(dtype=np.int64)
+    return _ccl.stats_frame(obj, cl, lab.ndim, vs, inten is not None)

@@ -1,8 +1,19 @@
-"""Intensity normalisation of tomograms and movies, lazily and out of core."""
+"""Intensity normalisation of tomograms and movies, lazily and out of core.
+
+Non-finite voxels (NaN, ±Inf) never spoil a whole volume: the statistics are taken
+over the finite voxels only, and every non-finite voxel comes out as 0 (the finite
+mean after ``"meanstd"``, the low percentile after ``"percentile"``), with a warning
+that gives their count. A volume with no finite voxel is refused.
+"""
 
 from __future__ import annotations
 
+import warnings
+
+import dask
+import dask.array as da
 import numpy as np
+import xarray as xr
 
 from .._log import get_logger
 from ..errors import ShapeError, ValueProblem
@@ -14,9 +25,6 @@ METHODS = ("meanstd", "percentile", None)
 
 def _split(volume):
     """(dask array, rewrap function) for numpy, dask or xarray input."""
-    import dask.array as da
-    import xarray as xr
-
     if isinstance(volume, xr.DataArray):
         data = volume.data
         if not isinstance(data, da.Array):
@@ -31,27 +39,55 @@ def _split(volume):
     return volume, (lambda out: out), {}
 
 
-def global_stats(data, *, client=None):
-    """Mean and standard deviation (ddof=0) of a dask array in one distributed pass.
+def finite_stats(data, *, client=None):
+    """``(mean, std, nonfinite)`` of the finite voxels of a dask array in one distributed pass.
 
-    Each block reduces to ``(n, sum, sum of squares)`` in float64, so the
-    data is read once and only three numbers per block reach the client.
+    Each block reduces to ``(finite count, sum, sum of squares)`` in float64 over
+    its finite voxels, so the data is read once and only three numbers per block
+    reach the client; ``nonfinite`` counts the NaN and ±Inf voxels.
+
+    Raises
+    ------
+    ValueProblem
+        When no voxel is finite.
 
     Examples
     --------
-    >>> import dask.array as da
+    >>> finite_stats(da.from_array(np.array([1.0, np.nan, 3.0, np.inf]), chunks=2))
+    (2.0, 1.0, 2)
+    """
+    f = data.astype(np.float64)
+    fin = da.isfinite(f)
+    g = da.where(fin, f, 0.0)
+    sums = (fin.sum(), g.sum(), (g * g).sum())  # one graph: every block is read once for all three
+    n, s, ss = client.compute(list(sums), sync=True) if client is not None else dask.compute(*sums)
+    n = int(n)
+    if data.size and n == 0:
+        raise ValueProblem(f"the volume {tuple(data.shape)} has no finite voxel (all NaN or Inf)")
+    mean = float(s) / max(n, 1)
+    var = max(float(ss) / max(n, 1) - mean * mean, 0.0)
+    return mean, float(np.sqrt(var)), int(data.size - n)
+
+
+def global_stats(data, *, client=None):
+    """Mean and standard deviation (ddof=0) of the finite voxels of a dask array, in one pass.
+
+    See :func:`finite_stats`, which also counts the non-finite voxels.
+
+    Examples
+    --------
     >>> global_stats(da.arange(10, chunks=3))
     (4.5, 2.8722813232690143)
     """
-    import dask
+    mean, std, _ = finite_stats(data, client=client)
+    return mean, std
 
-    f = data.astype(np.float64)
-    sums = (f.sum(), (f * f).sum())  # one graph: every block is read once for both sums
-    s, ss = client.compute(list(sums), sync=True) if client is not None else dask.compute(*sums)
-    n = float(max(data.size, 1))
-    mean = float(s) / n
-    var = max(float(ss) / n - mean * mean, 0.0)
-    return mean, float(np.sqrt(var))
+
+def _warn_nonfinite(count, total):
+    msg = (f"{count} of {total} voxels are NaN or Inf: the statistics use the finite voxels only, "
+           "and the non-finite ones are set to 0")
+    log.warning(msg)
+    warnings.warn(msg, stacklevel=3)
 
 
 def normalize(volume, *, method="meanstd", stats=None, percentiles=(1.0, 99.0), clip=False,
@@ -64,12 +100,14 @@ def normalize(volume, *, method="meanstd", stats=None, percentiles=(1.0, 99.0), 
         ``[z, y, x]`` tomogram or ``[t, y, x]`` movie. xarray keeps its dims, coords and attrs.
     method : {"meanstd", "percentile", None}
         ``"meanstd"`` (default, what DeepFinder does before segmenting): ``(v - mean) / std``
-        with the mean and standard deviation (ddof=0) of the whole volume. They are computed
-        now, in one distributed pass over the data (or taken from ``stats``, or from the
-        statistics that :func:`tomochunk.convert` recorded in an OME-Zarr store's attributes);
-        the normalisation itself stays lazy.
+        with the mean and standard deviation (ddof=0) of the finite voxels of the whole
+        volume. They are computed now, in one distributed pass over the data (or taken from
+        ``stats``, or from the statistics that :func:`tomochunk.convert` recorded in an
+        OME-Zarr store's attributes); the normalisation itself stays lazy. Non-finite voxels
+        become 0 (the mean), with a warning giving their count.
         ``"percentile"``: every frame (slice along the first axis) is mapped linearly so that
-        its ``percentiles`` go to 0 and 1 (for TIRF movies, whose brightness drifts); lazy.
+        the ``percentiles`` of its finite pixels go to 0 and 1 (for TIRF movies, whose
+        brightness drifts); lazy. Non-finite pixels become 0, with a logged warning per block.
         ``None``: returned as float, unchanged.
     stats : (mean, std), optional
         Known global statistics; skips the pass over the data.
@@ -86,9 +124,13 @@ def normalize(volume, *, method="meanstd", stats=None, percentiles=(1.0, 99.0), 
     -------
     Same kind as the input (dask array for numpy input), lazy.
 
+    Raises
+    ------
+    ValueProblem
+        An unknown method, bad percentiles, or a volume with no finite voxel.
+
     Examples
     --------
-    >>> import numpy as np
     >>> v = normalize(np.arange(8.0).reshape(2, 2, 2))
     >>> float(abs(v.mean().compute())) < 1e-6, round(float(v.std().compute()), 5)
     (True, 1.0)
@@ -104,13 +146,23 @@ def normalize(volume, *, method="meanstd", stats=None, percentiles=(1.0, 99.0), 
     if method == "meanstd":
         if stats is None:
             rec = (attrs.get("tomochunk") or {}).get("stats") or {}
-            if rec.get("mean") is not None and rec.get("std") is not None and not rec.get("nonfinite"):
+            if rec.get("mean") is not None and rec.get("std") is not None:
+                # the writer's statistics are over the finite voxels and count the others
+                if rec.get("nonfinite") and rec.get("min") is None:
+                    raise ValueProblem(f"the volume {tuple(data.shape)} has no finite voxel (all NaN or Inf)")
                 stats = (rec["mean"], rec["std"])
                 log.info("using the statistics recorded in the store: mean %g, std %g", *stats)
+                if rec.get("nonfinite"):
+                    _warn_nonfinite(int(rec["nonfinite"]), data.size)
         if stats is None:
-            stats = global_stats(data, client=client)
+            mean, std, nonfinite = finite_stats(data, client=client)
+            stats = (mean, std)
             log.info("global statistics: mean %g, std %g", *stats)
+            if nonfinite:
+                _warn_nonfinite(nonfinite, data.size)
         mean, std = (float(v) for v in stats)
+        if not (np.isfinite(mean) and np.isfinite(std)):
+            raise ValueProblem(f"normalisation statistics must be finite, got mean {mean}, std {std}")
         scale = 1.0 / max(std, eps)
         out = data.map_blocks(_meanstd_block, mean, scale, dtype, dtype=dtype)
         return wrap(out)
@@ -126,17 +178,34 @@ def normalize(volume, *, method="meanstd", stats=None, percentiles=(1.0, 99.0), 
 def _meanstd_block(block, mean, scale, dtype):
     out = np.asarray(block, dtype=np.float64 if dtype.itemsize > 4 else np.float32) - mean
     out *= scale
+    bad = ~np.isfinite(out)
+    if bad.any():  # NaN/Inf input (counted by the statistics pass): the mean, i.e. 0
+        out[bad] = 0
     return out.astype(dtype, copy=False)
 
 
-def _percentile_block(block, lo, hi, clip, eps, dtype):
+def _percentile_block(block, lo, hi, clip, eps, dtype, block_info=None):
     b = np.asarray(block, dtype=np.float32)
+    bad = ~np.isfinite(b)
+    nbad = int(bad.sum())
+    if nbad:
+        b = np.where(bad, np.nan, b)
+        where = (block_info or {}).get(0, {}).get("array-location", [("?", "?")])[0]
+        log.warning("%d NaN or Inf pixels in frames %s-%s: percentiles of the finite pixels, "
+                    "the others set to 0", nbad, where[0], where[1])
     flat = b.reshape(b.shape[0], -1)
-    p = np.percentile(flat, [lo, hi], axis=1).astype(np.float32)  # (2, frames)
+    if nbad:  # nanpercentile is several times slower: only where needed
+        with warnings.catch_warnings():  # a frame without a finite pixel: NaN percentiles, set to 0 below
+            warnings.simplefilter("ignore", RuntimeWarning)
+            p = np.nanpercentile(flat, [lo, hi], axis=1).astype(np.float32)  # (2, frames)
+    else:
+        p = np.percentile(flat, [lo, hi], axis=1).astype(np.float32)
     shape = (b.shape[0],) + (1,) * (b.ndim - 1)
     low = p[0].reshape(shape)
     span = np.maximum(p[1] - p[0], eps).reshape(shape)
     out = (b - low) / span
+    if nbad:
+        out[~np.isfinite(out)] = 0
     if clip:
         np.clip(out, 0.0, 1.0, out=out)
     return out.astype(dtype, copy=False)

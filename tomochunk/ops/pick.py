@@ -20,195 +20,61 @@ A peak is a voxel whose key (distance, score) is the maximum of its
 neighbourhood and that no other such voxel of equal key and smaller index
 within ``min_spacing`` precedes; this only depends on a neighbourhood of
 ``2 min_spacing``, hence the halo. Components smaller than ``min_size`` voxels
-are dropped using the distributed :func:`~tomochunk.ops.label.label`.
+are dropped using the distributed :func:`~tomochunk.ops.label.label`. The block
+function and the halo rule live in :mod:`tomochunk.ops._peaks`, shared with
+:func:`~tomochunk.ops.heatmap.decode_heatmap`; a map that is one block is picked
+directly with numpy.
 """
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import math
 
+import dask
 import numpy as np
+import pandas as pd
 
+from .._blocks import chunk_bounds
 from .._log import get_logger
 from ..errors import ShapeError, ValueProblem
-from ._arrays import as_dask, object_frame
-from .label import _plan, _relabel, _structure
-
-try:  # seung-lab's EDT: the same squared distances as scipy's, ~6x faster (sparse score maps)
-    import edt as _EDT
-except ImportError:  # pragma: no cover - a declared dependency
-    _EDT = None
+from . import _ccl
+from ._arrays import object_frame
+from ._peaks import class_maps, peaks, picks_frame
 
 log = get_logger(__name__)
 
 __all__ = ["pick"]
 
 
-def _ball(r: int, metric: str):
-    if metric == "box":
-        return np.ones((2 * r + 1,) * 3, bool)
-    z, y, x = np.ogrid[-r:r + 1, -r:r + 1, -r:r + 1]
-    return z * z + y * y + x * x <= r * r + 1e-9
-
-
-def _squash(score):
-    # monotonic map of any float score into (0, 1): orders ties of the distance by score
-    return 0.5 + np.arctan(np.asarray(score, np.float64)) / np.pi
-
-
-def _ball_maxima(key, mask, r):
-    """``mask & (key == max of key over a ball of radius r)``, without a slow non-separable filter.
-
-    The bounding box (separable filter) proves most maxima, the inscribed box
-    rules most other voxels out, and only the few undecided voxels are checked
-    against every offset of the ball.
-    """
-    from scipy import ndimage as ndi
-
-    big = ndi.maximum_filter(key, size=2 * r + 1, mode="constant", cval=-np.inf)
-    cand = mask & (key == big)
-    ri = int(math.floor(r / math.sqrt(3)))
-    if ri >= 1:
-        small = ndi.maximum_filter(key, size=2 * ri + 1, mode="constant", cval=-np.inf)
-        undecided = mask & (key < big) & (key >= small)
-        del small
-    else:
-        undecided = mask & (key < big)
-    del big
-    pos = np.argwhere(undecided)
-    if len(pos):
-        best = np.full(len(pos), -np.inf)
-        shape = np.asarray(key.shape)
-        for off in np.argwhere(_ball(r, "ball")) - r:
-            if np.all(np.abs(off) <= ri):
-                continue  # inside the inscribed box: already no larger there
-            q = pos + off
-            ok = np.all((q >= 0) & (q < shape), axis=1)
-            v = np.full(len(pos), -np.inf)
-            v[ok] = key[tuple(q[ok].T)]
-            np.maximum(best, v, out=best)
-        win = key[tuple(pos.T)] >= best
-        cand[tuple(pos[win].T)] = True
-    return cand
-
-
-def _squared_edt(mask):
-    """Squared Euclidean distance of every voxel of ``mask`` to the nearest False voxel (float64)."""
-    if _EDT is not None:
-        return _EDT.edtsq(mask, black_border=False, parallel=1).astype(np.float64)
-    from scipy import ndimage as ndi
-
-    d = ndi.distance_transform_edt(mask, return_distances=True)
-    return np.multiply(d, d, out=d)
-
-
-def _pick_block(block, origin, core_lo, core_hi, *, threshold, spacing, cap, mode, full_shape):
-    """Picks whose position lies in ``[core_lo, core_hi)`` (global voxel indices).
-
-    ``block`` is the score array covering ``origin .. origin + block.shape``
-    (core plus whatever halo exists). Returns an ``(n, 4)`` array z, y, x, score.
-    """
-    from scipy import ndimage as ndi
-    from scipy.spatial import cKDTree
-
-    score = np.asarray(block)
-    mask = score >= threshold
-    empty = np.zeros((0, 4))
-    if not mask.any():
-        return empty
-    r = int(math.floor(spacing))
-    if mode == "peaks":
-        if mask.all():  # no background within reach: scipy's EDT is undefined here
-            edt2 = np.full(mask.shape, float(cap * cap))
-        else:
-            edt2 = _squared_edt(mask)
-            np.rint(edt2, out=edt2)  # integer squared distance, capped (in place: memory)
-            np.minimum(edt2, cap * cap, out=edt2)
-        edt2 += _squash(score)
-        key = edt2
-        footprint = _ball(r, "ball")
-        metric = 2
-    else:  # nms on the score
-        key = np.where(mask, score.astype(np.float64), -np.inf)
-        footprint = _ball(r, "box")
-        metric = np.inf
-    if r > 2 and metric == 2:
-        cand = _ball_maxima(key, mask, r)
-    elif r > 0:
-        mx = ndi.maximum_filter(key, footprint=footprint, mode="constant", cval=-np.inf)
-        cand = mask & (key == mx)
-    else:
-        cand = mask.copy()
-    # only candidates within `spacing` of the core can matter for ties
-    lo = np.maximum(np.asarray(core_lo) - np.asarray(origin) - r, 0)
-    hi = np.minimum(np.asarray(core_hi) - np.asarray(origin) + r, score.shape)
-    sub = tuple(slice(a, b) for a, b in zip(lo, hi))
-    pos = np.argwhere(cand[sub]) + lo
-    if len(pos) == 0:
-        return empty
-    k = key[tuple(pos.T)]
-    gpos = pos + np.asarray(origin)
-    gidx = np.ravel_multi_index(tuple(gpos.T), full_shape)
-    keep = np.ones(len(pos), bool)
-    if r > 0 and len(pos) > 1:
-        pairs = cKDTree(pos).query_pairs(r=r + 1e-9, p=metric, output_type="ndarray")
-        if len(pairs):
-            same = k[pairs[:, 0]] == k[pairs[:, 1]]
-            pairs = pairs[same]
-            later = np.where(gidx[pairs[:, 0]] > gidx[pairs[:, 1]], pairs[:, 0], pairs[:, 1])
-            keep[later] = False
-    inside = np.all((gpos >= np.asarray(core_lo)) & (gpos < np.asarray(core_hi)), axis=1)
-    sel = keep & inside
-    return np.column_stack([gpos[sel].astype(float), score[tuple(pos[sel].T)].astype(float)])
-
-
 def _sizes_and_lookup(mask_block, structure, table, points):
     """Component sizes present in one block and the component label at ``points`` (local)."""
-    lab = _relabel(mask_block, structure, table)
+    lab = _ccl.relabel(mask_block, structure, table)
     ids, counts = np.unique(lab[lab > 0], return_counts=True)
     at = lab[tuple(points.T)] if len(points) else np.zeros(0, lab.dtype)
     return ids, counts, at
 
 
-def _peaks_3d(m, *, threshold, spacing, cap, mode):
-    import dask
-
-    r = int(math.floor(spacing))
-    depth = (cap + 2 * r) if mode == "peaks" else 2 * r
-    shape = m.shape
-    starts = [np.concatenate([[0], np.cumsum(c)]) for c in m.chunks]
-    tasks = []
-    for idx in itertools.product(*[range(n) for n in m.numblocks]):
-        lo = np.array([s[i] for s, i in zip(starts, idx)])
-        hi = np.array([s[i + 1] for s, i in zip(starts, idx)])
-        olo = np.maximum(lo - depth, 0)
-        ohi = np.minimum(hi + depth, shape)
-        piece = m[tuple(slice(a, b) for a, b in zip(olo, ohi))]
-        tasks.append(dask.delayed(_pick_block, pure=True)(
-            piece, tuple(olo.tolist()), tuple(lo.tolist()), tuple(hi.tolist()), threshold=threshold,
-            spacing=spacing, cap=cap, mode=mode, full_shape=shape))
-    res = [r for r in dask.compute(*tasks) if len(r)]
-    return np.concatenate(res) if res else np.zeros((0, 4))
-
-
 def _component_filter(m, threshold, picks, min_size, connectivity):
     """Keep picks whose thresholded component has at least ``min_size`` voxels."""
-    import dask
-
     if len(picks) == 0:
         return picks
     mask = m >= threshold
-    structure = _structure(3, None, connectivity)
-    plan = _plan(mask, structure)
-    starts = [np.concatenate([[0], np.cumsum(c)]) for c in mask.chunks]
-    blk = np.stack([np.searchsorted(s, picks[:, ax].astype(np.int64), side="right") - 1
-                    for ax, s in enumerate(starts)], axis=1)
+    structure = _ccl.structure(3, None, connectivity)
+    plan = _ccl.plan(mask, structure)
+    if plan.array is not None:  # one block: the labels are here already
+        sizes = np.bincount(plan.array.ravel(), minlength=plan.n + 1)
+        sizes[0] = 0
+        return picks[sizes[plan.array[tuple(picks[:, :3].astype(np.int64).T)]] >= min_size]
+    bounds = chunk_bounds(mask.chunks)
+    blk = np.stack([np.searchsorted(b, picks[:, ax].astype(np.int64), side="right") - 1
+                    for ax, b in enumerate(bounds)], axis=1)
     md = mask.to_delayed()
     tasks, owners = [], []
     for idx in itertools.product(*[range(n) for n in mask.numblocks]):
         sel = np.flatnonzero(np.all(blk == np.array(idx), axis=1))
-        lo = np.array([s[i] for s, i in zip(starts, idx)])
+        lo = np.array([b[i] for b, i in zip(bounds, idx)])
         pts = picks[sel, :3].astype(np.int64) - lo
         tasks.append(dask.delayed(_sizes_and_lookup, pure=True)(md[idx], structure, plan.tables[idx], pts))
         owners.append(sel)
@@ -221,16 +87,12 @@ def _component_filter(m, threshold, picks, min_size, connectivity):
 
 
 def _centroids(m, threshold, min_size, connectivity):
-    import dask
-
-    from .label import _combine_stats, _stats_tasks
-
     mask = m >= threshold
-    plan = _plan(mask, _structure(3, None, connectivity), persist=None)
+    plan = _ccl.plan(mask, _ccl.structure(3, None, connectivity), persist=None)
     if plan.n == 0:
         return np.zeros((0, 4)), np.zeros(0, np.int64)
-    parts = dask.compute(*_stats_tasks(plan.labels(), m, None))
-    obj, _ = _combine_stats(parts, 3, True, False)
+    parts = _ccl.block_parts(plan.labels() if plan.array is None else plan.array, m, None)
+    obj, _ = _ccl.combine_stats(parts, 3, True, False)
     obj = obj[obj["size"] >= min_size]
     n = obj["size"].to_numpy()
     arr = np.column_stack([obj["s0"] / n, obj["s1"] / n, obj["s2"] / n, obj["imax"]])
@@ -287,9 +149,7 @@ def pick(scoremap, *, threshold: float = 0.5, min_size: float = 1, min_spacing: 
     >>> pick(s, threshold=0.5, min_spacing=4)[["x", "y", "z"]].values.tolist()
     [[12.0, 12.0, 12.0]]
     """
-    import pandas as pd
-
-    s, vs = as_dask(scoremap, "scoremap")
+    s, vs = _ccl.as_input(scoremap, "scoremap")
     vs = voxel_size if voxel_size is not None else vs
     if s.ndim not in (3, 4):
         raise ShapeError(f"scoremap must be [z, y, x] or [c, z, y, x], got {s.ndim} dimensions")
@@ -306,13 +166,9 @@ def pick(scoremap, *, threshold: float = 0.5, min_size: float = 1, min_spacing: 
     if top_k is not None and int(top_k) < 0:
         raise ValueProblem(f"top_k must be >= 0, got {top_k}")
     cap_v = int(math.ceil(cap if cap is not None else max(min_spacing, 1)))
-    if s.ndim == 4:
-        cls_list = list(range(1, s.shape[0])) if classes is None else [int(c) for c in classes]
-        if any(c < 0 or c >= s.shape[0] for c in cls_list):
-            raise ValueProblem(f"classes {cls_list} out of range for {s.shape[0]} score channels")
-        maps = [(c, s[c]) for c in cls_list]
-    else:
-        maps = [(1, s)]
+    if _ccl.one_block(s):  # read once; every step below then runs on numpy, without a task graph
+        s = _ccl.in_memory(s)
+    maps = class_maps(s, classes)
     frames = []
     min_size_v = int(math.ceil(min_size))
     for c, m in maps:
@@ -320,102 +176,23 @@ def pick(scoremap, *, threshold: float = 0.5, min_size: float = 1, min_spacing: 
         if mode == "centroid":
             arr, size = _centroids(m, threshold, min_size_v, connectivity)
         else:
-            arr = _peaks_3d(m, threshold=threshold, spacing=min_spacing, cap=cap_v, mode=mode)
+            arr = peaks(m, threshold=threshold, spacing=min_spacing, cap=cap_v, mode=mode)
             if min_size_v > 1:
                 arr = _component_filter(m, threshold, arr, min_size_v, connectivity)
         if margin > 0 and len(arr):
             ok = np.all((arr[:, :3] >= margin) & (arr[:, :3] <= np.asarray(m.shape) - 1 - margin), axis=1)
             arr = arr[ok]
             size = None if size is None else size[ok]
-        order = np.lexsort((arr[:, 2], arr[:, 1], arr[:, 0], -arr[:, 3])) if len(arr) else np.zeros(0, int)
-        if top_k is not None:
-            order = order[:int(top_k)]
-        arr = arr[order]
-        cols = {"class_label": np.full(len(arr), c), "x": arr[:, 2], "y": arr[:, 1], "z": arr[:, 0],
-                "score": arr[:, 3]}
-        if size is not None:
-            cols["size"] = size[order]
-        frames.append(pd.DataFrame(cols))
-        log.info("pick: class %d, %d picks (%s)", c, len(arr), mode)
+        frames.append(picks_frame(c, arr, size, top_k))
+        log.info("pick: class %d, %d picks (%s)", c, len(frames[-1]), mode)
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     df["obj_id"] = np.arange(1, len(df) + 1)
     return object_frame(df, vs)
 
 
-def _tomo_name(path) -> str:
-    from pathlib import Path
-
-    name = Path(path).name
-    for suf in (".ome.zarr", ".zarr", ".mrc", ".rec", ".map", ".h5", ".hdf5", ".tif", ".tiff"):
-        if name.lower().endswith(suf):
-            return name[: -len(suf)]
-    return name
-
-
-def pick_inputs(path, *, method: str = "meanshift", radius: float = 5, threshold: float = 0.5,
-                min_size: float = 1, min_spacing: float = 5, margin: float = 0, top_k=None, classes=None,
-                units: str = "voxel", voxel_size=None, level: int = 0, tomo=None, z_range=None,
-                border: float = 0, smooth: float = 0):
-    """Open one label or score map from disk and turn it into an object list.
-
-    ``method`` is ``"cc"`` / ``"meanshift"`` (:func:`~tomochunk.ops.cluster.cluster`
-    on a label map) or ``"peaks"`` / ``"centroid"`` / ``"nms"`` (:func:`pick`
-    on a score map), or ``"heatmap"``
-    (:func:`~tomochunk.ops.heatmap.decode_heatmap`: NMS with ``min_spacing`` as
-    the half-window, then ``z_range`` (voxels) and ``border`` / ``margin``
-    cut-offs and a global top-K, after an optional Gaussian ``smooth``). ``path`` is a segmentation store (its ``labels/classes``
-    or ``labels/scores`` array is used), a zarr array or an MRC/HDF5/TIFF file.
-    The ``tomo`` column is ``tomo`` or the file name without its extension.
-
-    Examples
-    --------
-    >>> df = pick_inputs("seg/tomo1.zarr", method="meanshift", radius=5)  # doctest: +SKIP
-    """
-    from pathlib import Path
-
-    from ..errors import MissingError, TomochunkError
-    from ..io.volume import open_volume
-    from .cluster import cluster
-
-    p = Path(path)
-    if not p.exists():
-        raise MissingError("no such file or store", p)
-    is_labels = method in ("cc", "meanshift")
-    inner = p / "labels" / ("classes" if is_labels else "scores")
-    src = inner if inner.exists() else p
-    vol = open_volume(src, level=level)
-    vs = voxel_size if voxel_size is not None else vol.attrs.get("voxel_size")
-    if classes is not None and np.ndim(classes) == 0:
-        classes = [int(classes)]
-    try:
-        if is_labels:
-            r, ms = float(radius), min_size
-            if units == "angstrom":
-                if not vs:
-                    raise ValueProblem("units='angstrom' needs a voxel size")
-                r, ms = r / vs, ms / vs ** 3
-            df = cluster(vol, radius=r, classes=classes, min_size=int(math.ceil(ms)), method=method,
-                         voxel_size=vs)
-            if top_k is not None:
-                df = df.sort_values("size", ascending=False).groupby("class_label").head(int(top_k))
-        elif method == "heatmap":
-            from .heatmap import decode_heatmap
-
-            ms, bd = float(min_spacing), np.maximum(border, margin)
-            if units == "angstrom":
-                if not vs:
-                    raise ValueProblem("units='angstrom' needs a voxel size")
-                ms, bd = ms / vs, bd / vs
-            df = decode_heatmap(vol, threshold=threshold, top_k=top_k, min_distance=ms, z_range=z_range,
-                                border=bd, smooth=smooth, classes=classes, voxel_size=vs)
-        else:
-            df = pick(vol, threshold=threshold, min_size=min_size, min_spacing=min_spacing, margin=margin,
-                      mode=method, top_k=top_k, voxel_size=vs, units=units, classes=classes)
-    except TomochunkError as exc:
-        if exc.path is None:
-            raise type(exc)(str(exc), src) from exc
-        raise
-    df.insert(0, "tomo", tomo if tomo is not None else _tomo_name(p))
-    if vs:
-        df.attrs["voxel_size"] = float(vs)
-    return df.reset_index(drop=True)
+def __getattr__(name: str):
+    # pick_inputs (file in, objects out) moved up to tomochunk.workflows.picking; a lazy forward
+    # keeps the old import path without a static import against the layers
+    if name == "pick_inputs":
+        return getattr(importlib.import_module("tomochunk.workflows.picking"), name)
+    raise AttributeError(f"module 'tomochunk.ops.pick' has no attribute {name!r}")

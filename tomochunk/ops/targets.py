@@ -18,20 +18,34 @@ voxel-identical, which fixes these rules:
   radius lose their one-voxel caps on the + side (DeepFinder's box).
 * **Rotation.** When an object has all three Euler angles, its template is
   rotated first (also spheres) with tomochunk's convention
-  (:func:`tomochunk.phantom.euler_matrix`) about DeepFinder's centre, see
+  (:func:`tomochunk.io.objects.euler_to_matrix`) about DeepFinder's centre, see
   :func:`rotate_template_deepfinder`, then rounded (linear interpolation,
   ``round(v) == 1`` is inside).
 * **Overlap.** Objects are painted in list order: **a later object overwrites
   earlier ones** where they overlap, and objects overwrite the ``initial``
   volume (e.g. membranes) wherever their template is inside.
+* **Outside.** Objects whose centre lies outside the volume are clipped (or dropped
+  when nothing of their template is inside), with a warning giving their count.
+
+The blocks are painted with :mod:`tomochunk.ops._paint`, the painter that
+:mod:`tomochunk.ops.heatmap` and :mod:`tomochunk.phantom` share.
 """
 
 from __future__ import annotations
 
+import warnings
+
+import dask.array as da
 import numpy as np
+import pandas as pd
+from dask.base import tokenize
+from scipy.ndimage import map_coordinates
 
 from .._log import get_logger
 from ..errors import ShapeError, ValueProblem
+# TODO(objects lane): tomochunk._geometry.euler_to_matrix once it lands (same convention)
+from ..io.objects import euler_to_matrix
+from ._paint import blockwise, route, stamp
 
 log = get_logger(__name__)
 
@@ -50,7 +64,7 @@ def sphere_template(box: int, radius: float) -> np.ndarray:
 
     Examples
     --------
-    >>> sphere_template(4, 1).sum()
+    >>> int(sphere_template(4, 1).sum())
     7
     """
     c = np.floor(box / 2)
@@ -66,7 +80,7 @@ def rotate_template_deepfinder(template: np.ndarray, phi: float, psi: float, the
     """Rotate a cubic template by Euler angles exactly as DeepFinder's target builder does.
 
     The rotation itself is tomochunk's single convention,
-    :func:`tomochunk.phantom.euler_matrix` (degrees, TOM/PyTOM ZXZ, an active
+    :func:`tomochunk.io.objects.euler_to_matrix` (degrees, TOM/PyTOM ZXZ, an active
     rotation ``R``): the output voxel ``o`` samples the input at
     ``R^T (o - c) + c`` by linear interpolation (zero outside). What is
     specific to DeepFinder (cryoet-deepfinder 0.2) and kept here for
@@ -92,17 +106,13 @@ def rotate_template_deepfinder(template: np.ndarray, phi: float, psi: float, the
     >>> bool((np.round(rotate_template_deepfinder(t, 0, 0, 0)) == t).all())
     True
     """
-    from scipy.ndimage import map_coordinates
-
-    from ..phantom import euler_matrix
-
     a = np.asarray(template, dtype=float)
     if a.ndim != 3 or len(set(a.shape)) != 1:
         raise ShapeError(f"a template to rotate must be a cube, not shape {a.shape}")
     n = a.shape[0]
     half = float(n) / 2
     # R^T acting on (z, y, x) index vectors: reverse the (x, y, z) axes of R^T.
-    m = euler_matrix(phi, psi, the).T[::-1, ::-1]
+    m = euler_to_matrix(phi, psi, the).T[::-1, ::-1]
     g = np.indices(a.shape).reshape(3, -1).astype(float) - half
     src = np.dot(m, g) + half
     return map_coordinates(a, src.reshape((3,) + a.shape), order=1)
@@ -112,8 +122,6 @@ def rotate_template_deepfinder(template: np.ndarray, phi: float, psi: float, the
 
 def _object_table(objects, tomo):
     """Return (labels, zyx int origins-to-be, angles or None) as numpy arrays."""
-    import pandas as pd
-
     if not isinstance(objects, pd.DataFrame):
         objects = pd.DataFrame(objects)
     if "class_label" not in objects.columns and "label" in objects.columns:
@@ -139,8 +147,6 @@ def _object_table(objects, tomo):
 
 
 def _shape_and_initial(shape, initial, chunks):
-    import dask.array as da
-
     if hasattr(shape, "shape") and not isinstance(shape, tuple):
         shape = shape.shape
     if np.isscalar(shape):
@@ -163,13 +169,13 @@ def _shape_and_initial(shape, initial, chunks):
     return shape, chunks, init
 
 
-def _paint_block(init_block, block_shape, offset, dtype, objs, templates, rotate):
+def _paint_block(args, offset, block_shape, init_block=None):
     """Paint the objects in ``objs`` (in order) into one block."""
+    dtype, objs, templates, rotate = args
     out = (np.zeros(block_shape, dtype=dtype) if init_block is None
            else np.array(init_block, dtype=dtype, copy=True))
     labels, centres, angles = objs
     offset = np.asarray(offset)
-    bshape = np.asarray(block_shape)
     cache = {}
     for k in range(len(labels)):
         lbl = int(labels[k])
@@ -182,23 +188,12 @@ def _paint_block(init_block, block_shape, offset, dtype, objs, templates, rotate
                 cache[key] = mask
         else:
             mask = tmpl
-        tshape = np.asarray(mask.shape)
-        origin = centres[k] - tshape // 2 - offset           # template origin in block coords
-        lo = np.maximum(origin, 0)
-        hi = np.minimum(origin + tshape, bshape)
-        if np.any(hi <= lo):
-            continue
-        bsl = tuple(slice(a, b) for a, b in zip(lo, hi))
-        tsl = tuple(slice(a - o, b - o) for a, b, o in zip(lo, hi, origin))
-        out[bsl][mask[tsl]] = lbl
+        # the template voxel D // 2 lands on the object's voxel
+        stamp(out, mask, centres[k] - np.asarray(mask.shape) // 2 - offset, value=lbl)
     return out
 
 
 def _build(objects, shape, templates, *, chunks, initial, dtype, tomo, rotate, name):
-    import dask.array as da
-    from dask.base import tokenize
-    from dask.highlevelgraph import HighLevelGraph
-
     labels, centres, angles = _object_table(objects, tomo)
     unknown = sorted(set(labels.tolist()) - set(templates))
     if unknown:
@@ -210,44 +205,27 @@ def _build(objects, shape, templates, *, chunks, initial, dtype, tomo, rotate, n
         if init is not None:
             dtype = np.promote_types(dtype, init.dtype)
     dtype = np.dtype(dtype)
+    outside = int(np.sum(np.any((centres < 0) | (centres >= np.asarray(shape)), axis=1))) if len(centres) else 0
+    if outside:
+        warnings.warn(f"{name}: {outside} of {len(labels)} objects lie outside the volume (z, y, x) = "
+                      f"{shape}; they are clipped or left out", stacklevel=3)
 
-    # Which blocks each object's template box touches.
-    bounds = [np.concatenate([[0], np.cumsum(c)]) for c in chunks]
-    numblocks = tuple(len(c) for c in chunks)
-    per_block: dict[tuple, list[int]] = {}
+    # which blocks each object's template box touches
     size = {lbl: np.asarray(t.shape) for lbl, t in templates.items()}
-    for k in range(len(labels)):
-        ts = size[int(labels[k])]
-        lo = centres[k] - ts // 2
-        hi = lo + ts - 1
-        ranges = []
-        for ax in range(3):
-            if hi[ax] < 0 or lo[ax] >= shape[ax]:
-                break
-            b0 = np.searchsorted(bounds[ax], max(lo[ax], 0), side="right") - 1
-            b1 = np.searchsorted(bounds[ax], min(hi[ax], shape[ax] - 1), side="right") - 1
-            ranges.append(range(b0, b1 + 1))
-        else:
-            for idx in np.ndindex(*(len(r) for r in ranges)):
-                key = tuple(r[i] for r, i in zip(ranges, idx))
-                per_block.setdefault(key, []).append(k)
+    tsize = np.array([size[int(lbl)] for lbl in labels], np.int64).reshape(-1, 3)
+    lo = centres - tsize // 2
+    per_block = route(lo, lo + tsize, chunks)
+    empty = np.zeros(0, np.int64)
 
-    token = tokenize(labels, centres, angles, {k: tokenize(v) for k, v in templates.items()},
-                     shape, chunks, None if init is None else init.name, dtype, rotate)
-    out_name = f"{name}-{token}"
-    dsk = {}
-    for idx in np.ndindex(*numblocks):
-        ks = np.asarray(per_block.get(idx, []), dtype=np.int64)
+    def block_args(idx, offset, bshape):
+        ks = per_block.get(idx, empty)
         objs = (labels[ks], centres[ks], None if angles is None else angles[ks])
         used = {int(lbl): templates[int(lbl)] for lbl in np.unique(objs[0])}
-        offset = tuple(int(b[i]) for b, i in zip(bounds, idx))
-        bshape = tuple(int(c[i]) for c, i in zip(chunks, idx))
-        src = None if init is None else (init.name,) + idx
-        dsk[(out_name,) + idx] = (_paint_block, src, bshape, offset, dtype, objs, used, rotate)
-    deps = [] if init is None else [init]
-    graph = HighLevelGraph.from_collections(out_name, dsk, dependencies=deps)
-    log.info("%s: %d objects over %d blocks", name, len(labels), int(np.prod(numblocks)))
-    return da.Array(graph, out_name, chunks, dtype=dtype)
+        return dtype, objs, used, rotate
+
+    token = (labels, centres, angles, {k: tokenize(v) for k, v in templates.items()}, shape, dtype, rotate)
+    log.info("%s: %d objects over %d blocks", name, len(labels), int(np.prod([len(c) for c in chunks])))
+    return blockwise(_paint_block, chunks, block_args, name=name, token=token, dtype=dtype, initial=init)
 
 
 def _per_class(values, what):

@@ -1,0 +1,115 @@
+"""Picking from files and stores: the one dispatch from a method name to the op that picks.
+
+``tomochunk pick``, ``tomochunk run`` and :func:`pick_inputs` all go through
+:func:`pick_volume`, so every method (``cc``, ``meanshift``, ``peaks``, ``centroid``,
+``nms``, ``heatmap``) and every option (``units``, ``classes``, ``top_k``, ...) means the
+same thing wherever it is used.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from .._names import tomo_name
+from ..errors import MissingError, TomochunkError, ValueProblem
+from ..io.volume import open_volume
+from ..ops.cluster import cluster
+from ..ops.heatmap import decode_heatmap
+from ..ops.pick import pick
+
+#: Methods that cluster a label map; the others pick on a score map.
+LABEL_METHODS = ("cc", "meanshift")
+SCORE_METHODS = ("peaks", "centroid", "nms", "heatmap")
+METHODS = LABEL_METHODS + SCORE_METHODS
+
+
+def _per_voxel(value, vs, units, power=1):
+    if units == "voxel":
+        return value
+    if units != "angstrom":
+        raise ValueProblem(f"unknown units {units!r} (voxel or angstrom)")
+    if not vs:
+        raise ValueProblem("units='angstrom' needs a voxel size")
+    return value / vs ** power
+
+
+def pick_volume(vol, *, method: str = "meanshift", radius: float = 5, threshold: float = 0.5,
+                min_size: float = 1, min_spacing: float = 5, margin: float = 0, top_k=None, classes=None,
+                units: str = "voxel", voxel_size=None, z_range=None, border: float = 0, smooth: float = 0):
+    """Pick objects on an opened label or score map, by method name.
+
+    ``method`` is ``"cc"`` / ``"meanshift"`` (:func:`~tomochunk.ops.cluster.cluster` on a
+    label map), ``"peaks"`` / ``"centroid"`` / ``"nms"`` (:func:`~tomochunk.ops.pick.pick` on
+    a score map) or ``"heatmap"`` (:func:`~tomochunk.ops.heatmap.decode_heatmap`: NMS with
+    ``min_spacing`` as the half-window, then ``z_range`` (voxels) and ``border`` / ``margin``
+    cut-offs and a global top-K, after an optional Gaussian ``smooth``). With
+    ``units="angstrom"``, ``radius``, ``min_spacing``, ``margin`` and ``border`` are in Å and
+    ``min_size`` in Å³.
+
+    Examples
+    --------
+    >>> lab = np.zeros((8, 8, 8), np.uint8); lab[2:4, 2:4, 2:4] = 1
+    >>> pick_volume(lab, method="cc")[["class_label", "x", "y", "z"]].to_numpy().tolist()
+    [[1.0, 2.5, 2.5, 2.5]]
+    """
+    if method not in METHODS:
+        raise ValueProblem(f"unknown pick method {method!r} ({', '.join(METHODS)})")
+    vs = voxel_size if voxel_size is not None else getattr(vol, "attrs", {}).get("voxel_size")
+    if classes is not None and np.ndim(classes) == 0:
+        classes = [int(classes)]
+    if method in LABEL_METHODS:
+        r, ms = _per_voxel(float(radius), vs, units), _per_voxel(float(min_size), vs, units, 3)
+        df = cluster(vol, radius=r, classes=classes, min_size=int(math.ceil(ms)), method=method, voxel_size=vs)
+        if top_k is not None:
+            df = df.sort_values("size", ascending=False).groupby("class_label").head(int(top_k))
+    elif method == "heatmap":
+        ms = _per_voxel(float(min_spacing), vs, units)
+        bd = _per_voxel(np.maximum(border, margin), vs, units)
+        df = decode_heatmap(vol, threshold=threshold, top_k=top_k, min_distance=ms, z_range=z_range,
+                            border=bd, smooth=smooth, classes=classes, voxel_size=vs)
+    else:
+        df = pick(vol, threshold=threshold, min_size=min_size, min_spacing=min_spacing, margin=margin,
+                  mode=method, top_k=top_k, voxel_size=vs, units=units, classes=classes)
+    if vs:
+        df.attrs["voxel_size"] = float(vs)
+    return df
+
+
+def pick_inputs(path, *, method: str = "meanshift", radius: float = 5, threshold: float = 0.5,
+                min_size: float = 1, min_spacing: float = 5, margin: float = 0, top_k=None, classes=None,
+                units: str = "voxel", voxel_size=None, level: int = 0, tomo=None, z_range=None,
+                border: float = 0, smooth: float = 0):
+    """Open one label or score map from disk and turn it into an object list.
+
+    ``path`` is a segmentation store (its ``labels/classes`` array is used for ``cc`` /
+    ``meanshift``, ``labels/scores`` for the other methods), a zarr array or an
+    MRC/HDF5/TIFF file; ``method`` and the options are those of :func:`pick_volume`. The
+    ``tomo`` column is ``tomo`` or the path's tomogram name
+    (:func:`tomochunk._names.tomo_name`: ``seg/t1.ome.zarr`` gives ``t1``).
+
+    Examples
+    --------
+    >>> df = pick_inputs("seg/tomo1.zarr", method="meanshift", radius=5)  # doctest: +SKIP
+    """
+    p = Path(path)
+    if not p.exists():
+        raise MissingError("no such file or store", p)
+    inner = p / "labels" / ("classes" if method in LABEL_METHODS else "scores")
+    src = inner if inner.exists() else p
+    vol = open_volume(src, level=level)
+    try:
+        df = pick_volume(vol, method=method, radius=radius, threshold=threshold, min_size=min_size,
+                         min_spacing=min_spacing, margin=margin, top_k=top_k, classes=classes, units=units,
+                         voxel_size=voxel_size, z_range=z_range, border=border, smooth=smooth)
+    except TomochunkError as exc:
+        if exc.path is None:
+            raise type(exc)(str(exc), src) from exc
+        raise
+    attrs = dict(df.attrs)
+    df.insert(0, "tomo", tomo if tomo is not None else tomo_name(p))
+    df = df.reset_index(drop=True)
+    df.attrs.update(attrs)
+    return df
