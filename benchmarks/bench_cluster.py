@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Object extraction from a label map: ``tomochunk.cluster`` against DeepFinder's ``Cluster``.
 
 Targets (issues 6, 24): on a 200x512x512 phantom label map with >= 2000 objects, extraction is

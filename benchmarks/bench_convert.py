@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Convert a >=2 GB float32 MRC to OME-Zarr; print throughput as a ratio to `cp` and the peak RSS.
 
 Targets (issue 2): >= 0.5x cp, peak RSS <= 1 GB.

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Distributed ``tomochunk.label`` against ``scipy.ndimage.label``, and its 1 -> 2 worker scaling.
 
 Target (issue 6): on one worker within 2x of scipy's time; equal to scipy up to a permutation.

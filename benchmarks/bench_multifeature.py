@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Multi-feature segmentation: three 2D one-feature models, alone versus in competition.
 
 Data. A phantom with membrane-like sheets (vesicle bilayers), filaments and

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Phantom generation speed, and a large phantom written straight to OME-Zarr with bounded memory.
 
 1. Eager default-size tomogram (128x256x256) and movie (300x256x256): wall and CPU seconds.

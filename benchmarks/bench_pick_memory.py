@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """A score map larger than a worker's memory limit is picked without error.
 
 Target (issue 6). A float32 score map of ``--gb`` GB (smooth blobs) is written to Zarr by the

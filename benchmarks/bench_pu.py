@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Sparse labels: positive-unlabeled (nnPU) training against plain Dice + cross-entropy.
 
 A phantom tomogram is generated; 30 % of the particles of class 1 inside one

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """DeepFinder's ``Segment`` against ``tomochunk.segment`` with the same weights: equivalence and speed.
 
 Targets (issue 5): patch 160 on a 200x256x256 volume, max |delta| <= 1e-3, voxels/s >= 4x

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Segment a >= 3 GB float32 Zarr volume with a small U-Net; print the peak RSS summed over
 the scheduler and worker processes (sampled with psutil every 0.2 s).
 

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Segment a TIRF movie with tomochunk and with ExoDeepFinder's ``Segment``, same weights, same run.
 
 ExoDeepFinder (PyPI ``exodeepfinder``, GPL) runs in its own venv as a subprocess; it is never

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Training benchmark: per-class validation F1 over time, and throughput against DeepFinder.
 
 Data: two phantom tomograms (tomochunk.phantom_tomogram, 3 classes: sphere,

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """The same model and weights give the same predictions under tensorflow and jax (and torch).
 
 Saves a DeepFinder U-Net (random non-trivial weights) as ``.keras`` and as a

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Compare tomochunk's object-list IO and ``evaluate(method="deepfinder")`` with DeepFinder itself.
 
 DeepFinder (PyPI ``cryoet-deepfinder``, GPL) runs in its own virtual

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """tomochunk.targets is voxel-identical to DeepFinder's TargetBuilder.
 
 DeepFinder (cryoet-deepfinder, own venv: DF_PYTHON, default /work/venvs/df)

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Legacy DeepFinder weight files give the same predictions in tomochunk (Keras 3).
 
 DeepFinder (cryoet-deepfinder, tf.keras 2.13) runs in its own venv

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Fault tolerance of segmentation: a killed worker, and an interrupted then rerun CLI.
 
 1. Undisturbed run (embedded LocalCluster, 2 workers) -> reference store.

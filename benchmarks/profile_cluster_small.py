@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Overhead of ``tomochunk.cluster`` on a small in-memory map (issue 24).
 
 DeepFinder's recommended input: a 2x-binned 100x256x256 sphere map with about 2500 objects,

@@ -56,6 +56,7 @@ def _demo(args):
     print(f"[1/4] phantom tomogram {shape} ...")
     vol, truth, labels = tc.phantom_tomogram(shape, classes=4, seed=args.seed, snr=1.0)
     tc.write_volume(vol, out / "phantom.mrc", voxel_size=truth.attrs["voxel_size"], overwrite=True)
+    truth["tomo"] = "phantom"  # the name pick/cluster give the picks of phantom.zarr (tomo_name)
     tc.write_objects(truth, out / "truth.xml")
     print(f"      {len(truth)} particles in {len(truth.attrs['classes'])} classes: "
           + ", ".join(f"{n} ({(truth.class_label == k).sum()})" for k, n in truth.attrs["classes"].items()))
@@ -69,7 +70,6 @@ def _demo(args):
 
     picks, seg = _segment_and_pick(store, out, args)
     print("[4/4] evaluate against the truth (Hungarian matching within 5 voxels) ...")
-    truth["tomo"] = "phantom"
     table = tc.evaluate(picks, truth, max_dist=5)
     if "name" not in table:
         names = {str(k): v for k, v in truth.attrs["classes"].items()}

@@ -99,9 +99,9 @@ def test_no_predictions_and_tomograms_only_in_one_list():
         r = evaluate(pred.iloc[:0], truth, max_dist=1, method=m).loc["all"]
         assert (r["tp"], r["fp"], r["fn"], r["recall"]) == (0, 0, 3, 0.0)
         assert np.isnan(r["precision"])
-    # objects only match inside their own tomogram
-    r = evaluate(_objs([0], tomo=["b"]), _objs([0], tomo=["a"]), max_dist=1).loc["all"]
-    assert (r["tp"], r["fp"], r["fn"]) == (0, 1, 1)
+    # objects only match inside their own tomogram; lists sharing none are refused (issue 25)
+    with pytest.raises(ValueProblem, match="share no tomogram"):
+        evaluate(_objs([0], tomo=["b"]), _objs([0], tomo=["a"]), max_dist=1)
 
 
 # ----------------------------------------------------------------------------- Hungarian

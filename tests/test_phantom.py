@@ -264,7 +264,7 @@ def test_cli_phantom(tmp_path, capsys):
     vol, obj, lab = phantom_tomogram((32, 64, 64), ["sphere", ("rod", 6)], n_objects=6, seed=3)
     v = open_volume(out)
     np.testing.assert_allclose(np.asarray(v), vol, atol=1e-6)
-    np.testing.assert_array_equal(np.asarray(open_volume(tmp_path / "tomo_labels.zarr")), lab)
+    np.testing.assert_array_equal(np.asarray(open_volume(tmp_path / "truth" / "tomo_labels.zarr")), lab)
     back = read_objects(truth)
     np.testing.assert_allclose(back[["x", "y", "z"]].to_numpy(), obj[["x", "y", "z"]].to_numpy())
     np.testing.assert_array_equal(back.class_label.to_numpy(), obj.class_label.to_numpy())
@@ -272,7 +272,7 @@ def test_cli_phantom(tmp_path, capsys):
     assert main(["phantom", str(out), "--shape", "32,64,64", "--objects", str(truth)]) == 2
     assert main(["phantom", str(tmp_path / "m.mrc"), "--movie", "--shape", "20,48,48", "--n-events", "2",
                  "--chunks", "10,48,48"]) == 0
-    assert (tmp_path / "m_labels.mrc").exists() and (tmp_path / "m_objects.csv").exists()
+    assert (tmp_path / "truth" / "m_labels.mrc").exists() and (tmp_path / "truth" / "m_objects.csv").exists()
 
 
 def test_membranes_are_unlabelled_clutter():

@@ -176,6 +176,8 @@ def _add_convert(sub):
     p.add_argument("--ngff", choices=("0.4", "0.5"), default="0.4",
                    help="NGFF 0.4 on Zarr 2 (default, read by copick and the cryoET data portal) or 0.5 on Zarr 3")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--force", action="store_true",
+                   help="convert inputs whose metadata marks them as label maps (with a warning)")
     p.set_defaults(run=_run_convert)
 
 
@@ -190,7 +192,7 @@ def _run_convert(args):
     out.mkdir(parents=True, exist_ok=True)
     for src, dst in outputs.items():
         convert(src, dst, chunks=args.chunks, levels=args.levels, overwrite=args.overwrite,
-                dataset=args.dataset, progress=_tty(), ngff=args.ngff,
+                dataset=args.dataset, progress=_tty(), ngff=args.ngff, force=args.force,
                 compression={"auto": "auto", "on": True, "off": False}[args.compression])
         print(f"{src} -> {dst}")
 
@@ -395,8 +397,9 @@ def _add_phantom(sub):
                  "--objects truth.csv\n"
                  "tomochunk phantom movie.zarr --movie --shape 300,256,256 --objects events.csv")
     p.add_argument("out", metavar="OUT", help="output volume: .mrc, .h5 or .zarr")
-    p.add_argument("--labels", default=None, help="label map output (default: OUT with a _labels suffix)")
-    p.add_argument("--objects", default=None, help="object list output (default: OUT_objects.csv)")
+    p.add_argument("--labels", default=None,
+                   help="label map output (default: truth/NAME_labels.EXT beside OUT, apart from the tomograms)")
+    p.add_argument("--objects", default=None, help="object list output (default: truth/NAME_objects.csv)")
     p.add_argument("--movie", action="store_true", help="a TIRF-like [t,y,x] movie instead of a tomogram")
     p.add_argument("--shape", type=_ints, default=None,
                    help="z,y,x (or t,y,x) size (default 128,256,256; movies 300,256,256)")
@@ -428,12 +431,15 @@ def _run_phantom(args):
     from .errors import ExistsError
     from .io.objects import write_objects
     from .io.volume import write_volume
+    from ._names import tomo_name
     from .phantom import phantom_movie, phantom_tomogram
 
     out = Path(args.out)
     suffix = ".zarr" if out.suffix.lower() == ".zarr" else out.suffix
-    labels = Path(args.labels) if args.labels else out.with_name(out.stem + "_labels" + suffix)
-    objects = Path(args.objects) if args.objects else out.with_name(out.stem + "_objects.csv")
+    # the truth goes apart from the tomograms (truth/), so `*.mrc`/`*.zarr` globs never take a label map
+    stem = out.name[:-len(suffix)] if suffix and out.name.lower().endswith(suffix.lower()) else out.stem
+    labels = Path(args.labels) if args.labels else out.parent / "truth" / (stem + "_labels" + suffix)
+    objects = Path(args.objects) if args.objects else out.parent / "truth" / (stem + "_objects.csv")
     for path in (out, labels, objects):
         if path.exists() and not args.overwrite:
             raise ExistsError("output exists; pass --overwrite to replace it", path)
@@ -466,6 +472,8 @@ def _run_phantom(args):
     with _progress("writing the phantom"):
         write_volume(vol, out, **kw)
         write_volume(lab, labels, label=True, **kw)
+    objects.parent.mkdir(parents=True, exist_ok=True)
+    obj["tomo"] = tomo_name(out)  # the name `pick` gives the picks of this volume, so `evaluate` pairs them
     write_objects(obj, objects)
     counts = ", ".join(f"{obj.attrs['classes'].get(k, k)}: {n}"
                        for k, n in sorted(obj.class_label.value_counts().items()))
@@ -579,6 +587,8 @@ def _add_segment(sub):
     p.add_argument("--chunks", type=int, default=256, help="storage chunk side of the outputs")
     p.add_argument("--dataset", default=None, help="HDF5 dataset name")
     p.add_argument("--overwrite", action="store_true", help="redo tomograms that are already segmented")
+    p.add_argument("--force", action="store_true",
+                   help="segment inputs whose metadata marks them as label maps (with a warning)")
     _add_cluster_options(p, embedded=True)
     p.set_defaults(run=_run_segment)
 
@@ -611,12 +621,12 @@ def _run_segment(args):
         print(f"Dask dashboard: {client.dashboard_link}")
         for src, dst in todo:
             if Path(src).resolve() != dst.resolve() and not (dst.exists() and is_complete(dst)):
-                convert(src, dst, dataset=args.dataset, progress=_tty())
+                convert(src, dst, dataset=args.dataset, progress=_tty(), force=args.force)
             vol = open_volume(dst)
             scores = segment(vol, model, patch_size=args.patch, crop=args.crop, batch_size=args.batch,
                              blend=args.blend, normalize=None if args.normalize == "none" else args.normalize,
                              tiling=args.tiling, block_shape=args.block, precision=args.precision, client=client,
-                             tta=args.tta)
+                             tta=args.tta, force=args.force)
             print(f"{src}: segmenting {dict(zip(vol.dims, vol.shape))} into {dst / 'labels'}")
             write_segmentation(scores, dst, dtype=args.dtype, chunks=args.chunks, overwrite=args.overwrite,
                                client=client, progress=_tty())

@@ -15,7 +15,7 @@ from ._identity import check_alias, source_identity
 from ._ngff_meta import VERSIONS, default_compressor
 from ._source import warn
 from .omezarr import PyramidWriter
-from .volume import open_source
+from .volume import check_tomogram, open_source
 
 log = get_logger(__name__)
 
@@ -91,7 +91,7 @@ def _codec(source, compression, ngff, dst, overwrite):
 
 
 def convert(src, dst, *, chunks=None, levels=3, overwrite=False, dataset=None, ngff="0.4",
-            compression="auto", threads=None, progress=False):
+            compression="auto", threads=None, progress=False, force=False):
     """Convert a tomogram or movie to an OME-Zarr multiscale store, streaming block by block.
 
     Memory stays at a few storage chunks whatever the input size. Each finished
@@ -125,6 +125,9 @@ def convert(src, dst, *, chunks=None, levels=3, overwrite=False, dataset=None, n
     threads : int, optional
         Chunks in flight (default: cores + 2, as raw chunks are written with ``O_DIRECT``
         and their threads wait on the disk; each holds one chunk, 64 MB at 256³ float32).
+    force : bool
+        Convert a source whose metadata marks it as a label map (``*_labels.mrc``) with a
+        warning, instead of refusing it (a tomogram store with label values would be segmented).
 
     Returns
     -------
@@ -144,6 +147,7 @@ def convert(src, dst, *, chunks=None, levels=3, overwrite=False, dataset=None, n
         raise ValueProblem(f"compression must be 'auto', True or False, got {compression!r}")
     check_alias(dst, [src])  # before anything is opened, let alone deleted
     source, meta = open_source(src, dataset=dataset)
+    check_tomogram(meta, src, force)
     attrs = {"source": str(src)}
     if "header" in meta:
         attrs["mrc_header"] = meta["header"]

@@ -233,7 +233,7 @@ def mrc_dtype(dtype, value_range=None, path=None) -> np.dtype:
 
 
 def write_mrc(array, path, *, voxel_size=None, block_slices=None, value_range=None, origin=None,
-              nstart=None) -> None:
+              nstart=None, labels=None) -> None:
     """Write a 3D array (numpy or dask) to MRC, block by block, through a temporary name.
 
     Parameters
@@ -251,6 +251,8 @@ def write_mrc(array, path, *, voxel_size=None, block_slices=None, value_range=No
         ``nstart * voxel_size``.
     nstart : (z, y, x), optional
         ``nzstart, nystart, nxstart``.
+    labels : list of str, optional
+        Header text labels (80 characters each, at most 10), e.g. the label-map marker.
 
     Examples
     --------
@@ -294,6 +296,8 @@ def write_mrc(array, path, *, voxel_size=None, block_slices=None, value_range=No
             derived = tuple(float(s) * vs for s in (nstart or (0, 0, 0)))
             if not np.allclose(origin, derived, rtol=0, atol=1e-3):
                 mrc.header.origin.z, mrc.header.origin.y, mrc.header.origin.x = (float(v) for v in origin)
+        for text in (labels or [])[:10]:
+            mrc.add_label(str(text)[:80])
         mrc.update_header_stats()
     finally:
         mrc.close()

@@ -169,7 +169,9 @@ def read_multiscale(path, level=0, *, check=True):
             "translation": [float(t) * factor.get(d, 1.0) for d, t in zip(names, translation)]}
     shift = {d: float(t) * factor[d] for d, t in zip(names, translation) if d in "zyx"}
     attrs = node.attrs.asdict()
-    attrs.pop("ome", None)
+    ome = attrs.pop("ome", None)
+    if isinstance(ome, dict) and "image-label" in ome:  # NGFF 0.5 keeps it under "ome": check_tomogram looks
+        attrs["image-label"] = ome["image-label"]
     attrs.pop("multiscales", None)
     attrs["ngff_version"] = version
     if any(shift.values()):

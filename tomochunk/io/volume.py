@@ -98,6 +98,51 @@ def open_source(path, *, dataset=None, level=0):
     return src, meta
 
 
+#: written into the MRC header labels of label maps (Zarr label maps carry NGFF ``image-label``)
+LABEL_TAG = "tomochunk: labels"
+
+
+def is_label_map(meta) -> bool:
+    """Whether a volume's metadata marks it as a label map (our writers mark every one they write).
+
+    ``meta`` is an ``open_volume`` attrs dict or an ``open_source`` meta dict: NGFF ``image-label``,
+    ``attrs["tomochunk"]["kind"] == "labels"``, or :data:`LABEL_TAG` among the MRC header labels.
+
+    Examples
+    --------
+    >>> is_label_map({"image-label": {"version": "0.4"}}), is_label_map({"mrc_header": {"label": []}})
+    (True, False)
+    """
+    meta = dict(meta or {})
+    for attrs in (meta, meta.get("attrs") or {}):
+        if "image-label" in attrs or (attrs.get("tomochunk") or {}).get("kind") == "labels":
+            return True
+        header = attrs.get("mrc_header") or attrs.get("header") or {}
+        if isinstance(header, dict) and LABEL_TAG in (header.get("label") or []):
+            return True
+    return False
+
+
+def check_tomogram(meta, path=None, force=False) -> None:
+    """Refuse (or, with ``force``, warn about) a label map given where a tomogram is expected.
+
+    Examples
+    --------
+    >>> check_tomogram({"image-label": {}}, "t_labels.zarr")
+    Traceback (most recent call last):
+    ...
+    tomochunk.errors.ShapeError: t_labels.zarr: is a label map (its metadata says so), not a tomogram; pass --force (force=True) to use it anyway
+    """
+    if not is_label_map(meta):
+        return
+    message = "is a label map (its metadata says so), not a tomogram"
+    if force:
+        warn(message + "; used as one because of --force", path)
+        log.warning("%s: %s; used as one because of --force", path, message)
+        return
+    raise ShapeError(message + "; pass --force (force=True) to use it anyway", path)
+
+
 def _default_chunks(shape, dims):
     if dims[0] == "t":
         return (min(64, shape[0]),) + tuple(shape[1:])
@@ -219,7 +264,9 @@ def write_volume(array, path, *, voxel_size=None, levels=3, chunks=None, overwri
     chunks : int or tuple of int, optional
         Zarr storage chunks, positive integers.
     label : bool, optional
-        Zarr only: downsample by striding (labels) rather than by the mean (default: integer dtype).
+        A label map: Zarr downsamples it by striding rather than by the mean (default: integer
+        dtype) and marks it NGFF ``image-label``; MRC gets :data:`LABEL_TAG` among its header labels,
+        so :func:`check_tomogram` refuses it as a tomogram.
 
     Notes
     -----
@@ -279,7 +326,8 @@ def write_volume(array, path, *, voxel_size=None, levels=3, chunks=None, overwri
             lo, hi = da.compute(data.min(), data.max()) if data.size else (0, 0)
             value_range = (int(lo), int(hi))
         write_mrc(computed, path, voxel_size=voxel_size, block_slices=blocks, value_range=value_range,
-                  origin=attrs.get("origin"), nstart=attrs.get("mrc_nstart"))
+                  origin=attrs.get("origin"), nstart=attrs.get("mrc_nstart"),
+                  labels=[LABEL_TAG] if label else None)
     elif suf in EM_SUFFIXES:
         value_range = None
         if data.dtype.kind in "iu" and data.dtype.itemsize >= 4:

@@ -16,7 +16,7 @@ from pathlib import Path
 import dask
 import numpy as np
 
-from ..errors import MissingError, ValueProblem
+from ..errors import MissingError, ShapeError, ValueProblem
 from . import _cache
 
 
@@ -99,6 +99,51 @@ def n_classes(model, patch_size):
     if fixed and any(s != patch_size for s in fixed):
         raise ValueProblem(f"the model takes patches of {ins[1:4]}, but patch_size={patch_size}")
     return int(shape[-1])
+
+
+def model_kind(model):
+    """``"movie"`` for the anisotropic ``[t, y, x]`` network (pools ``(1, 2, 2)``), else ``"tomogram"``.
+
+    The pooling layers record it (:func:`tomochunk.nn.models.build_unet`, ``anisotropic=``);
+    a model without 3D pooling layers is taken as a tomogram model.
+
+    Examples
+    --------
+    >>> class Pool:
+    ...     pool_size = (1, 2, 2)
+    >>> class Net:
+    ...     layers = [Pool()]
+    >>> model_kind(Net())
+    'movie'
+    """
+    for layer in getattr(model, "layers", []):
+        pool = getattr(layer, "pool_size", None)
+        if pool is not None and len(tuple(pool)) == 3:
+            return "movie" if tuple(pool)[0] == 1 and tuple(pool)[1] > 1 else "tomogram"
+    return "tomogram"
+
+
+def check_model_dims(model, dims, path=None) -> None:
+    """Refuse a ``[t, y, x]`` movie given to a 3D tomogram model, and a tomogram given to a movie model.
+
+    Examples
+    --------
+    >>> class Net:
+    ...     layers = []
+    >>> check_model_dims(Net(), ("t", "y", "x"), "cell.zarr")
+    Traceback (most recent call last):
+    ...
+    tomochunk.errors.ShapeError: cell.zarr: is a (t, y, x) movie, but the model is a 3D tomogram model (it pools z); segment movies with a movie model (tomochunk tirf train/segment)
+    """
+    if not dims or len(dims) != 3:
+        return
+    kind = model_kind(model)
+    if dims[0] == "t" and kind == "tomogram":
+        raise ShapeError("is a (t, y, x) movie, but the model is a 3D tomogram model (it pools z); "
+                         "segment movies with a movie model (tomochunk tirf train/segment)", path)
+    if dims[0] == "z" and kind == "movie":
+        raise ShapeError("is a (z, y, x) tomogram, but the model is a (t, y, x) movie model "
+                         "(it pools y and x only); use a tomogram model", path)
 
 
 #: one network call at a time per process: TensorFlow's intra-op pool already uses every core,

@@ -105,28 +105,64 @@ def class_scores(confusion: np.ndarray):
     return precision, recall, f1
 
 
-def plot_history(hist, path, n_classes):
+#: the loss names the plot title shows, by the name ``train``'s ``loss=`` takes
+LOSS_NAMES = {"tversky": "Tversky loss", "pu": "PU loss", "nnpu": "PU loss", "cross_entropy": "cross-entropy",
+              "crossentropy": "cross-entropy", "categorical_crossentropy": "cross-entropy", "ce": "cross-entropy"}
+
+
+def plot_history(hist, path, n_classes, *, loss=None, classes=None):
+    """Plot ``history.png``: loss, validation voxel F1 and recall per class, one marker per epoch.
+
+    ``loss`` (the loss's name) and ``classes`` (``{label: name}``) default to ``hist.attrs``,
+    then to "loss" and "class N". Markers show a single epoch too; epochs are integer ticks.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> h = pd.DataFrame({"epoch": [1], "loss": [0.5], "val_loss": [0.6], "val_f1_1": [0.7],
+    ...                   "val_recall_1": [0.8]})
+    >>> p = plot_history(h, Path(tempfile.mkdtemp()) / "history.png", 2, loss="tversky",
+    ...                  classes={1: "ribosome"})
+    >>> p.name
+    'history.png'
+    """
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
+    attrs = getattr(hist, "attrs", {}) or {}
+    loss = loss if loss is not None else attrs.get("loss")
+    classes = {int(k): str(v) for k, v in (classes if classes is not None else attrs.get("classes") or {}).items()}
+    title = LOSS_NAMES.get(str(loss).lower().replace("-", "_"), str(loss)) if loss else "loss"
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     e = hist["epoch"]
-    axes[0].plot(e, hist["loss"], label="train")
-    axes[0].plot(e, hist["val_loss"], label="validation")
-    axes[0].set_title("Tversky loss")
-    for name, ax in (("f1", axes[1]), ("recall", axes[2])):
+    style = dict(marker="o", markersize=4)  # one epoch is one point: without a marker it draws nothing
+    axes[0].plot(e, hist["loss"], label="train", **style)
+    if "val_loss" in hist:
+        axes[0].plot(e, hist["val_loss"], label="validation", **style)
+    axes[0].set_title(title)
+    axes[0].set_ylabel(title)
+    for name, ax, label in (("f1", axes[1], "voxel F1"), ("recall", axes[2], "voxel recall")):
         for c in range(1, n_classes):
-            ax.plot(e, hist[f"val_{name}_{c}"], label=f"class {c}")
-        ax.set_ylim(0, 1)
-        ax.set_title(f"validation {name}")
+            if f"val_{name}_{c}" in hist:
+                ax.plot(e, hist[f"val_{name}_{c}"], label=classes.get(c, f"class {c}"), **style)
+        ax.set_ylim(0, 1.02)
+        ax.set_ylabel(label)
+        ax.set_title(f"validation {label} per class")
     for ax in axes:
         ax.set_xlabel("epoch")
-        ax.legend(fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if len(e) == 1:  # a lone point sits in a readable window, not on an axis edge
+            ax.set_xlim(float(e.iloc[0]) - 1, float(e.iloc[0]) + 1)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
+    return Path(path)
 
 
 # --- the network and its step -------------------------------------------------------------
@@ -395,12 +431,12 @@ def epoch_row(epoch, losses, vloss, cm, *, seconds, rate, wait, elapsed):
     return row
 
 
-def record_history(history, out_dir: Path, n_classes):
+def record_history(history, out_dir: Path, n_classes, loss=None, classes=None):
     """Write ``history.csv`` and ``history.png`` (a failed plot only logs a warning)."""
     hist = pd.DataFrame(history)
     hist.to_csv(out_dir / "history.csv", index=False)
     try:
-        plot_history(hist, out_dir / "history.png", n_classes)
+        plot_history(hist, out_dir / "history.png", n_classes, loss=loss, classes=classes)
     except Exception as exc:  # a plot must never stop a training run
         log.warning("could not plot history: %s", exc)
 

@@ -58,6 +58,7 @@ import xarray as xr
 
 from .._log import get_logger
 from ..errors import ShapeError, ValueProblem
+from ..io.volume import check_tomogram
 from ..ops.normalize import normalize as _normalize
 from ..parallel import worker_info
 from . import _cache
@@ -65,7 +66,7 @@ from ._blocks_plan import block_chunks, block_scores, window_voxels
 from ._cache import PRECISIONS
 from ._ensemble import ensemble_handle
 from ._memory import block_bytes_per_voxel, bytes_per_voxel, patch_batch
-from ._model import n_classes as _n_classes
+from ._model import check_model_dims, n_classes as _n_classes
 from ._predict import resolve_precision
 from ._tiling import _auto_block_patches, patch_scores
 from .models import check_patch_shape
@@ -93,7 +94,7 @@ def preload_model(path, precision="float32") -> int:
 
 def segment(volume, model, *, patch_size=160, crop=25, batch_size=None, blend="crop", normalize="meanstd",
             core_overlap=4, block_patches=None, tiling="patches", block_shape=None, dtype="float32",
-            precision="float32", client=None, gpu=None, tta=False):
+            precision="float32", client=None, gpu=None, tta=False, force=False):
     """Segment a tomogram with a fully convolutional 3D network, lazily and out of core.
 
     Parameters
@@ -160,6 +161,9 @@ def segment(volume, model, *, patch_size=160, crop=25, batch_size=None, blend="c
         of the cluster advertises a ``GPU`` resource). Compute the result with
         ``dask.config.set({"optimization.fuse.active": False})``, as
         :func:`write_segmentation` does, or the annotation is lost.
+    force : bool
+        Segment a volume whose metadata marks it as a label map, with a warning
+        (:func:`tomochunk.io.volume.check_tomogram`), instead of refusing it.
 
     tta : {False, True, "all", "xy"}
         Test-time augmentation: average the scores over the 8 flips of z, y, x (``"xy"``: the
@@ -195,12 +199,16 @@ def segment(volume, model, *, patch_size=160, crop=25, batch_size=None, blend="c
         raise ValueProblem(f"batch_size must be >= 1, got {batch_size}")
     if np.ndim(volume) != 3:
         raise ShapeError(f"expected a 3D [z, y, x] volume, got {np.ndim(volume)}D")
+    source = volume.attrs.get("source") if isinstance(volume, xr.DataArray) else None
+    if isinstance(volume, xr.DataArray):
+        check_tomogram(volume.attrs, source, force)
 
     norm = _normalize(volume, method=normalize, client=client)
     data = norm.data if isinstance(norm, xr.DataArray) else norm
     shape = tuple(int(s) for s in data.shape)
 
     handle, keras_model = ensemble_handle(model, client, tta)
+    check_model_dims(keras_model, volume.dims if isinstance(volume, xr.DataArray) else None, source)
     workers = worker_info(client)
     if gpu is None:
         gpu = any((wk.get("resources") or {}).get("GPU", 0) > 0 for wk in workers.values())

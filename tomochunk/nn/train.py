@@ -406,7 +406,8 @@ def train(volumes, targets, objects_train, objects_valid, *, n_classes, patch_si
                     steps.save_best(model, policy, out_dir, epoch, score)
             now = time.perf_counter()
             history.append(row)
-            steps.record_history(history, out_dir, n_classes)
+            steps.record_history(history, out_dir, n_classes, loss=loss,
+                                 classes=getattr(objects_train, "attrs", {}).get("classes"))
             log.info("epoch %d: loss %.4f val_loss %.4f F1 %s (%.1f patches/s, waited %.1f s for input)",
                      epoch, row["loss"], row["val_loss"],
                      np.round([row[f"val_f1_{c}"] for c in range(1, n_classes)], 3), rate, wait)

@@ -186,10 +186,13 @@ def cluster(labelmap, *, radius, classes=None, min_size: int = 1, method: str = 
     >>> cluster(lm, radius=3)[["class_label", "x", "y", "z", "size"]].values.tolist()
     [[2.0, 6.0, 6.0, 6.0, 27.0]]
     """
+    source = (getattr(labelmap, "attrs", None) or {}).get("source")
     lm, vs = _ccl.as_input(labelmap, "labelmap")
     vs = voxel_size if voxel_size is not None else vs
     if not np.issubdtype(lm.dtype, np.integer) and lm.dtype != bool:
-        raise ShapeError(f"labelmap must be an integer label map, got dtype {lm.dtype}")
+        # a float map here is almost always the tomogram itself: its store was never segmented
+        raise ShapeError(("" if source else "labelmap ") + f"is a {lm.dtype} volume, not an integer label map: segment it first "
+                         "(tomochunk segment ... writes labels/classes), or pick its score map", source)
     if lm.ndim != 3:
         raise ShapeError(f"labelmap must be 3D [z, y, x], got {lm.ndim} dimensions")
     try:

@@ -87,6 +87,10 @@ def _groups(pred, truth):
         kp[:], kt[:] = "", ""
     else:
         kp, kt = np.full(len(pred), "", object), np.full(len(truth), "", object)
+    if hp and ht and len(kp) and len(kt) and not set(kp) & set(kt):
+        # every object would count as a miss or a false positive: the names came from different rules
+        raise ValueProblem(f"the two lists share no tomogram (predicted: {sorted(set(kp))[:3]}, truth: "
+                           f"{sorted(set(kt))[:3]}); give both the same 'tomo' names")
     keys = list(dict.fromkeys(list(kt) + list(kp)))
     for k in keys:
         yield k, np.flatnonzero(kp == k), np.flatnonzero(kt == k)

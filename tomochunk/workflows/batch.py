@@ -69,7 +69,15 @@ def pick_many(inputs, **kw) -> pd.DataFrame:
         df = pick_inputs(src, tomo=name, **kw)
         log.info("%s: %d objects", src, len(df))
         frames.append(df)
+    # one list holds one voxel size (a STAR file one pixel size): mixed inputs would be mislabelled
+    sizes = {str(src): df.attrs.get("voxel_size") for src, df in zip(inputs, frames)}
+    if len({v for v in sizes.values() if v is not None}) > 1:
+        listed = ", ".join(f"{k}: {v:g} Å" for k, v in sizes.items() if v is not None)
+        raise ValueProblem(f"inputs have different voxel sizes ({listed}); one object list holds one voxel "
+                           "size: pick them into separate files, or pass --voxel-size")
     out = pd.concat(frames, ignore_index=True)
     out.attrs = dict(frames[0].attrs)
+    if len({tuple(df.attrs.get("shape") or ()) for df in frames}) > 1:
+        out.attrs.pop("shape", None)  # centred STAR coordinates need each tomogram's own shape
     out["obj_id"] = range(1, len(out) + 1)
     return out
