@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent / "tomochunk"
 #: (old import paths of functions that moved to a higher layer).
 SHIMS = {"tomochunk", "tomochunk.ops.tirf", "tomochunk.ops.pick", "tomochunk.pipeline", "tomochunk.workflows",
          "tomochunk.nn", "tomochunk.nn.segment", "tomochunk.nn.features", "tomochunk.io.objects"}
-LEVEL0 = {"errors", "_log", "_names", "_blocks", "_geometry", "_schema", "parallel"}
+LEVEL0 = {"errors", "_log", "_lazy", "_names", "_blocks", "_geometry", "_schema", "parallel"}
 #: layer -> the layers it may import (level 0 and itself always allowed)
 ALLOWED = {0: {0}, 1: {0, 1}, 2: {0, 1, 2}, 3: {0, 1, 2, 3}, 4: {0, 1, 2, 3, 4}, 5: {0, 1, 2, 3, 4, 5},
            6: {0, 1, 2, 3, 4, 5, 6}}

@@ -12,7 +12,7 @@ True
 
 from __future__ import annotations
 
-import importlib
+from .._lazy import lazy_api
 
 _API = {
     "deepfinder_unet": "tomochunk.nn.models",
@@ -49,15 +49,4 @@ _API = {
 }
 
 __all__ = sorted(_API)
-
-
-def __getattr__(name: str):
-    try:
-        module = _API[name]
-    except KeyError:
-        raise AttributeError(f"module 'tomochunk.nn' has no attribute {name!r}") from None
-    return getattr(importlib.import_module(module), name)
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_api("tomochunk.nn", _API)

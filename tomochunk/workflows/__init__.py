@@ -14,7 +14,7 @@ Examples
 
 from __future__ import annotations
 
-import importlib
+from .._lazy import lazy_api
 
 _API = {
     "run": "tomochunk.workflows.pipeline",
@@ -26,23 +26,9 @@ _API = {
     "output_names": "tomochunk.workflows.batch",
     "output_paths": "tomochunk.workflows.batch",
     "pick_many": "tomochunk.workflows.batch",
-    "tirf": "tomochunk.workflows.tirf",
     "write_segmentation": "tomochunk.workflows.segment",
     "segment_features": "tomochunk.workflows.features",
 }
 
-__all__ = sorted(_API)
-
-
-def __getattr__(name: str):
-    try:
-        module = _API[name]
-    except KeyError:
-        raise AttributeError(f"module 'tomochunk.workflows' has no attribute {name!r}") from None
-    if name == "tirf":
-        return importlib.import_module(module)
-    return getattr(importlib.import_module(module), name)
-
-
-def __dir__():
-    return __all__
+__all__ = sorted(_API) + ['tirf']
+__getattr__, __dir__ = lazy_api("tomochunk.workflows", _API, modules=('tirf',))
