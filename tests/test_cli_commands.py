@@ -41,7 +41,7 @@ def _one_line_error(capsys, argv, *words):
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    """A 32x64x64 phantom with two classes: tomogram, label map and truth list (written by the CLI)."""
+    """A 32x64x64 phantom with two classes: tomogram, and its label map and truth list in truth/ (the CLI)."""
     d = tmp_path_factory.mktemp("cli")
     assert main(["phantom", str(d / "p.mrc"), "--shape", "32,64,64", "--classes", "2", "--snr", "2",
                  "--seed", "1"]) == 0
@@ -51,13 +51,13 @@ def data(tmp_path_factory):
 # --- evaluate --------------------------------------------------------------------------------
 
 def test_evaluate_table_csv_and_curve(data, tmp_path, capsys):
-    truth = tc.read_objects(data / "p_objects.csv")
+    truth = tc.read_objects(data / "truth" / "p_objects.csv")
     pred = truth.copy()
     pred.attrs = dict(truth.attrs)
     pred.loc[pred.index[0], "x"] += 30          # one miss and one false positive
     pred["score"] = np.linspace(0.1, 0.9, len(pred))
     tc.write_objects(pred, tmp_path / "pred.csv")
-    rc = main(["evaluate", str(tmp_path / "pred.csv"), str(data / "p_objects.csv"), "--max-dist", "3",
+    rc = main(["evaluate", str(tmp_path / "pred.csv"), str(data / "truth" / "p_objects.csv"), "--max-dist", "3",
                "-o", str(tmp_path / "t.csv"), "--plot", str(tmp_path / "curve.png")])
     out = capsys.readouterr().out
     assert rc == 0
@@ -71,14 +71,14 @@ def test_evaluate_table_csv_and_curve(data, tmp_path, capsys):
 
 
 def test_evaluate_czii_and_deepfinder(data, capsys):
-    t = str(data / "p_objects.csv")
+    t = str(data / "truth" / "p_objects.csv")
     assert main(["evaluate", t, t, "--method", "czii", "--radii", "1:5,2:8"]) == 0
     assert "fbeta" in capsys.readouterr().out
     assert main(["evaluate", t, t, "--method", "deepfinder", "--max-dist", "2"]) == 0
 
 
 def test_evaluate_bad_arguments(data, tmp_path, capsys):
-    t = data / "p_objects.csv"
+    t = data / "truth" / "p_objects.csv"
     _one_line_error(capsys, ["evaluate", t, t], "max_dist")
     _one_line_error(capsys, ["evaluate", t, t, "--method", "czii", "--radii", "1:5,2:x"], "--radii")
     _one_line_error(capsys, ["evaluate", t, t, "--method", "czii", "--radii", "1:5"], "radii")
@@ -92,7 +92,7 @@ def test_evaluate_bad_arguments(data, tmp_path, capsys):
 # --- objects ---------------------------------------------------------------------------------
 
 def test_objects_convert_filter_merge_split_scale(data, tmp_path, capsys):
-    src = str(data / "p_objects.csv")
+    src = str(data / "truth" / "p_objects.csv")
     truth = tc.read_objects(src, voxel_size=10.0)
     star, xml = tmp_path / "p.star", tmp_path / "p.xml"
     assert main(["objects", "convert", src, "-o", str(star), "--voxel-size", "10"]) == 0
@@ -131,7 +131,7 @@ def test_objects_convert_filter_merge_split_scale(data, tmp_path, capsys):
 
 
 def test_objects_bad_arguments(data, tmp_path, capsys):
-    src = data / "p_objects.csv"
+    src = data / "truth" / "p_objects.csv"
     _one_line_error(capsys, ["objects", "convert", src, "-o", tmp_path / "p.foo"], "p.foo", "extension")
     _one_line_error(capsys, ["objects", "scale", src, "-o", tmp_path / "s.xml", "--factor", "-1"], "factor")
     _one_line_error(capsys, ["objects", "scale", src, "-o", tmp_path / "s.xml"], "--factor")
@@ -151,8 +151,8 @@ def test_objects_bad_arguments(data, tmp_path, capsys):
 
 def test_view_picture(data, tmp_path, capsys):
     out = tmp_path / "view.png"
-    assert main(["view", str(data / "p.mrc"), "--labels", str(data / "p_labels.mrc"), "--objects",
-                 str(data / "p_objects.csv"), "--truth", str(data / "p_objects.csv"), "--slices", "16,30,30",
+    assert main(["view", str(data / "p.mrc"), "--labels", str(data / "truth" / "p_labels.mrc"), "--objects",
+                 str(data / "truth" / "p_objects.csv"), "--truth", str(data / "truth" / "p_objects.csv"), "--slices", "16,30,30",
                  "-o", str(out)]) == 0
     import matplotlib.image as mpimg
 
@@ -172,8 +172,8 @@ def test_orthoslices_legend_axes_and_slab(data, tmp_path):
     from tomochunk.viz import orthoslices
 
     vol = tc.open_volume(data / "p.mrc")
-    lab = tc.open_volume(data / "p_labels.mrc")
-    objs = tc.read_objects(data / "p_objects.csv")
+    lab = tc.open_volume(data / "truth" / "p_labels.mrc")
+    objs = tc.read_objects(data / "truth" / "p_objects.csv")
     saved = {}
     real = plt.close
 
@@ -210,13 +210,13 @@ def test_view_bad_arguments(data, tmp_path, capsys):
 
 def test_target_heatmap(data, tmp_path, capsys):
     lab, heat = tmp_path / "lab.mrc", tmp_path / "heat.mrc"
-    assert main(["target", str(data / "p_objects.csv"), "--like", str(data / "p.mrc"), "--heatmap", "2",
+    assert main(["target", str(data / "truth" / "p_objects.csv"), "--like", str(data / "p.mrc"), "--heatmap", "2",
                  "-o", str(lab), "--heat-out", str(heat)]) == 0
     lv, hv = np.asarray(tc.open_volume(lab).data), np.asarray(tc.open_volume(heat).data)
     assert set(np.unique(lv)) == {0, 1, 2}
     assert hv.max() == pytest.approx(1.0, abs=0.05)
     assert np.all(lv[hv >= 0.5] == 1) and np.all(lv[hv < 0.1] == 0)
-    t = data / "p_objects.csv"
+    t = data / "truth" / "p_objects.csv"
     _one_line_error(capsys, ["target", t, "--like", data / "p.mrc", "--heatmap", "2", "--soft", "0.9",
                              "--hard", "0.5", "-o", tmp_path / "h.mrc"], "soft")
     _one_line_error(capsys, ["target", t, "--like", data / "p.mrc", "--heatmap", "2", "--radii", "5",
@@ -229,7 +229,7 @@ def test_target_heatmap(data, tmp_path, capsys):
 
 def test_train_slices_segment_features_pick(data, tmp_path):
     model = tmp_path / "sphere.tcm"
-    r = _cli("train-slices", data / "p.mrc", "--mask", data / "p_labels.mrc", "--label", "1", "--box", "32",
+    r = _cli("train-slices", data / "p.mrc", "--mask", data / "truth" / "p_labels.mrc", "--label", "1", "--box", "32",
              "--n-tiles", "8", "--copies", "1", "--epochs", "1", "--batch", "4", "--valid", "0.25",
              "--title", "sphere", "--threshold", "0.4", "-o", model)
     assert r.returncode == 0, r.stderr
@@ -251,7 +251,7 @@ def test_train_slices_segment_features_pick(data, tmp_path):
 
 
 def test_train_slices_bad_arguments(data, tmp_path, capsys):
-    tomo, mask = data / "p.mrc", data / "p_labels.mrc"
+    tomo, mask = data / "p.mrc", data / "truth" / "p_labels.mrc"
     out = tmp_path / "m.tcm"
     _one_line_error(capsys, ["train-slices", tomo, "-o", out], "--mask")
     _one_line_error(capsys, ["train-slices", tomo, "--mask", mask, "--box", "128", "-o", out], "tile size")
@@ -349,7 +349,7 @@ def test_segment_with_the_shipped_model_then_pick_and_evaluate(data, tmp_path):
     assert "\n\n" not in r.stdout
     r = _cli("pick", tmp_path / "seg" / "p.zarr", "--method", "cc", "--min-size", "20", "-o", tmp_path / "picks.xml")
     assert r.returncode == 0, r.stderr
-    r = _cli("evaluate", tmp_path / "picks.xml", data / "p_objects.csv", "--max-dist", "5", "--voxel-size", "10")
+    r = _cli("evaluate", tmp_path / "picks.xml", data / "truth" / "p_objects.csv", "--max-dist", "5", "--voxel-size", "10")
     assert r.returncode == 0, r.stderr
     assert "f1" in r.stdout
 
