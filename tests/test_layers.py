@@ -7,7 +7,6 @@ function-level imports alike, relative imports resolved.
 import ast
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parent.parent / "tomochunk"
 
