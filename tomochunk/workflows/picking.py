@@ -47,13 +47,15 @@ def pick_volume(vol, *, method: str = "meanshift", radius: float = 5, threshold:
     ``min_spacing`` as the half-window, then ``z_range`` (voxels) and ``border`` / ``margin``
     cut-offs and a global top-K, after an optional Gaussian ``smooth``). With
     ``units="angstrom"``, ``radius``, ``min_spacing``, ``margin`` and ``border`` are in Å and
-    ``min_size`` in Å³.
+    ``min_size`` in Å³. ``attrs["shape"]`` is the map's ``(z, y, x)`` shape, so a STAR file
+    written from the list gets RELION 5's centred Å coordinates.
 
     Examples
     --------
     >>> lab = np.zeros((8, 8, 8), np.uint8); lab[2:4, 2:4, 2:4] = 1
-    >>> pick_volume(lab, method="cc")[["class_label", "x", "y", "z"]].to_numpy().tolist()
-    [[1.0, 2.5, 2.5, 2.5]]
+    >>> df = pick_volume(lab, method="cc")
+    >>> df[["class_label", "x", "y", "z"]].to_numpy().tolist(), df.attrs["shape"]
+    ([[1.0, 2.5, 2.5, 2.5]], (8, 8, 8))
     """
     if method not in METHODS:
         raise ValueProblem(f"unknown pick method {method!r} ({', '.join(METHODS)})")
@@ -75,6 +77,9 @@ def pick_volume(vol, *, method: str = "meanshift", radius: float = 5, threshold:
                   mode=method, top_k=top_k, voxel_size=vs, units=units, classes=classes)
     if vs:
         df.attrs["voxel_size"] = float(vs)
+    if np.ndim(vol) >= 3:
+        # the (z, y, x) voxel grid the coordinates live on: RELION 5's centred Å need it (io.objects.star)
+        df.attrs["shape"] = tuple(int(n) for n in np.shape(vol)[-3:])
     return df
 
 
