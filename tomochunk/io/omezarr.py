@@ -319,7 +319,7 @@ def open_output(path, arrays, *, attrs, layout, source=None, params=None, overwr
     out = []
     for name, shape, chunks, dtype, dims in arrays:
         if resume and name in g:
-            out.append(zarr.open_array(str(path / name), mode="r+", config=_EMPTY_TOO))
+            out.append(zarr.open_array(str(path / name), mode="r+").with_config(_EMPTY_TOO))
             continue
         comp = None if compressor is False else (compressor or default_compressor(dtype, zarr_format))
         kw = dict(shape=tuple(shape), chunks=tuple(chunks), dtype=np.dtype(dtype), fill_value=0, overwrite=True,
@@ -344,7 +344,8 @@ def store_regions(root, writes, key) -> None:
     in its progress (for writers running on Dask workers: each owns whole storage chunks)."""
     root = Path(root)
     for name, region, data in writes:
-        zarr.open_array(str(root / name), mode="r+", config=_EMPTY_TOO)[tuple(region)] = data
+        # open_array ignores config= for an existing array (zarr 3.1): an all-zero chunk would get no file
+        zarr.open_array(str(root / name), mode="r+").with_config(_EMPTY_TOO)[tuple(region)] = data
     Progress(root).record(key)
 
 
