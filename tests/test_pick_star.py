@@ -41,10 +41,11 @@ def test_pick_inputs_sets_the_shape(tmp_path):
 def test_cli_pick_star_has_relion5_centred_angstrom(tmp_path):
     store = _store(tmp_path)
     out = tmp_path / "p.star"
-    assert main(["pick", str(store), "--method", "cc", "-o", str(out)]) == 0
+    assert main(["pick", str(store), "--method", "cc", "-o", str(out), "--tilt-series-pixel-size", "2.5"]) == 0
     t = starfile.read(out)  # one particles block: RELION reads the first block
     assert {"rlnTomoName", "rlnCenteredCoordinateXAngst", "rlnClassNumber"} <= set(t.columns)
     assert "rlnCoordinateX" not in t.columns
+    np.testing.assert_allclose(t["rlnTomoTiltSeriesPixelSize"], 2.5)
     want = _expected()
     for _, row in t.iterrows():
         np.testing.assert_allclose([row["rlnCenteredCoordinateXAngst"], row["rlnCenteredCoordinateYAngst"],
@@ -68,3 +69,22 @@ def test_pipeline_star_has_relion5_centred_angstrom(tmp_path):
                                       r["rlnCenteredCoordinateZAngst"]) for _, r in t.iterrows()}
     for label in CUBES:
         np.testing.assert_allclose(got[label], want[label], atol=1e-9)
+
+
+def test_cli_star_pixel_mode_is_in_tilt_series_pixels(tmp_path):
+    """RELION 4: rlnCoordinate* are tilt-series pixels, voxel * voxel size / tilt-series pixel size."""
+    store = _store(tmp_path)
+    assert main(["pick", str(store), "--method", "cc", "-o", str(tmp_path / "p4.star"), "--star-coordinates",
+                 "pixel", "--tilt-series-pixel-size", "2.5"]) == 0
+    t = starfile.read(tmp_path / "p4.star")
+    for _, row in t.iterrows():
+        z0, y0, x0 = CUBES[int(row["rlnClassNumber"])]
+        np.testing.assert_allclose([row["rlnCoordinateX"], row["rlnCoordinateY"], row["rlnCoordinateZ"]],
+                                   np.array([x0, y0, z0], float) * 4 + 1.5 * 4, atol=1e-9)  # 10 Å / 2.5 Å
+    # objects convert takes the same options
+    assert main(["objects", "convert", str(tmp_path / "p4.star"), "-o", str(tmp_path / "c.star"),
+                 "--tilt-series-pixel-size", "5"]) == 0
+    c = starfile.read(tmp_path / "c.star")
+    np.testing.assert_allclose(c["rlnTomoTiltSeriesPixelSize"], 5.0)
+    np.testing.assert_allclose(c["rlnCenteredCoordinateXAngst"].sort_values(),
+                               sorted(v[0] for v in _expected().values()), atol=1e-9)

@@ -506,10 +506,11 @@ def _add_pick(sub):
                  "into one object list",
                  "tomochunk pick seg/tomo1.zarr seg/tomo2.zarr --method meanshift --radius 5 -o objects.xml\n"
                  "tomochunk pick scores.zarr --method peaks --threshold 0.5 --min-spacing 80 "
-                 "--units angstrom -o picks.star")
+                 "--units angstrom -o picks.star --tilt-series-pixel-size 2.5\n"
+                 "tomochunk pick seg/TS_01.zarr seg/TS_02.zarr --copick project/ --user me --session 1")
     p.add_argument("inputs", nargs="+", metavar="LABELS_OR_SCORES",
                    help="segmentation stores (labels/classes, labels/scores inside), zarr arrays or MRC files")
-    p.add_argument("-o", "--output", required=True, help="objects.{xml,star,csv,json,...}")
+    p.add_argument("-o", "--output", default=None, help="objects.{xml,star,csv,json,...} (needed without --copick)")
     p.add_argument("--method", choices=sorted(_PICK_METHODS), default="meanshift")
     p.add_argument("--radius", type=float, default=5.0, help="mean-shift bandwidth in voxels (cc/meanshift)")
     p.add_argument("--threshold", type=float, default=0.5, help="score threshold (score maps)")
@@ -527,6 +528,8 @@ def _add_pick(sub):
                    help="heatmap: drop picks this close to any face (like --margin)")
     p.add_argument("--smooth", type=float, default=0.0,
                    help="heatmap: Gaussian sigma (voxels) before the NMS; centres picks on saturated maps")
+    _add_star_options(p)
+    _add_copick_output(p)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(run=_run_pick)
     _add_cluster_options(p)
@@ -541,6 +544,8 @@ def _run_pick(args):
     from .io.objects import write_objects
     from .workflows.batch import output_names, pick_many
 
+    if args.output is None and args.copick is None:
+        raise ValueProblem("give -o OUTPUT (an object list) or --copick ROOT (a copick project's overlay root)")
     out = pick_many(args.inputs, method=_PICK_METHODS[args.method], radius=args.radius, threshold=args.threshold,
                     min_size=args.min_size, min_spacing=args.min_spacing, margin=args.margin,
                     top_k=args.top_k, classes=args.classes, units=args.units,
@@ -550,8 +555,10 @@ def _run_pick(args):
     counts = out["tomo"].value_counts() if len(out) else {}
     for src, name in output_names(args.inputs).items():
         print(f"{src}: {int(counts.get(name, 0))} objects" + (f" (tomo {name})" if len(args.inputs) > 1 else ""))
-    write_objects(out, args.output, overwrite=args.overwrite)
-    print(f"{len(out)} objects -> {args.output}")
+    if args.output is not None:
+        write_objects(out, args.output, overwrite=args.overwrite, **_star_kw(args.output, args))
+        print(f"{len(out)} objects -> {args.output}")
+    _write_copick_picks(out, args)
 
 
 # --- segment -----------------------------------------------------------------
@@ -1057,9 +1064,47 @@ def _write_list(df, path, args):
     from . import write_objects
 
     kw = {"shape": args.shape} if getattr(args, "shape", None) and str(path).lower().endswith(".star") else {}
-    write_objects(df, path, overwrite=args.overwrite, **kw)
+    write_objects(df, path, overwrite=args.overwrite, **kw, **_star_kw(path, args))
     vs = df.attrs.get("voxel_size")
     print(f"{len(df)} objects -> {path}" + (f" (voxel size {vs:g} A)" if vs else ""))
+
+
+def _add_star_options(p):
+    """The options of every command that may write a RELION STAR file."""
+    g = p.add_argument_group("RELION STAR output")
+    g.add_argument("--tilt-series-pixel-size", type=float, default=None, metavar="A",
+                   help="unbinned tilt-series pixel size (A), written as rlnTomoTiltSeriesPixelSize")
+    g.add_argument("--star-coordinates", choices=("centered", "pixel"), default=None,
+                   help="centered: RELION 5 rlnCenteredCoordinate*Angst (default where the tomogram shape is "
+                        "known); pixel: RELION 4 rlnCoordinate* in tilt-series pixels")
+
+
+def _star_kw(path, args) -> dict:
+    """``write_objects`` keywords of the STAR options, for a ``.star`` output only."""
+    if not str(path).lower().endswith(".star"):
+        return {}
+    kw = {"tilt_series_pixel_size": getattr(args, "tilt_series_pixel_size", None),
+          "coordinates": getattr(args, "star_coordinates", None)}
+    return {k: v for k, v in kw.items() if v is not None}
+
+
+def _add_copick_output(p):
+    """``--copick ROOT --user U --session S``: picks written into a copick project, one file per object and run."""
+    g = p.add_argument_group("copick output")
+    g.add_argument("--copick", default=None, metavar="ROOT",
+                   help="also write the picks into this copick project folder (its overlay root): "
+                        "ExperimentRuns/<run>/Picks/<user>_<session>_<object>.json, one file per object and run")
+    g.add_argument("--user", default="tomochunk", help="copick user_id of the picks")
+    g.add_argument("--session", default="0", help="copick session_id of the picks ('0': made by a tool)")
+
+
+def _write_copick_picks(df, args):
+    if getattr(args, "copick", None) is None:
+        return
+    from .io.objects import write_copick
+
+    paths = write_copick(df, args.copick, args.user, args.session, overwrite=args.overwrite)
+    print(f"{len(df)} objects -> {len(paths)} copick picks files under {args.copick}")
 
 
 def _add_evaluate(sub):
@@ -1126,6 +1171,7 @@ def _add_objects(sub):
         c.add_argument("--voxel-size", type=float, default=None, help="A per voxel (overrides the file's)")
         c.add_argument("--shape", type=_shape_arg, default=None,
                        help="z,y,x of the tomogram, for STAR files in centred A")
+        _add_star_options(c)
         c.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
     c = _command(osub, "convert", "convert an object list to the format of the output's extension",

@@ -250,12 +250,14 @@ def write_copick(df, root, user, session, *, voxel_size=None, run_name=None, ove
             raise ValueProblem("write_copick: the list has no 'tomo' column; give run_name=")
         df = df.assign(tomo=str(run_name))
     classes = df.attrs.get("classes") or {}
-    written = []
+    written, todo = [], []
     for (run, label), part in df.groupby(["tomo", "class_label"], sort=False):
         name = classes.get(int(label)) or f"class{int(label)}"
         p = picks_path(root, run, user, session, name)
-        if p.exists() and not overwrite:
+        if p.exists() and not overwrite:  # checked for every file before any is written
             raise ExistsError("exists (pass overwrite=True to replace it)", p)
+        todo.append((run, name, p, part))
+    for run, name, p, part in todo:
         p.parent.mkdir(parents=True, exist_ok=True)
         part = part.reset_index(drop=True)
         part.attrs = {}
