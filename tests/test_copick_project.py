@@ -94,3 +94,120 @@ def test_cli_pick_writes_copick_picks_per_object_and_run(tmp_path):
     assert main(["pick", *map(str, stores), "--method", "cc", "--copick", str(proj), "--user", "me",
                  "--session", "1"]) == 2
     assert main(["pick", str(stores[0]), "--method", "cc"]) == 2  # neither -o nor --copick
+
+
+MAKE_PROJECT = r"""
+import json, sys
+import numpy as np
+import copick
+cfg, vol = sys.argv[1], np.load(sys.argv[2])
+root = copick.from_file(cfg)
+for i, name in enumerate(("TS_01", "TS_02")):
+    run = root.new_run(name)
+    vs = run.new_voxel_spacing(voxel_size=10.0)
+    vs.new_tomogram(tomo_type="wbp").from_numpy(vol if i == 0 else vol[:, ::-1].copy())
+# a segmentation written by copick itself: we read it, and pick it
+run = root.get_run("TS_01")
+seg = run.new_segmentation(voxel_size=10.0, name="cpseg", session_id="2", is_multilabel=True, user_id="cp")
+lab = np.zeros(vol.shape, np.uint8)
+lab[2:6, 4:8, 6:10] = 2
+seg.from_numpy(lab)
+print(json.dumps({"seg": seg.path}))
+"""
+
+READ_SEGMENTATIONS = r"""
+import json, sys
+import numpy as np
+import copick
+root = copick.from_file(sys.argv[1])
+out = {}
+for run in root.runs:
+    for s in run.get_segmentations(user_id="tomochunk", session_id="0", is_multilabel=True, name="segmentation",
+                                   voxel_size=10.0):
+        a = s.numpy()
+        np.save(f"{sys.argv[2]}/{run.name}.npy", a)
+        out[run.name] = {"shape": list(a.shape), "dtype": str(a.dtype), "vs": s.voxel_size,
+                         "type": s.segmentation_type, "path": s.path}
+    out[run.name + "/picks"] = sorted(f"{p.user_id}_{p.session_id}_{p.pickable_object_name}:{len(p.points)}"
+                                      for p in run.picks)
+print(json.dumps(out))
+"""
+
+
+def _cli(*argv):
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "tomochunk.cli", *map(str, argv)], env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+@needs_copick
+def test_segment_and_pick_a_copick_project(tmp_path):
+    import zarr
+
+    from tomochunk.io.volume import open_volume
+    from tomochunk.phantom import phantom_tomogram
+
+    vol, _, _ = phantom_tomogram((32, 48, 48), 2, snr=2.0, voxel_size=10.0, seed=1)
+    np.save(tmp_path / "vol.npy", np.asarray(vol, np.float32))
+    proj = tmp_path / "proj"
+    cfg = _config(tmp_path / "copick.json", proj)
+    made = json.loads(_copick(MAKE_PROJECT, cfg, tmp_path / "vol.npy"))
+    # we read copick's tomograms and its segmentation
+    t = open_volume(proj / "ExperimentRuns" / "TS_01" / "VoxelSpacing10.000" / "wbp.zarr")
+    assert t.shape == (32, 48, 48) and t.attrs["voxel_size"] == 10.0
+    np.testing.assert_allclose(np.asarray(t), np.asarray(vol, np.float32))
+    cs = open_volume(made["seg"])
+    assert cs.attrs["voxel_size"] == 10.0 and int(np.asarray(cs)[3, 5, 7]) == 2 and int(np.asarray(cs).sum()) == 128
+    # segment takes the project as its input set: one run per tomogram
+    r = _cli("segment", cfg, "-m", "phantom", "-o", tmp_path / "scores", "--patch", "32", "--crop", "4",
+             "--tiling", "blocks", "--workers", "1")
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in (tmp_path / "scores").glob("*.zarr")) == ["TS_01.zarr", "TS_02.zarr"]
+    # copick lists and reads the label maps, at the run level where it looks for segmentations
+    got = json.loads(_copick(READ_SEGMENTATIONS, cfg, tmp_path))
+    for run in ("TS_01", "TS_02"):
+        assert got[run]["shape"] == [32, 48, 48] and got[run]["vs"] == 10.0 and got[run]["type"] == "multilabel"
+        assert got[run]["path"].endswith(f"ExperimentRuns/{run}/Segmentations/"
+                                         "10.000_tomochunk_0_segmentation-multilabel.zarr")
+        ours = np.asarray(zarr.open_array(str(tmp_path / "scores" / f"{run}.zarr" / "labels" / "classes" / "0")))
+        np.testing.assert_array_equal(np.load(tmp_path / f"{run}.npy"), ours)
+        assert ours.max() > 0
+    # a rerun finds everything done
+    r = _cli("segment", cfg, "-m", "phantom", "-o", tmp_path / "scores", "--patch", "32", "--crop", "4",
+             "--tiling", "blocks", "--workers", "1")
+    assert r.returncode == 0 and r.stdout.count("skipped") == 2, r.stdout + r.stderr
+    # pick takes the project too: each run's segmentation (ours: --seg-user), picks back into the project
+    r = _cli("pick", cfg, "--method", "cc", "--min-size", "20", "--seg-user", "tomochunk", "--user", "me",
+             "--session", "1")
+    assert r.returncode == 0, r.stderr
+    got = json.loads(_copick(READ_SEGMENTATIONS, cfg, tmp_path))
+    assert got["TS_01/picks"] and all(p.startswith("me_1_") for p in got["TS_01/picks"]), got
+    # copick's own segmentation: picked as the pickable object of its label (proteasome = 2)
+    r = _cli("pick", cfg, "--method", "cc", "--seg-user", "cp", "-o", tmp_path / "cp.csv")
+    assert r.returncode == 0, r.stderr
+    import pandas as pd
+
+    cp = pd.read_csv(tmp_path / "cp.csv")
+    assert cp[["tomo_idx", "class_label", "x", "y", "z"]].values.tolist() in (
+        [["TS_01", 2, 7.5, 5.5, 3.5]], [[0, 2, 7.5, 5.5, 3.5]])
+
+
+def test_ambiguous_copick_projects_name_the_config(tmp_path, capsys):
+    from tomochunk.io.volume import write_volume
+
+    proj = tmp_path / "proj"
+    cfg = _config(tmp_path / "copick.json", proj)
+    for vs in ("10.000", "20.000"):
+        write_volume(np.zeros((8, 8, 8), np.float32), proj / "ExperimentRuns" / "TS_01" / f"VoxelSpacing{vs}" /
+                     "wbp.zarr", voxel_size=float(vs), levels=1)
+    for more, argv, words in (([], ["--voxel-spacing", "30"], ["10.000, 20.000", "no voxel spacing 30"]),
+                              ([], [], [str(cfg), "--voxel-spacing"]),
+                              ([str(tmp_path / "x.mrc")], [], ["whole input set"])):
+        assert main(["segment", str(cfg), *more, "-m", "phantom", "-o", str(tmp_path / "s"), *argv]) == 2
+        err = capsys.readouterr().err
+        assert all(w in err for w in words) and len(err.strip().splitlines()) == 1, err
+    assert main(["pick", str(cfg), "--method", "peaks"]) == 2
+    assert "label maps" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists() or not any((tmp_path / "s").iterdir())

@@ -509,7 +509,9 @@ def _add_pick(sub):
                  "--units angstrom -o picks.star --tilt-series-pixel-size 2.5\n"
                  "tomochunk pick seg/TS_01.zarr seg/TS_02.zarr --copick project/ --user me --session 1")
     p.add_argument("inputs", nargs="+", metavar="LABELS_OR_SCORES",
-                   help="segmentation stores (labels/classes, labels/scores inside), zarr arrays or MRC files")
+                   help="segmentation stores (labels/classes, labels/scores inside), zarr arrays or MRC files; or "
+                        "one copick project config (.json): its runs' multilabel segmentations, picks written "
+                        "into the project unless -o or --copick is given")
     p.add_argument("-o", "--output", default=None, help="objects.{xml,star,csv,json,...} (needed without --copick)")
     p.add_argument("--method", choices=sorted(_PICK_METHODS), default="meanshift")
     p.add_argument("--radius", type=float, default=5.0, help="mean-shift bandwidth in voxels (cc/meanshift)")
@@ -530,6 +532,7 @@ def _add_pick(sub):
                    help="heatmap: Gaussian sigma (voxels) before the NMS; centres picks on saturated maps")
     _add_star_options(p)
     _add_copick_output(p)
+    _add_copick_input(p, picking=True)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(run=_run_pick)
     _add_cluster_options(p)
@@ -544,17 +547,22 @@ def _run_pick(args):
     from .io.objects import write_objects
     from .workflows.batch import output_names, pick_many
 
+    names, project = _pick_copick_inputs(args)
     if args.output is None and args.copick is None:
         raise ValueProblem("give -o OUTPUT (an object list) or --copick ROOT (a copick project's overlay root)")
-    out = pick_many(args.inputs, method=_PICK_METHODS[args.method], radius=args.radius, threshold=args.threshold,
+    out = pick_many(list(names or args.inputs), names=names, method=_PICK_METHODS[args.method], radius=args.radius, threshold=args.threshold,
                     min_size=args.min_size, min_spacing=args.min_spacing, margin=args.margin,
                     top_k=args.top_k, classes=args.classes, units=args.units,
                     voxel_size=args.voxel_size, level=args.level,
                     **({"z_range": args.z_range, "border": args.border, "smooth": args.smooth}
                        if args.method == "heatmap" else {}))
+    if project is not None:
+        # multilabel: voxels hold the objects' labels; a store's own class names (ours) come first
+        out.attrs["classes"] = {**project.objects, **(out.attrs.get("classes") or {})}
     counts = out["tomo"].value_counts() if len(out) else {}
-    for src, name in output_names(args.inputs).items():
-        print(f"{src}: {int(counts.get(name, 0))} objects" + (f" (tomo {name})" if len(args.inputs) > 1 else ""))
+    for src, name in (names or output_names(args.inputs)).items():
+        print(f"{src}: {int(counts.get(name, 0))} objects" + (f" (tomo {name})" if len(names or args.inputs) > 1
+                                                             else ""))
     if args.output is not None:
         write_objects(out, args.output, overwrite=args.overwrite, **_star_kw(args.output, args))
         print(f"{len(out)} objects -> {args.output}")
@@ -567,8 +575,11 @@ def _add_segment(sub):
     p = _command(sub, "segment", "segment tomograms with a 3D U-Net on a Dask cluster; write score and "
                  "label maps into each tomogram's OME-Zarr store (labels/scores, labels/classes)",
                  "tomochunk segment tomo1.mrc tomo2.zarr -m net_weights_FINAL.h5 -o zarr/ --patch 160 --workers 2\n"
-                 "tomochunk segment zarr/*.zarr -m unet.keras -o zarr/ --scheduler tcp://head:8786")
-    p.add_argument("inputs", nargs="+", metavar="TOMO", help="tomograms (MRC, HDF5, TIFF, Zarr)")
+                 "tomochunk segment zarr/*.zarr -m unet.keras -o zarr/ --scheduler tcp://head:8786\n"
+                 "tomochunk segment copick.json --voxel-spacing 10 --tomo-type wbp -m unet.keras -o scores/")
+    p.add_argument("inputs", nargs="+", metavar="TOMO",
+                   help="tomograms (MRC, HDF5, TIFF, Zarr), or one copick project config (.json): its runs' "
+                        "tomograms, each label map also written where copick lists segmentations")
     p.add_argument("-m", "--model", required=True, nargs="+",
                    help="network: .keras, DeepFinder .h5 weights, or 'phantom' (the model shipped in the "
                         "package, trained on tomochunk phantoms at 10 A: for phantoms only); several: an "
@@ -596,6 +607,7 @@ def _add_segment(sub):
     p.add_argument("--overwrite", action="store_true", help="redo tomograms that are already segmented")
     p.add_argument("--force", action="store_true",
                    help="segment inputs whose metadata marks them as label maps (with a warning)")
+    _add_copick_input(p, segmentation=True)
     _add_cluster_options(p, embedded=True)
     p.set_defaults(run=_run_segment)
 
@@ -611,14 +623,19 @@ def _run_segment(args):
     from .workflows.segment import write_segmentation
 
     out = Path(args.outdir)
+    project, tomos = _copick_inputs(args)
+    # a copick project: each run's tomogram is read in place; the scores go to OUTDIR/<run>.zarr
+    pairs = output_paths(args.inputs, out) if project is None else {t.path: out / f"{t.run}.zarr" for t in tomos}
+    copick_seg = {} if project is None else {t.path: (t, project.segmentation_path(
+        t.run, t.voxel_spacing, args.user, args.session, args.seg_name)) for t in tomos}
     out.mkdir(parents=True, exist_ok=True)
     models = [_model_file(m) for m in args.model]
     model = models[0] if len(models) == 1 else models
     todo = []
-    for src, dst in output_paths(args.inputs, out).items():
+    for src, dst in pairs.items():
         labels = dst / "labels"
-        if not args.overwrite and all((labels / n).exists() and is_complete(labels / n)
-                                      for n in ("scores", "classes")):
+        if not args.overwrite and _segmented(dst) and \
+                (src not in copick_seg or (copick_seg[src][1].exists() and is_complete(copick_seg[src][1]))):
             print(f"{src}: already segmented in {labels}, skipped")
             continue
         todo.append((src, dst))
@@ -627,9 +644,15 @@ def _run_segment(args):
     with _cluster_client(args) as client:
         print(f"Dask dashboard: {client.dashboard_link}")
         for src, dst in todo:
-            if Path(src).resolve() != dst.resolve() and not (dst.exists() and is_complete(dst)):
-                convert(src, dst, dataset=args.dataset, progress=_tty(), force=args.force)
-            vol = open_volume(dst)
+            if src in copick_seg and not args.overwrite and _segmented(dst):
+                _export_copick(project, copick_seg[src], dst, args)  # only the copick copy was missing
+                continue
+            if src in copick_seg:
+                vol = open_volume(src)  # a copick tomogram is an OME-Zarr store already: read in place
+            else:
+                if Path(src).resolve() != dst.resolve() and not (dst.exists() and is_complete(dst)):
+                    convert(src, dst, dataset=args.dataset, progress=_tty(), force=args.force)
+                vol = open_volume(dst)
             scores = segment(vol, model, patch_size=args.patch, crop=args.crop, batch_size=args.batch,
                              blend=args.blend, normalize=None if args.normalize == "none" else args.normalize,
                              tiling=args.tiling, block_shape=args.block, precision=args.precision, client=client,
@@ -638,7 +661,23 @@ def _run_segment(args):
             write_segmentation(scores, dst, dtype=args.dtype, chunks=args.chunks, overwrite=args.overwrite,
                                client=client, progress=_tty())
             print(("\n" if _tty() else "") + f"{src} -> {dst / 'labels'}")
+            if src in copick_seg:
+                _export_copick(project, copick_seg[src], dst, args)
     return 0
+
+
+def _segmented(dst) -> bool:
+    from .io.omezarr import is_complete
+
+    return all((dst / "labels" / n).exists() and is_complete(dst / "labels" / n) for n in ("scores", "classes"))
+
+
+def _export_copick(project, item, dst, args):
+    from .io.copick_project import export_segmentation
+
+    seg = export_segmentation(project, item[0], dst, user=args.user, session=args.session, name=args.seg_name,
+                              overwrite=True)
+    print(f"{item[0].run}: copick segmentation -> {seg}")
 
 
 def _ints(text: str):
@@ -1098,6 +1137,28 @@ def _add_copick_output(p):
     g.add_argument("--session", default="0", help="copick session_id of the picks ('0': made by a tool)")
 
 
+def _pick_copick_inputs(args):
+    """``({segmentation store: run}, project)`` for a copick project input set, else ``(None, None)``."""
+    from .io.copick_project import is_copick_config, open_project
+
+    if not any(is_copick_config(i) for i in args.inputs):
+        if args.voxel_spacing is not None or any((args.seg_user, args.seg_session, args.seg_name)):
+            raise ValueProblem("--voxel-spacing and --seg-* choose the segmentations of a copick project; "
+                               "the inputs are not one")
+        return None, None
+    if len(args.inputs) > 1:
+        raise ValueProblem(f"{args.inputs[0]}: a copick project is the whole input set; give it alone")
+    if args.method not in ("cc", "meanshift"):
+        raise ValueProblem(f"{args.inputs[0]}: copick projects hold label maps; pick them with --method cc or "
+                           "meanshift (or pick the score stores that segment wrote in its -o folder)")
+    project = open_project(args.inputs[0])
+    names = project.segmentation_inputs(args.voxel_spacing, user=args.seg_user, session=args.seg_session,
+                                        name=args.seg_name)
+    if args.output is None and args.copick is None:
+        args.copick = str(project.overlay)  # a project's picks go back into it
+    return names, project
+
+
 def _write_copick_picks(df, args):
     if getattr(args, "copick", None) is None:
         return
@@ -1105,6 +1166,32 @@ def _write_copick_picks(df, args):
 
     paths = write_copick(df, args.copick, args.user, args.session, overwrite=args.overwrite)
     print(f"{len(df)} objects -> {len(paths)} copick picks files under {args.copick}")
+
+
+def _add_copick_input(p, segmentation=False, picking=False):
+    """Options of a command whose input set may be a copick project config."""
+    g = p.add_argument_group("copick project input (a copick config .json as the input set)")
+    g.add_argument("--voxel-spacing", type=float, default=None, metavar="A",
+                   help="voxel spacing of the runs' tomograms (default: the project's only one)")
+    if picking:
+        g.add_argument("--seg-user", default=None, help="pick the runs' segmentations of this copick user")
+        g.add_argument("--seg-session", default=None, help="... of this session")
+        g.add_argument("--seg-name", default=None, help="... of this name (each run must have one match)")
+        return
+    g.add_argument("--tomo-type", default=None, help="tomogram type, e.g. wbp, denoised (default: the only one)")
+    if segmentation:
+        g.add_argument("--user", default="tomochunk", help="copick user_id of the segmentations")
+        g.add_argument("--session", default="0", help="copick session_id of the segmentations ('0': a tool)")
+        g.add_argument("--seg-name", default="segmentation",
+                       help="copick name of the multilabel segmentation: ExperimentRuns/<run>/Segmentations/"
+                            "<vs>_<user>_<session>_<name>-multilabel.zarr")
+
+
+def _copick_inputs(args):
+    """``(project, tomograms)`` when the input set is a copick config, else ``(None, None)``."""
+    from .io.copick_project import project_inputs
+
+    return project_inputs(args.inputs, voxel_spacing=args.voxel_spacing, tomo_type=args.tomo_type)
 
 
 def _add_evaluate(sub):

@@ -52,7 +52,7 @@ from ._store import (_EMPTY_TOO, PROGRESS_FILE, Progress, _chunk_key, _cleanup_t
 log = get_logger(__name__)
 
 __all__ = ["PyramidWriter", "open_output", "store_regions", "read_multiscale", "is_complete", "check_complete",
-           "mark_complete", "store_version", "default_chunks", "default_compressor", "factors_for",
+           "label_names", "mark_complete", "store_version", "default_chunks", "default_compressor", "factors_for",
            "level_shapes", "multiscales_metadata", "group_attrs", "labels_attrs", "jsonable", "Progress",
            "source_identity", "graph_paths", "check_alias", "check_chunks", "VERSIONS", "PROGRESS_FILE"]
 
@@ -187,6 +187,28 @@ _ANGSTROM_PER = {"angstrom": 1.0, "nanometer": 10.0, "micrometer": 1e4, "millime
 #: tomochunk's axis order: the class/channel axis leads (score maps are ``c, z, y, x`` or
 #: ``c, t, y, x``), then time, then space
 AXIS_ORDER = "ctzyx"
+
+
+def label_names(vol) -> dict:
+    """``{label: name}`` from a label image's NGFF ``image-label`` ``properties`` (``{}`` without them).
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> lab = xr.DataArray(np.zeros((2, 2, 2), np.uint8), dims=("z", "y", "x"),
+    ...                    attrs={"image-label": {"properties": [{"label-value": 1, "class": "ribosome"}]}})
+    >>> label_names(lab)
+    {1: 'ribosome'}
+    """
+    props = ((getattr(vol, "attrs", None) or {}).get("image-label") or {}).get("properties") or []
+    out = {}
+    for item in props:
+        if isinstance(item, dict) and "label-value" in item and item.get("class") is not None:
+            try:
+                out[int(item["label-value"])] = str(item["class"])
+            except (TypeError, ValueError):
+                continue
+    return out
 
 
 def _canonical_axes(arr, dims, path):

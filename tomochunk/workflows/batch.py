@@ -49,12 +49,13 @@ def output_paths(inputs, outdir, suffix: str = ".zarr") -> dict:
     return {src: Path(outdir) / f"{name}{suffix}" for src, name in output_names(inputs).items()}
 
 
-def pick_many(inputs, **kw) -> pd.DataFrame:
+def pick_many(inputs, *, names=None, **kw) -> pd.DataFrame:
     """One object list from many label or score maps, each tomogram under its own name.
 
     Each input is picked by :func:`~tomochunk.workflows.picking.pick_inputs` (``**kw``: its
-    options); the ``tomo`` column holds the input's name from :func:`output_names`, so two
-    ``tomo.zarr`` stores in different folders stay apart. ``obj_id`` numbers the whole list.
+    options); the ``tomo`` column holds the input's name from :func:`output_names` (or from
+    ``names``, ``{input: name}``, e.g. copick run names), so two ``tomo.zarr`` stores in
+    different folders stay apart. ``obj_id`` numbers the whole list.
 
     Examples
     --------
@@ -65,7 +66,8 @@ def pick_many(inputs, **kw) -> pd.DataFrame:
     if "tomo" in kw:
         raise ValueProblem("pick_many names each tomogram itself; pick one input with pick_inputs(tomo=...)")
     frames = []
-    for src, name in output_names(inputs).items():
+    names = output_names(inputs) if names is None else {os.fspath(k): v for k, v in names.items()}
+    for src, name in names.items():
         df = pick_inputs(src, tomo=name, **kw)
         log.info("%s: %d objects", src, len(df))
         frames.append(df)

@@ -15,6 +15,7 @@ import numpy as np
 
 from .._names import tomo_name
 from ..errors import MissingError, TomochunkError, ValueProblem
+from ..io.omezarr import label_names
 from ..io.volume import open_volume
 from ..ops.cluster import cluster
 from ..ops.heatmap import decode_heatmap
@@ -83,28 +84,6 @@ def pick_volume(vol, *, method: str = "meanshift", radius: float = 5, threshold:
     return df
 
 
-def class_names(vol) -> dict:
-    """``{label: name}`` from a label image's NGFF ``image-label`` ``properties`` (``{}`` without them).
-
-    Examples
-    --------
-    >>> import xarray as xr
-    >>> lab = xr.DataArray(np.zeros((2, 2, 2), np.uint8), dims=("z", "y", "x"),
-    ...                    attrs={"image-label": {"properties": [{"label-value": 1, "class": "ribosome"}]}})
-    >>> class_names(lab)
-    {1: 'ribosome'}
-    """
-    props = ((getattr(vol, "attrs", None) or {}).get("image-label") or {}).get("properties") or []
-    out = {}
-    for item in props:
-        if isinstance(item, dict) and "label-value" in item and item.get("class") is not None:
-            try:
-                out[int(item["label-value"])] = str(item["class"])
-            except (TypeError, ValueError):
-                continue
-    return out
-
-
 def pick_inputs(path, *, method: str = "meanshift", radius: float = 5, threshold: float = 0.5,
                 min_size: float = 1, min_spacing: float = 5, margin: float = 0, top_k=None, classes=None,
                 units: str = "voxel", voxel_size=None, level: int = 0, tomo=None, z_range=None,
@@ -136,7 +115,7 @@ def pick_inputs(path, *, method: str = "meanshift", radius: float = 5, threshold
             raise type(exc)(str(exc), src) from exc
         raise
     attrs = dict(df.attrs)
-    names = class_names(vol) or (class_names(open_volume(p / "labels" / "classes"))
+    names = label_names(vol) or (label_names(open_volume(p / "labels" / "classes"))
                                  if (p / "labels" / "classes").exists() and src != p / "labels" / "classes" else {})
     if names and "classes" not in attrs:
         attrs["classes"] = names  # a copick or STAR export names the objects
