@@ -211,3 +211,31 @@ def test_ambiguous_copick_projects_name_the_config(tmp_path, capsys):
     assert main(["pick", str(cfg), "--method", "peaks"]) == 2
     assert "label maps" in capsys.readouterr().err
     assert not (tmp_path / "s").exists() or not any((tmp_path / "s").iterdir())
+
+
+@needs_copick
+def test_run_takes_a_copick_project(tmp_path, client):
+    import starfile
+    import yaml
+
+    from tomochunk.phantom import phantom_tomogram
+    from tomochunk.workflows.pipeline import run
+
+    vol, _, _ = phantom_tomogram((32, 48, 48), 2, snr=2.0, voxel_size=10.0, seed=2)
+    np.save(tmp_path / "vol.npy", np.asarray(vol, np.float32))
+    cfg = _config(tmp_path / "copick.json", tmp_path / "proj")
+    _copick(MAKE_PROJECT, cfg, tmp_path / "vol.npy")
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump({
+        "inputs": "copick.json", "outdir": "out", "copick": {"voxel_spacing": 10, "user": "tomochunk", "session": "0"},
+        "segment": {"model": "phantom", "patch_size": 32, "crop": 4},
+        "pick": {"method": "cc", "min_size": 20, "formats": ["star"]}}))
+    table = run(tmp_path / "run.yaml", client=client)
+    assert sorted(Path(s).name for s in table["store"]) == ["TS_01.zarr", "TS_02.zarr"]
+    got = json.loads(_copick(READ_SEGMENTATIONS, cfg, tmp_path))
+    for run_name in ("TS_01", "TS_02"):
+        assert got[run_name]["type"] == "multilabel" and got[run_name]["shape"] == [32, 48, 48]
+        picks = [p for p in got[f"{run_name}/picks"] if p.startswith("tomochunk_0_")]
+        n = int(table.loc[table["store"].str.endswith(f"{run_name}.zarr"), "picks"].iloc[0])
+        assert sum(int(p.rsplit(":", 1)[1]) for p in picks) == n > 0
+        t = starfile.read(tmp_path / "out" / f"{run_name}.star")
+        assert "rlnCenteredCoordinateXAngst" in t.columns and set(t["rlnTomoName"]) == {run_name}

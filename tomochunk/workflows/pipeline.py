@@ -15,6 +15,12 @@ Example config (YAML; paths relative to the config file)::
     segment: {model: phantom, patch_size: 48, crop: 8}   # "phantom": the model shipped in the package
     pick: {method: meanshift, radius: 5, min_size: 20, formats: [xml, star]}
     evaluate: {truth: "truth/{name}.xml", max_dist: 4}  # optional
+
+``inputs`` may instead be one copick project config (``inputs: copick.json``): each run's
+tomogram is an input (named after the run), and its label map and picks also go back into the
+project where copick lists them. The optional ``copick`` section chooses the tomograms and names
+the outputs: ``{voxel_spacing: 10, tomo_type: wbp, user: tomochunk, session: "0", name:
+segmentation}`` (:mod:`tomochunk.io.copick_project`).
 """
 
 from __future__ import annotations
@@ -29,7 +35,8 @@ import pandas as pd
 from .._log import get_logger
 from ..errors import FormatError, MissingError
 from ..io.convert import convert
-from ..io.objects import read_objects, write_objects
+from ..io.copick_project import export_segmentation, project_inputs
+from ..io.objects import read_objects, write_copick, write_objects
 from ..io.omezarr import is_complete
 from ..io.volume import open_volume
 from ..nn.segment import segment
@@ -78,7 +85,7 @@ def load_config(path) -> dict:
     if not isinstance(cfg, dict) or "inputs" not in cfg:
         raise FormatError("the config needs an 'inputs' list", path)
     unknown = set(cfg) - {"inputs", "outdir", "workers", "scheduler", "cluster", "convert", "segment", "pick",
-                          "evaluate"}
+                          "evaluate", "copick"}
     if unknown:
         raise FormatError(f"unknown config keys: {', '.join(sorted(unknown))}", path)
     check_config(cfg, path)
@@ -94,6 +101,7 @@ SECTION_KEYS = {
     "pick": {"method", "radius", "threshold", "min_size", "min_spacing", "margin", "top_k", "classes", "units",
              "voxel_size", "level", "z_range", "border", "smooth", "formats"},
     "evaluate": {"truth", "max_dist"},
+    "copick": {"voxel_spacing", "tomo_type", "user", "session", "name"},
 }
 
 
@@ -199,7 +207,10 @@ def run(config, *, client=None, progress=False) -> pd.DataFrame:
     model = shipped_model(model) if not Path(str(model)).suffix else (
         Path(model) if Path(model).is_absolute() else base / model)
     rows, inputs = [], _inputs(cfg)  # before starting any cluster: bad patterns fail fast
-    names = output_names(inputs)
+    cp = {"user": "tomochunk", "session": "0", "name": "segmentation", **(cfg.get("copick") or {})}
+    project, tomos = project_inputs(inputs, voxel_spacing=cp.get("voxel_spacing"), tomo_type=cp.get("tomo_type"))
+    names = output_names(inputs) if project is None else {t.path: t.run for t in tomos}
+    tomos = {} if project is None else {t.path: t for t in tomos}
     with client_from_config(cfg, client) as c:
         # TS_01/tomo.mrc and TS_02/tomo.mrc: TS_01_tomo.zarr, TS_02_tomo.zarr, never one tomo.zarr for both
         for src, name in names.items():
@@ -213,6 +224,12 @@ def run(config, *, client=None, progress=False) -> pd.DataFrame:
                 log.info("segment %s", store)
                 scores = segment(open_volume(store), model, client=c, **seg)
                 write_segmentation(scores, store, client=c, progress=progress)
+            if src in tomos:
+                t = tomos[src]
+                dst = project.segmentation_path(t.run, t.voxel_spacing, cp["user"], cp["session"], cp["name"])
+                if not (dst.exists() and is_complete(dst)):
+                    export_segmentation(project, t, store, user=cp["user"], session=cp["session"], name=cp["name"],
+                                        overwrite=True)
             paths = {fmt: outdir / f"{name}.{fmt}" for fmt in pk["formats"]}
             if all(p.exists() for p in paths.values()):
                 objects = read_objects(next(iter(paths.values())))
@@ -220,6 +237,9 @@ def run(config, *, client=None, progress=False) -> pd.DataFrame:
                 objects = _pick(store, pk, name)
                 for fmt, p in paths.items():
                     write_objects(objects, p, overwrite=True)  # atomic: temp name, then rename
+                if src in tomos:
+                    objects.attrs["classes"] = {**project.objects, **(objects.attrs.get("classes") or {})}
+                    write_copick(objects, project.overlay, cp["user"], cp["session"], overwrite=True)
             row = {"tomogram": str(src), "store": str(store), "picks": len(objects),
                    **{f"objects_{k}": str(v) for k, v in paths.items()}}
             if ev:

@@ -259,7 +259,8 @@ def write_copick(df, root, user, session, *, voxel_size=None, run_name=None, ove
         todo.append((run, name, p, part))
     for run, name, p, part in todo:
         p.parent.mkdir(parents=True, exist_ok=True)
-        part = part.reset_index(drop=True)
+        # cluster sizes have no copick field: left out quietly (one warning per file would be noise)
+        part = part.drop(columns=[c for c in ("size",) if c in part.columns]).reset_index(drop=True)
         part.attrs = {}
         write_json(part, p, user_id=copick_name(user, "copick user"), session_id=copick_name(session, "copick session"),
                    voxel_size=vs, pickable_object_name=copick_name(name, "copick object"), run_name=str(run))
