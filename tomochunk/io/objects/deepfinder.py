@@ -69,6 +69,18 @@ def _write_tomo_map(names, p):
         tmp.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
 
 
+def index_tomograms(df, p):
+    """``df`` with integer ``tomo`` indices, their name map written beside ``p`` (DeepFinder casts with ``int``)."""
+    df, names = _index_tomos(df)
+    _write_tomo_map(names, p)
+    return df
+
+
+def name_tomograms(df, p):
+    """The inverse of :func:`index_tomograms` for a list read from ``p``."""
+    return _name_tomos(df, p)
+
+
 def _name_tomos(df, p):
     """Apply the name map beside ``p`` (if any) to integer tomogram indices."""
     side = tomo_map_path(p)

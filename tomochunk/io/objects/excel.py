@@ -1,4 +1,8 @@
-"""DeepFinder Excel sheets (``.xlsx``, through ``openpyxl``), columns A-J as DeepFinder writes them."""
+"""DeepFinder Excel sheets (``.xlsx``, through ``openpyxl``), columns A-J as DeepFinder writes them.
+
+Tomogram names become integer ``Tomo IDX`` values with the name map beside the sheet, as for
+the XML and CSV lists (:func:`~tomochunk.io.objects.deepfinder.index_tomograms`).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import pandas as pd
 from ...errors import FormatError, ValueProblem
 from ._common import atomic, _parse_columns, _rename_known
 from .deepfinder import CSV_MAP as _CSV_MAP
+from .deepfinder import index_tomograms, name_tomograms
 
 
 _XLSX_MAP = {"Tomo IDX": "tomo", "Object ID": "obj_id", "Class label": "class_label",
@@ -43,11 +48,12 @@ def read_xlsx(p, **kw):
     for c in ("tomo", "obj_id", "phi", "psi", "the", "size", "score"):
         if c in df.columns and (df[c] == "").all():
             df = df.drop(columns=c)
-    return _parse_columns(df, p, lines_no)
+    return name_tomograms(_parse_columns(df, p, lines_no), p)
 
 
 def write_xlsx(df, p, **kw):
     _need_openpyxl()
+    df = index_tomograms(df, p)  # DeepFinder's read_excel casts "Tomo IDX" with int()
     inv = {v: k for k, v in _XLSX_MAP.items()}
     order = ["tomo", "obj_id", "class_label", "x", "y", "z", "psi", "phi", "the", "size"]
     out = pd.DataFrame({inv[c]: (df[c] if c in df.columns else pd.Series([None] * len(df), dtype=object))
