@@ -239,3 +239,36 @@ def test_run_takes_a_copick_project(tmp_path, client):
         assert sum(int(p.rsplit(":", 1)[1]) for p in picks) == n > 0
         t = starfile.read(tmp_path / "out" / f"{run_name}.star")
         assert "rlnCenteredCoordinateXAngst" in t.columns and set(t["rlnTomoName"]) == {run_name}
+
+
+def test_copick_segmentation_store_is_zarr2_ngff04_image(tmp_path):
+    """The layout copick's write_ome_zarr_3d gives (a Zarr 2 NGFF 0.4 image at the store root, "/" chunk keys)."""
+    pytest.importorskip("ome_zarr_models")
+    import zarr
+    from ome_zarr_models.v04.image import Image
+
+    from tomochunk.io.copick_project import open_project, project_inputs, write_copick_segmentation
+    from tomochunk.io.volume import write_volume
+
+    lab = _labels()
+    p = write_copick_segmentation(lab, tmp_path / "10.000_me_1_seg-multilabel.zarr", voxel_size=VS, lut=[0, 2, 1],
+                                  chunks=8, classes={2: "ribosome", 1: "proteasome"})
+    Image.from_zarr(zarr.open_group(str(p), mode="r"))
+    meta = json.loads((p / "0" / ".zarray").read_text())
+    assert meta["zarr_format"] == 2 and meta["dimension_separator"] == "/" and meta["dtype"] == "|u1"
+    ms = json.loads((p / ".zattrs").read_text())["multiscales"][0]
+    assert ms["version"] == "0.4" and ms["datasets"][0]["path"] == "0"
+    assert ms["datasets"][0]["coordinateTransformations"][0] == {"type": "scale", "scale": [VS] * 3}
+    got = np.asarray(zarr.open_array(str(p / "0"), mode="r"))
+    np.testing.assert_array_equal(got, np.array([0, 2, 1], np.uint8)[lab])
+    # project_inputs: files are not a project; a project needs no option when it has one spacing and type
+    assert project_inputs([str(tmp_path / "a.mrc")]) == (None, None)
+    cfg = _config(tmp_path / "c.json", tmp_path / "proj", static=tmp_path / "static")
+    write_volume(np.zeros((8, 8, 8), np.float32), tmp_path / "static" / "ExperimentRuns" / "TS_9" /
+                 "VoxelSpacing10.000" / "denoised.zarr", voxel_size=10.0, levels=1)
+    project, tomos = project_inputs([str(cfg)])
+    assert [(t.run, t.voxel_spacing, t.tomo_type) for t in tomos] == [("TS_9", 10.0, "denoised")]
+    # written to the overlay root, never to the static one
+    assert project.segmentation_path("TS_9", 10.0, "u", "s", "n") == \
+        (tmp_path / "proj" / "ExperimentRuns" / "TS_9" / "Segmentations" / "10.000_u_s_n-multilabel.zarr").absolute()
+    assert open_project(cfg).objects == {1: "ribosome", 2: "proteasome"}

@@ -231,3 +231,23 @@ def test_deepfinder_itself_reads_our_xml(tmp_path):
     assert [o["label"] for o in objl] == df["class_label"].tolist()
     np.testing.assert_allclose([[o["x"], o["y"], o["z"], o["phi"], o["psi"], o["the"]] for o in objl],
                                df[["x", "y", "z", "phi", "psi", "the"]].to_numpy())
+
+
+@pytest.mark.skipif(not DF_PYTHON.exists(), reason="no DeepFinder venv (benchmarks/check_deepfinder_reader.py)")
+def test_deepfinder_itself_reads_our_xlsx(tmp_path):
+    """DeepFinder's read_excel casts "Tomo IDX" with int(): names become indices, their map beside the sheet."""
+    pytest.importorskip("openpyxl")
+    df = _objects()
+    write_objects(df, tmp_path / "objl.xlsx")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    code = ("import json, sys; import deepfinder.utils.objl as ol; "
+            "json.dump(ol.read_excel(sys.argv[1]), open(sys.argv[2], 'w'))")
+    r = subprocess.run([str(DF_PYTHON), "-W", "ignore", "-c", code, str(tmp_path / "objl.xlsx"),
+                        str(tmp_path / "out.json")], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    objl = json.loads((tmp_path / "out.json").read_text())
+    assert [o["tomo_idx"] for o in objl] == [0 if t == "TS_01" else 1 for t in df["tomo"]]
+    assert [o["label"] for o in objl] == df["class_label"].tolist()
+    np.testing.assert_allclose([[o["x"], o["y"], o["z"]] for o in objl], df[["x", "y", "z"]].to_numpy())
+    assert read_objects(tmp_path / "objl.xlsx")["tomo"].tolist() == df["tomo"].tolist()
