@@ -1112,7 +1112,8 @@ def _add_star_options(p):
     """The options of every command that may write a RELION STAR file."""
     g = p.add_argument_group("RELION STAR output")
     g.add_argument("--tilt-series-pixel-size", type=float, default=None, metavar="A",
-                   help="unbinned tilt-series pixel size (A), written as rlnTomoTiltSeriesPixelSize")
+                   help="pixel size (A) of the tilt series the tomograms were reconstructed from, written as "
+                        "rlnTomoTiltSeriesPixelSize (RELION 4 pixel coordinates are in these pixels)")
     g.add_argument("--star-coordinates", choices=("centered", "pixel"), default=None,
                    help="centered: RELION 5 rlnCenteredCoordinate*Angst (default where the tomogram shape is "
                         "known); pixel: RELION 4 rlnCoordinate* in tilt-series pixels")
@@ -1134,7 +1135,7 @@ def _add_copick_output(p):
                    help="also write the picks into this copick project folder (its overlay root): "
                         "ExperimentRuns/<run>/Picks/<user>_<session>_<object>.json, one file per object and run")
     g.add_argument("--user", default="tomochunk", help="copick user_id of the picks")
-    g.add_argument("--session", default="0", help="copick session_id of the picks ('0': made by a tool)")
+    g.add_argument("--session", default="0", help="copick session_id of the picks; '0' marks a tool's")
 
 
 def _pick_copick_inputs(args):
@@ -1172,7 +1173,8 @@ def _add_copick_input(p, segmentation=False, picking=False):
     """Options of a command whose input set may be a copick project config."""
     g = p.add_argument_group("copick project input (a copick config .json as the input set)")
     g.add_argument("--voxel-spacing", type=float, default=None, metavar="A",
-                   help="voxel spacing of the runs' tomograms (default: the project's only one)")
+                   help=f"voxel spacing of the runs' {'segmentations' if picking else 'tomograms'} "
+                        "(default: the project's only one)")
     if picking:
         g.add_argument("--seg-user", default=None, help="pick the runs' segmentations of this copick user")
         g.add_argument("--seg-session", default=None, help="... of this session")
@@ -1181,7 +1183,7 @@ def _add_copick_input(p, segmentation=False, picking=False):
     g.add_argument("--tomo-type", default=None, help="tomogram type, e.g. wbp, denoised (default: the only one)")
     if segmentation:
         g.add_argument("--user", default="tomochunk", help="copick user_id of the segmentations")
-        g.add_argument("--session", default="0", help="copick session_id of the segmentations ('0': a tool)")
+        g.add_argument("--session", default="0", help="copick session_id of the segmentations; '0' marks a tool's")
         g.add_argument("--seg-name", default="segmentation",
                        help="copick name of the multilabel segmentation: ExperimentRuns/<run>/Segmentations/"
                             "<vs>_<user>_<session>_<name>-multilabel.zarr")
