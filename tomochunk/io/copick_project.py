@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +30,7 @@ import numpy as np
 
 from .._log import get_logger
 from .._names import safe_name
-from ..errors import FormatError, MissingError, ValueProblem
+from ..errors import ExistsError, FormatError, MissingError, ValueProblem
 from .objects.copick import copick_name
 from .omezarr import PyramidWriter, label_names
 from .volume import open_volume
@@ -350,12 +351,18 @@ def write_copick_segmentation(labels, path, *, voxel_size, lut=None, levels=1, c
         return (table[block] if table is not None else block).astype(dtype, copy=False)
 
     path = Path(path)
+    if path.exists() and not overwrite:
+        raise ExistsError("copick segmentation exists; pass overwrite=True (--overwrite) to replace it", path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    w = PyramidWriter(path, np.shape(data), dtype, dims=("z", "y", "x"), voxel_size=float(voxel_size), levels=levels,
-                      chunks=chunks, label=True, ngff="0.4", overwrite=overwrite, name=path.name,
-                      classes=classes)
+    # written under a hidden name, which copick does not list, then renamed: copick never sees half a store
+    tmp = path.with_name(f".{path.name}.tmp")
+    w = PyramidWriter(tmp, np.shape(data), dtype, dims=("z", "y", "x"), voxel_size=float(voxel_size), levels=levels,
+                      chunks=chunks, label=True, ngff="0.4", overwrite=True, name=path.name, classes=classes)
     w.write(read)
     w.finish()
+    if path.exists():
+        shutil.rmtree(path)
+    os.replace(tmp, path)
     log.info("wrote copick segmentation %s", path)
     return path
 
