@@ -586,6 +586,10 @@ def _add_segment(sub):
                    help="network arithmetic; bfloat16 is ~4.5x faster on CPUs with AMX/AVX512-BF16 and GPUs")
     p.add_argument("--chunks", type=int, default=256, help="storage chunk side of the outputs")
     p.add_argument("--dataset", default=None, help="HDF5 dataset name")
+    p.add_argument("--level", type=_level, default=0, metavar="N",
+                   help="segment pyramid level N of the OME-Zarr image (bin 2**N): the maps are written at "
+                        "that level's scale (NGFF coordinateTransformations) in labels/scores and "
+                        "labels/classes, and `pick` gives level-0 voxels")
     p.add_argument("--overwrite", action="store_true", help="redo tomograms that are already segmented")
     p.add_argument("--force", action="store_true",
                    help="segment inputs whose metadata marks them as label maps (with a warning)")
@@ -593,9 +597,29 @@ def _add_segment(sub):
     p.set_defaults(run=_run_segment)
 
 
+def _level(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"a pyramid level is an integer >= 0, not {text!r}")
+    return n
+
+
+def _segmented_level(labels):
+    """The image level a complete segmentation in ``labels`` was computed on (None: none there)."""
+    from .io.omezarr import is_complete, read_multiscale
+
+    if not all((labels / n).exists() and is_complete(labels / n) for n in ("scores", "classes")):
+        return None
+    return int(read_multiscale(labels / "classes", check=False)[1]["attrs"].get("image_level", 0))
+
+
 def _run_segment(args):
     from pathlib import Path
 
+    from .errors import ExistsError
     from .io.convert import convert
     from .io.omezarr import is_complete
     from .io.volume import open_volume
@@ -610,10 +634,13 @@ def _run_segment(args):
     todo = []
     for src, dst in output_paths(args.inputs, out).items():
         labels = dst / "labels"
-        if not args.overwrite and all((labels / n).exists() and is_complete(labels / n)
-                                      for n in ("scores", "classes")):
-            print(f"{src}: already segmented in {labels}, skipped")
+        done = None if args.overwrite else _segmented_level(labels)
+        if done == args.level:
+            print(f"{src}: already segmented in {labels}" + (f" at level {done}" if done else "") + ", skipped")
             continue
+        if done is not None:
+            raise ExistsError(f"segmented at level {done}, not {args.level}; pass --overwrite to replace it",
+                              labels)
         todo.append((src, dst))
     if not todo:
         return 0
@@ -622,14 +649,15 @@ def _run_segment(args):
         for src, dst in todo:
             if Path(src).resolve() != dst.resolve() and not (dst.exists() and is_complete(dst)):
                 convert(src, dst, dataset=args.dataset, progress=_tty(), force=args.force)
-            vol = open_volume(dst)
+            vol = open_volume(dst, level=args.level)
             scores = segment(vol, model, patch_size=args.patch, crop=args.crop, batch_size=args.batch,
                              blend=args.blend, normalize=None if args.normalize == "none" else args.normalize,
                              tiling=args.tiling, block_shape=args.block, precision=args.precision, client=client,
                              tta=args.tta, force=args.force)
-            print(f"{src}: segmenting {dict(zip(vol.dims, vol.shape))} into {dst / 'labels'}")
+            at = f" (level {args.level}, {vol.attrs['voxel_size']:g} A voxels)" if args.level else ""
+            print(f"{src}: segmenting {dict(zip(vol.dims, vol.shape))}{at} into {dst / 'labels'}")
             write_segmentation(scores, dst, dtype=args.dtype, chunks=args.chunks, overwrite=args.overwrite,
-                               client=client, progress=_tty())
+                               client=client, progress=_tty(), level=args.level)
             print(("\n" if _tty() else "") + f"{src} -> {dst / 'labels'}")
     return 0
 
