@@ -951,6 +951,18 @@ def _add_segment_features(sub):
     p.add_argument("--object-weight", type=float, default=0.0, metavar="W",
                    help="0 (default): highest voxel score wins (EMAN2/Ais); W in (0, 1]: scores are mixed with "
                         "their object's mean, so confident objects beat another model's weak fragments")
+    p.add_argument("--save-scores", action="store_true",
+                   help="also keep each feature's score map in <tomogram>.zarr/labels/scores ([c, z, y, x], "
+                        "channel i = label i, 0 = background), so `pick --method peaks|heatmap` picks features")
+    p.add_argument("--threshold", action="append", default=None, metavar="[MODEL:]T",
+                   help="score threshold overriding the archives': T for every model, or MODEL:T for one "
+                        "(MODEL: title or label 1..N; repeatable)")
+    p.add_argument("--emit", default=None, metavar="MODEL,...",
+                   help="Ais competition: the models (titles or labels) that emit, overriding the archives' "
+                        "flags; 'none' for no emitter")
+    p.add_argument("--absorb", default=None, metavar="MODEL,...",
+                   help="the models that absorb (their voxels lose to emitters'), overriding the archives'; "
+                        "'none' for no absorber")
     p.add_argument("--slab", type=int, default=None, help="slices per task (default: ~64 MB)")
     p.add_argument("--levels", type=int, default=2, help="multiscale levels of the label stores")
     p.add_argument("--overwrite", action="store_true", help="redo tomograms already done")
@@ -972,13 +984,47 @@ def _run_segment_features(args):
             raise ValueProblem(f"--interaction {text!r}: expected CHILD:MODE:PARENT:RADIUS")
         child, mode, parent, radius = parts
         inter.append({"child": child, "mode": mode, "parent": parent, "radius": float(radius)})
+    over = _feature_overrides(args)
     with _cluster_client(args) as client:
         models = [(m, args.allow_code) for m in args.models] if args.allow_code else args.models
         status = segment_features(args.tomograms, models, args.outdir, interactions=inter, client=client,
                                   slab=args.slab, levels=args.levels, overwrite=args.overwrite,
-                                  object_weight=args.object_weight)
+                                  object_weight=args.object_weight, save_scores=args.save_scores, **over)
     for tomo, state in status.items():
         print(f"{tomo}: {state}")
+
+
+def _feature_model(text, n):
+    """A model named on the command line: its title, or its label 1..n (-> index 0..n-1)."""
+    text = text.strip()
+    if text.isdigit():
+        if not 1 <= int(text) <= n:
+            raise ValueProblem(f"model label {text} is not among 1..{n} (label i is the i-th -m model)")
+        return int(text) - 1
+    return text
+
+
+def _feature_overrides(args):
+    """--threshold/--emit/--absorb as segment_features keywords (titles stay names; labels become indices)."""
+    n = len(args.models)
+    over = {}
+    if args.threshold:
+        th = {}
+        for text in args.threshold:
+            key, _, val = text.rpartition(":")
+            try:
+                t = float(val)
+            except ValueError:
+                raise ValueProblem(f"--threshold {text!r}: expected T or MODEL:T with T a number") from None
+            for k in ([_feature_model(key, n)] if key else range(n)):
+                th[k] = t
+        over["thresholds"] = th
+    for flag in ("emit", "absorb"):
+        text = getattr(args, flag)
+        if text is not None:
+            over[flag] = [] if text.strip().lower() == "none" else \
+                [_feature_model(v, n) for v in text.split(",") if v.strip()]
+    return over
 
 
 def _add_export_meshes(sub):
