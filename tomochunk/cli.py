@@ -736,27 +736,41 @@ def _add_tirf(sub):
     _add_cluster_options(c)
 
     c = _command(tsub, "annotate", "expert event annotations (class 1) -> expert segmentation (a cone per event)",
-                 "tomochunk tirf annotate zarr/cell1.zarr cell1/expert_annotation.xml -o cell1/expert_segmentation.zarr")
-    c.add_argument("movie")
-    c.add_argument("annotation")
-    c.add_argument("-o", "--output", required=True)
+                 "tomochunk tirf annotate zarr/cell1.zarr cell1/expert_annotation.xml -o cell1/expert_segmentation.zarr\n"
+                 "tomochunk tirf annotate --batch experiment/   # every folder: movie.zarr + expert_annotation.xml "
+                 "-> expert_segmentation.zarr")
+    c.add_argument("movie", nargs="?", default=None, help="the movie (with --batch: its name in each folder)")
+    c.add_argument("annotation", nargs="?", default=None,
+                   help="its expert annotation, .xml or .csv (with --batch: the name in each folder)")
+    c.add_argument("-o", "--output", default=None,
+                   help="the expert segmentation (with --batch: its name in each folder, default "
+                        "expert_segmentation.zarr)")
     c.add_argument("--radii", type=_floats, default=None, help="disk radius per frame (default 4,2,0)")
+    _add_tirf_batch(c)
     c.add_argument("--overwrite", action="store_true")
     c.set_defaults(run=_run_tirf_annotate)
     _add_cluster_options(c)
 
     c = _command(tsub, "merge", "merge detector spots (class 1) with expert events (class 2)",
                  "tomochunk tirf merge zarr/cell1.zarr --spots spots/cell1_spots.csv "
-                 "--events cell1/expert_annotation.xml -o cell1/ --max-spots 9800")
-    c.add_argument("movie")
-    c.add_argument("--spots", required=True, help="object list or detector label map")
-    c.add_argument("--events", required=True, help="expert annotation (class 1)")
-    c.add_argument("-o", "--outdir", required=True,
-                   help="writes merged_segmentation.zarr and merged_annotation.xml")
+                 "--events cell1/expert_annotation.xml -o cell1/\n"
+                 "tomochunk tirf merge --batch experiment/   # every folder: movie.zarr, detector_segmentation.zarr, "
+                 "expert_annotation.xml -> merged_segmentation.zarr, merged_annotation.xml")
+    c.add_argument("movie", nargs="?", default=None, help="the movie (with --batch: its name in each folder)")
+    c.add_argument("--spots", default=None,
+                   help="object list or detector label map (with --batch: its name in each folder, default "
+                        "detector_segmentation.zarr)")
+    c.add_argument("--events", default=None,
+                   help="expert annotation, class 1 (with --batch: default expert_annotation.xml)")
+    c.add_argument("-o", "--outdir", default=None,
+                   help="writes merged_segmentation.zarr and merged_annotation.xml (with --batch: default each "
+                        "folder itself)")
     c.add_argument("--match-radius", type=float, default=5.0)
     c.add_argument("--match-frames", type=int, default=None)
-    c.add_argument("--max-spots", type=int, default=None)
+    c.add_argument("--max-spots", type=_max_spots, default=9800,
+                   help="detector spots kept in the object list, sampled (ExoDeepFinder's 9800); 'all' keeps every one")
     c.add_argument("--seed", type=int, default=0)
+    _add_tirf_batch(c)
     c.add_argument("--overwrite", action="store_true")
     c.set_defaults(run=_run_tirf_merge)
     _add_cluster_options(c)
@@ -768,12 +782,18 @@ def _add_tirf(sub):
     c.add_argument("--targets", nargs="+", required=True)
     c.add_argument("--objects", nargs="+", required=True)
     c.add_argument("-o", "--outdir", required=True)
-    c.add_argument("--valid-fraction", type=float, default=0.2)
+    c.add_argument("--valid-fraction", type=float, default=0.3,
+                   help="share of movies for validation (ExoDeepFinder's 30%%, its --split 70)")
     c.add_argument("--seed", type=int, default=0)
     c.set_defaults(run=_run_tirf_dataset)
     _add_cluster_options(c)
 
-    c = _command(tsub, "train", "train the anisotropic network on a dataset manifest",
+    c = _command(tsub, "train", "train the anisotropic network on a dataset manifest. Differs from ExoDeepFinder "
+                 "on purpose: it trains one network on (16, 48, 48) patches with Tversky + weighted cross-entropy "
+                 "(50 epochs x 100 steps, batch 4), where ExoDeepFinder chains four trainings (patches 8, 16, 32, "
+                 "48; batches 256, 128, 32, 10; 100 epochs x 100 steps each) on the Tversky loss alone: the "
+                 "cross-entropy term learns the rare exocytosis class without the curriculum. --patch and "
+                 "--epochs give a longer run",
                  "tomochunk tirf train dataset/dataset.json -o model/ --epochs 50")
     c.add_argument("manifest")
     c.add_argument("-o", "--outdir", required=True)
@@ -797,6 +817,10 @@ def _add_tirf(sub):
     c.add_argument("--patch", type=_ints, default=None)
     c.add_argument("--tiling", choices=("patches", "blocks"), default="patches",
                    help="patches: ExoDeepFinder's patch tiling; blocks: one network call per block plus a halo")
+    c.add_argument("--crop", type=int, default=None, help="voxels discarded per patch side (default 25)")
+    c.add_argument("-v", "--visualization", action="store_true",
+                   help="also write MOVIE_data.png and MOVIE_prediction.png (orthoslices of the movie, and with "
+                        "the label map over it), as ExoDeepFinder's --visualization")
     c.add_argument("--overwrite", action="store_true")
     c.set_defaults(run=_run_tirf_segment)
     _add_cluster_options(c)
@@ -849,31 +873,83 @@ def _run_tirf_detect(args):
         print(f"{m}: {len(spots)} spots -> {out / (stem + '_spots.csv')}")
 
 
+def _add_tirf_batch(c):
+    c.add_argument("-b", "--batch", default=None, metavar="ROOT",
+                   help="process every folder of ROOT (ExoDeepFinder's --batch): file names are taken in each "
+                        "folder; '{name}' in one is the folder's name, an absolute path is used as is")
+
+
+def _max_spots(text: str):
+    if text.lower() in ("all", "none"):
+        return None
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"--max-spots must be >= 1 or 'all', not {text}")
+    return n
+
+
+def _tirf_batch(args, names: dict) -> list:
+    """``[{key: path}]`` per movie: one entry from the arguments, or one per folder of ``--batch``.
+
+    ``names``: ``{key: (argument value, default name in a folder)}``."""
+    from pathlib import Path
+
+    from .errors import MissingError
+
+    if args.batch is None:
+        missing = [k for k, (v, _) in names.items() if v is None]
+        if missing:
+            raise ValueProblem(f"give {', '.join(missing)} (or --batch ROOT to process every folder of ROOT)")
+        return [{k: Path(v) for k, (v, _) in names.items()}]
+    root = Path(args.batch)
+    if not root.is_dir():
+        raise MissingError("--batch needs a folder of movie folders", root)
+    folders = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")
+                     and d.suffix.lower() != ".zarr")
+    if not folders:
+        raise MissingError("--batch: no movie folder in it", root)
+    out = []
+    for d in folders:
+        entry = {}
+        for k, (v, default) in names.items():
+            p = Path(str(v if v is not None else default).replace("{name}", d.name))
+            entry[k] = p if p.is_absolute() else d / p
+        out.append(entry)
+    return out
+
+
 def _run_tirf_annotate(args):
     from .io.volume import write_volume
     from .workflows.tirf import EVENT_RADII, event_targets
 
-    with _progress():
-        write_volume(event_targets(args.annotation, args.movie, radii=args.radii or EVENT_RADII), args.output,
-                     levels=1, overwrite=args.overwrite)
-    print(f"{args.annotation} -> {args.output}")
+    jobs = _tirf_batch(args, {"MOVIE": (args.movie, "movie.zarr"),
+                              "ANNOTATION": (args.annotation, "expert_annotation.xml"),
+                              "-o": (args.output, "expert_segmentation.zarr")})
+    for j in jobs:
+        with _progress():
+            write_volume(event_targets(j["ANNOTATION"], j["MOVIE"], radii=args.radii or EVENT_RADII), j["-o"],
+                         levels=1, overwrite=args.overwrite)
+        print(f"{j['ANNOTATION']} -> {j['-o']}")
 
 
 def _run_tirf_merge(args):
-    from pathlib import Path
-
     from .workflows.tirf import merge_annotations
 
-    out = Path(args.outdir)
-    out.mkdir(parents=True, exist_ok=True)
-    with _progress():
-        _, objs = merge_annotations(args.spots, args.events, args.movie, match_radius=args.match_radius,
-                                    match_frames=args.match_frames, max_spots=args.max_spots, seed=args.seed,
-                                    labels_path=out / "merged_segmentation.zarr",
-                                    objects_path=out / "merged_annotation.xml", overwrite=args.overwrite)
-    n_ev = int((objs["class_label"] == 2).sum())
-    print(f"{n_ev} events, {len(objs) - n_ev} spots -> {out / 'merged_segmentation.zarr'}, "
-          f"{out / 'merged_annotation.xml'}")
+    jobs = _tirf_batch(args, {"MOVIE": (args.movie, "movie.zarr"),
+                              "--spots": (args.spots, "detector_segmentation.zarr"),
+                              "--events": (args.events, "expert_annotation.xml"),
+                              "-o": (args.outdir, ".")})
+    for j in jobs:
+        out = j["-o"]
+        out.mkdir(parents=True, exist_ok=True)
+        with _progress():
+            _, objs = merge_annotations(j["--spots"], j["--events"], j["MOVIE"], match_radius=args.match_radius,
+                                        match_frames=args.match_frames, max_spots=args.max_spots, seed=args.seed,
+                                        labels_path=out / "merged_segmentation.zarr",
+                                        objects_path=out / "merged_annotation.xml", overwrite=args.overwrite)
+        n_ev = int((objs["class_label"] == 2).sum())
+        print(f"{j['MOVIE']}: {n_ev} events, {len(objs) - n_ev} spots -> {out / 'merged_segmentation.zarr'}, "
+              f"{out / 'merged_annotation.xml'}")
 
 
 def _run_tirf_dataset(args):
@@ -902,8 +978,20 @@ def _run_tirf_segment(args):
     from .workflows.tirf import segment_movies
 
     kw = {"tiling": args.tiling} if args.patch is None else {"patch_size": args.patch, "tiling": args.tiling}
+    if args.crop is not None:
+        kw["crop"] = args.crop
     for m, out in segment_movies(args.movies, args.model, args.outdir, overwrite=args.overwrite, **kw).items():
         print(f"{m} -> {out}")
+        if args.visualization:
+            from .io.volume import open_volume
+            from .viz import orthoslices
+
+            stem = out.name[:-len("_segmentation.zarr")]
+            movie, lab = open_volume(m), open_volume(out)
+            pngs = [orthoslices(movie, out.parent / f"{stem}_data.png", title=f"{stem}: movie"),
+                    orthoslices(movie, out.parent / f"{stem}_prediction.png", labels=lab,
+                                classes={1: "spot", 2: "exocytosis"}, title=f"{stem}: segmentation")]
+            print(f"{m}: pictures -> {', '.join(map(str, pngs))}")
 
 
 def _run_tirf_events(args):
