@@ -94,7 +94,8 @@ def pick_inputs(path, *, method: str = "meanshift", radius: float = 5, threshold
     segment --level N`` wrote) is picked on its own grid, and the coordinates are then given
     in level-0 voxels of the store's image (else of the map's own level 0), through the NGFF
     scales and translations; ``attrs["voxel_size"]`` is then the level-0 voxel size and
-    ``attrs["picked_voxel_size"]`` the voxel size of the map the objects were picked on.
+    ``attrs["picked_voxel_size"]`` the voxel size of the map the objects were picked on
+    (``size`` stays a voxel count of that map).
 
     Examples
     --------
