@@ -736,7 +736,8 @@ def _add_tirf(sub):
     _add_cluster_options(c)
 
     c = _command(tsub, "annotate", "expert event annotations (class 1) -> expert segmentation (a cone per event)",
-                 "tomochunk tirf annotate zarr/cell1.zarr cell1/expert_annotation.xml -o cell1/expert_segmentation.zarr\n"
+                 "tomochunk tirf annotate zarr/cell1.zarr cell1/expert_annotation.xml "
+                 "-o cell1/expert_segmentation.zarr\n"
                  "tomochunk tirf annotate --batch experiment/   # every folder: movie.zarr + expert_annotation.xml "
                  "-> expert_segmentation.zarr")
     c.add_argument("movie", nargs="?", default=None, help="the movie (with --batch: its name in each folder)")
@@ -791,9 +792,8 @@ def _add_tirf(sub):
     c = _command(tsub, "train", "train the anisotropic network on a dataset manifest. Differs from ExoDeepFinder "
                  "on purpose: it trains one network on (16, 48, 48) patches with Tversky + weighted cross-entropy "
                  "(50 epochs x 100 steps, batch 4), where ExoDeepFinder chains four trainings (patches 8, 16, 32, "
-                 "48; batches 256, 128, 32, 10; 100 epochs x 100 steps each) on the Tversky loss alone: the "
-                 "cross-entropy term learns the rare exocytosis class without the curriculum. --patch and "
-                 "--epochs give a longer run",
+                 "48; batches 256, 128, 32, 10; 100 epochs x 100 steps each) on the Tversky loss alone, which needs "
+                 "long runs on the rare exocytosis class; --ce-weight 0 and --epochs 100 come closer to it",
                  "tomochunk tirf train dataset/dataset.json -o model/ --epochs 50")
     c.add_argument("manifest")
     c.add_argument("-o", "--outdir", required=True)
