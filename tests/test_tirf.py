@@ -285,7 +285,7 @@ def test_make_dataset_manifest(tmp_path):
             paths[kind].append(p)
     m = tirf.make_dataset(paths["movie"], paths["target"], paths["objects"], tmp_path / "ds", seed=3)
     data = json.loads(m.read_text())
-    assert len(data["train"]) == 4 and len(data["valid"]) == 1
+    assert len(data["train"]) == 3 and len(data["valid"]) == 2  # ExoDeepFinder: int(70 * 5 / 100) = 3 train
     movies = {e["movie"] for e in data["train"] + data["valid"]}
     assert movies == {str(p.resolve()) for p in paths["movie"]}
     for e in data["train"]:  # rows stay together

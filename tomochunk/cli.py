@@ -604,6 +604,10 @@ def _add_segment(sub):
                    help="network arithmetic; bfloat16 is ~4.5x faster on CPUs with AMX/AVX512-BF16 and GPUs")
     p.add_argument("--chunks", type=int, default=256, help="storage chunk side of the outputs")
     p.add_argument("--dataset", default=None, help="HDF5 dataset name")
+    p.add_argument("--level", type=_level, default=0, metavar="N",
+                   help="segment pyramid level N of the OME-Zarr image (bin 2**N): the maps are written at "
+                        "that level's scale (NGFF coordinateTransformations) in labels/scores and "
+                        "labels/classes, and `pick` gives level-0 voxels")
     p.add_argument("--overwrite", action="store_true", help="redo tomograms that are already segmented")
     p.add_argument("--force", action="store_true",
                    help="segment inputs whose metadata marks them as label maps (with a warning)")
@@ -612,9 +616,29 @@ def _add_segment(sub):
     p.set_defaults(run=_run_segment)
 
 
+def _level(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"a pyramid level is an integer >= 0, not {text!r}")
+    return n
+
+
+def _segmented_level(labels):
+    """The image level a complete segmentation in ``labels`` was computed on (None: none there)."""
+    from .io.omezarr import is_complete, read_multiscale
+
+    if not all((labels / n).exists() and is_complete(labels / n) for n in ("scores", "classes")):
+        return None
+    return int(read_multiscale(labels / "classes", check=False)[1]["attrs"].get("image_level", 0))
+
+
 def _run_segment(args):
     from pathlib import Path
 
+    from .errors import ExistsError
     from .io.convert import convert
     from .io.omezarr import is_complete
     from .io.volume import open_volume
@@ -624,6 +648,9 @@ def _run_segment(args):
 
     out = Path(args.outdir)
     project, tomos = _copick_inputs(args)
+    if project is not None and args.level:
+        # copick keeps each binning as its own voxel spacing: choose it there
+        raise ValueProblem("--level: a copick project's binnings are its voxel spacings; pass --voxel-spacing")
     # a copick project: each run's tomogram is read in place; the scores go to OUTDIR/<run>.zarr
     pairs = output_paths(args.inputs, out) if project is None else {t.path: out / f"{t.run}.zarr" for t in tomos}
     copick_seg = {} if project is None else {t.path: (t, project.segmentation_path(
@@ -634,17 +661,21 @@ def _run_segment(args):
     todo = []
     for src, dst in pairs.items():
         labels = dst / "labels"
-        if not args.overwrite and _segmented(dst) and \
-                (src not in copick_seg or (copick_seg[src][1].exists() and is_complete(copick_seg[src][1]))):
-            print(f"{src}: already segmented in {labels}, skipped")
+        done = None if args.overwrite else _segmented_level(labels)
+        if done == args.level and (src not in copick_seg or (copick_seg[src][1].exists()
+                                                             and is_complete(copick_seg[src][1]))):
+            print(f"{src}: already segmented in {labels}" + (f" at level {done}" if done else "") + ", skipped")
             continue
-        todo.append((src, dst))
+        if done is not None and done != args.level:
+            raise ExistsError(f"segmented at level {done}, not {args.level}; pass --overwrite to replace it",
+                              labels)
+        todo.append((src, dst, done))
     if not todo:
         return 0
     with _cluster_client(args) as client:
         print(f"Dask dashboard: {client.dashboard_link}")
-        for src, dst in todo:
-            if src in copick_seg and not args.overwrite and _segmented(dst):
+        for src, dst, done in todo:
+            if src in copick_seg and done == args.level:
                 _export_copick(project, copick_seg[src], dst, args)  # only the copick copy was missing
                 continue
             if src in copick_seg:
@@ -652,24 +683,19 @@ def _run_segment(args):
             else:
                 if Path(src).resolve() != dst.resolve() and not (dst.exists() and is_complete(dst)):
                     convert(src, dst, dataset=args.dataset, progress=_tty(), force=args.force)
-                vol = open_volume(dst)
+                vol = open_volume(dst, level=args.level)
             scores = segment(vol, model, patch_size=args.patch, crop=args.crop, batch_size=args.batch,
                              blend=args.blend, normalize=None if args.normalize == "none" else args.normalize,
                              tiling=args.tiling, block_shape=args.block, precision=args.precision, client=client,
                              tta=args.tta, force=args.force)
-            print(f"{src}: segmenting {dict(zip(vol.dims, vol.shape))} into {dst / 'labels'}")
+            at = f" (level {args.level}, {vol.attrs['voxel_size']:g} A voxels)" if args.level else ""
+            print(f"{src}: segmenting {dict(zip(vol.dims, vol.shape))}{at} into {dst / 'labels'}")
             write_segmentation(scores, dst, dtype=args.dtype, chunks=args.chunks, overwrite=args.overwrite,
-                               client=client, progress=_tty())
+                               client=client, progress=_tty(), level=args.level)
             print(("\n" if _tty() else "") + f"{src} -> {dst / 'labels'}")
             if src in copick_seg:
                 _export_copick(project, copick_seg[src], dst, args)
     return 0
-
-
-def _segmented(dst) -> bool:
-    from .io.omezarr import is_complete
-
-    return all((dst / "labels" / n).exists() and is_complete(dst / "labels" / n) for n in ("scores", "classes"))
 
 
 def _export_copick(project, item, dst, args):
@@ -754,27 +780,42 @@ def _add_tirf(sub):
     _add_cluster_options(c)
 
     c = _command(tsub, "annotate", "expert event annotations (class 1) -> expert segmentation (a cone per event)",
-                 "tomochunk tirf annotate zarr/cell1.zarr cell1/expert_annotation.xml -o cell1/expert_segmentation.zarr")
-    c.add_argument("movie")
-    c.add_argument("annotation")
-    c.add_argument("-o", "--output", required=True)
+                 "tomochunk tirf annotate zarr/cell1.zarr cell1/expert_annotation.xml "
+                 "-o cell1/expert_segmentation.zarr\n"
+                 "tomochunk tirf annotate --batch experiment/   # every folder: movie.zarr + expert_annotation.xml "
+                 "-> expert_segmentation.zarr")
+    c.add_argument("movie", nargs="?", default=None, help="the movie (with --batch: its name in each folder)")
+    c.add_argument("annotation", nargs="?", default=None,
+                   help="its expert annotation, .xml or .csv (with --batch: the name in each folder)")
+    c.add_argument("-o", "--output", default=None,
+                   help="the expert segmentation (with --batch: its name in each folder, default "
+                        "expert_segmentation.zarr)")
     c.add_argument("--radii", type=_floats, default=None, help="disk radius per frame (default 4,2,0)")
+    _add_tirf_batch(c)
     c.add_argument("--overwrite", action="store_true")
     c.set_defaults(run=_run_tirf_annotate)
     _add_cluster_options(c)
 
     c = _command(tsub, "merge", "merge detector spots (class 1) with expert events (class 2)",
                  "tomochunk tirf merge zarr/cell1.zarr --spots spots/cell1_spots.csv "
-                 "--events cell1/expert_annotation.xml -o cell1/ --max-spots 9800")
-    c.add_argument("movie")
-    c.add_argument("--spots", required=True, help="object list or detector label map")
-    c.add_argument("--events", required=True, help="expert annotation (class 1)")
-    c.add_argument("-o", "--outdir", required=True,
-                   help="writes merged_segmentation.zarr and merged_annotation.xml")
+                 "--events cell1/expert_annotation.xml -o cell1/\n"
+                 "tomochunk tirf merge --batch experiment/   # every folder: movie.zarr, detector_segmentation.zarr, "
+                 "expert_annotation.xml -> merged_segmentation.zarr, merged_annotation.xml")
+    c.add_argument("movie", nargs="?", default=None, help="the movie (with --batch: its name in each folder)")
+    c.add_argument("--spots", default=None,
+                   help="object list or detector label map (with --batch: its name in each folder, default "
+                        "detector_segmentation.zarr)")
+    c.add_argument("--events", default=None,
+                   help="expert annotation, class 1 (with --batch: default expert_annotation.xml)")
+    c.add_argument("-o", "--outdir", default=None,
+                   help="writes merged_segmentation.zarr and merged_annotation.xml (with --batch: default each "
+                        "folder itself)")
     c.add_argument("--match-radius", type=float, default=5.0)
     c.add_argument("--match-frames", type=int, default=None)
-    c.add_argument("--max-spots", type=int, default=None)
+    c.add_argument("--max-spots", type=_max_spots, default=9800,
+                   help="detector spots kept in the object list, sampled (ExoDeepFinder's 9800); 'all' keeps every one")
     c.add_argument("--seed", type=int, default=0)
+    _add_tirf_batch(c)
     c.add_argument("--overwrite", action="store_true")
     c.set_defaults(run=_run_tirf_merge)
     _add_cluster_options(c)
@@ -786,12 +827,17 @@ def _add_tirf(sub):
     c.add_argument("--targets", nargs="+", required=True)
     c.add_argument("--objects", nargs="+", required=True)
     c.add_argument("-o", "--outdir", required=True)
-    c.add_argument("--valid-fraction", type=float, default=0.2)
+    c.add_argument("--valid-fraction", type=float, default=0.3,
+                   help="share of movies for validation (ExoDeepFinder's 30%%, its --split 70)")
     c.add_argument("--seed", type=int, default=0)
     c.set_defaults(run=_run_tirf_dataset)
     _add_cluster_options(c)
 
-    c = _command(tsub, "train", "train the anisotropic network on a dataset manifest",
+    c = _command(tsub, "train", "train the anisotropic network on a dataset manifest. Differs from ExoDeepFinder "
+                 "on purpose: it trains one network on (16, 48, 48) patches with Tversky + weighted cross-entropy "
+                 "(50 epochs x 100 steps, batch 4), where ExoDeepFinder chains four trainings (patches 8, 16, 32, "
+                 "48; batches 256, 128, 32, 10; 100 epochs x 100 steps each) on the Tversky loss alone, which needs "
+                 "long runs on the rare exocytosis class; --ce-weight 0 and --epochs 100 come closer to it",
                  "tomochunk tirf train dataset/dataset.json -o model/ --epochs 50")
     c.add_argument("manifest")
     c.add_argument("-o", "--outdir", required=True)
@@ -815,6 +861,10 @@ def _add_tirf(sub):
     c.add_argument("--patch", type=_ints, default=None)
     c.add_argument("--tiling", choices=("patches", "blocks"), default="patches",
                    help="patches: ExoDeepFinder's patch tiling; blocks: one network call per block plus a halo")
+    c.add_argument("--crop", type=int, default=None, help="voxels discarded per patch side (default 25)")
+    c.add_argument("-v", "--visualization", action="store_true",
+                   help="also write MOVIE_data.png and MOVIE_prediction.png (orthoslices of the movie, and with "
+                        "the label map over it), as ExoDeepFinder's --visualization")
     c.add_argument("--overwrite", action="store_true")
     c.set_defaults(run=_run_tirf_segment)
     _add_cluster_options(c)
@@ -867,31 +917,83 @@ def _run_tirf_detect(args):
         print(f"{m}: {len(spots)} spots -> {out / (stem + '_spots.csv')}")
 
 
+def _add_tirf_batch(c):
+    c.add_argument("-b", "--batch", default=None, metavar="ROOT",
+                   help="process every folder of ROOT (ExoDeepFinder's --batch): file names are taken in each "
+                        "folder; '{name}' in one is the folder's name, an absolute path is used as is")
+
+
+def _max_spots(text: str):
+    if text.lower() in ("all", "none"):
+        return None
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"--max-spots must be >= 1 or 'all', not {text}")
+    return n
+
+
+def _tirf_batch(args, names: dict) -> list:
+    """``[{key: path}]`` per movie: one entry from the arguments, or one per folder of ``--batch``.
+
+    ``names``: ``{key: (argument value, default name in a folder)}``."""
+    from pathlib import Path
+
+    from .errors import MissingError
+
+    if args.batch is None:
+        missing = [k for k, (v, _) in names.items() if v is None]
+        if missing:
+            raise ValueProblem(f"give {', '.join(missing)} (or --batch ROOT to process every folder of ROOT)")
+        return [{k: Path(v) for k, (v, _) in names.items()}]
+    root = Path(args.batch)
+    if not root.is_dir():
+        raise MissingError("--batch needs a folder of movie folders", root)
+    folders = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")
+                     and d.suffix.lower() != ".zarr")
+    if not folders:
+        raise MissingError("--batch: no movie folder in it", root)
+    out = []
+    for d in folders:
+        entry = {}
+        for k, (v, default) in names.items():
+            p = Path(str(v if v is not None else default).replace("{name}", d.name))
+            entry[k] = p if p.is_absolute() else d / p
+        out.append(entry)
+    return out
+
+
 def _run_tirf_annotate(args):
     from .io.volume import write_volume
     from .workflows.tirf import EVENT_RADII, event_targets
 
-    with _progress():
-        write_volume(event_targets(args.annotation, args.movie, radii=args.radii or EVENT_RADII), args.output,
-                     levels=1, overwrite=args.overwrite)
-    print(f"{args.annotation} -> {args.output}")
+    jobs = _tirf_batch(args, {"MOVIE": (args.movie, "movie.zarr"),
+                              "ANNOTATION": (args.annotation, "expert_annotation.xml"),
+                              "-o": (args.output, "expert_segmentation.zarr")})
+    for j in jobs:
+        with _progress():
+            write_volume(event_targets(j["ANNOTATION"], j["MOVIE"], radii=args.radii or EVENT_RADII), j["-o"],
+                         levels=1, overwrite=args.overwrite)
+        print(f"{j['ANNOTATION']} -> {j['-o']}")
 
 
 def _run_tirf_merge(args):
-    from pathlib import Path
-
     from .workflows.tirf import merge_annotations
 
-    out = Path(args.outdir)
-    out.mkdir(parents=True, exist_ok=True)
-    with _progress():
-        _, objs = merge_annotations(args.spots, args.events, args.movie, match_radius=args.match_radius,
-                                    match_frames=args.match_frames, max_spots=args.max_spots, seed=args.seed,
-                                    labels_path=out / "merged_segmentation.zarr",
-                                    objects_path=out / "merged_annotation.xml", overwrite=args.overwrite)
-    n_ev = int((objs["class_label"] == 2).sum())
-    print(f"{n_ev} events, {len(objs) - n_ev} spots -> {out / 'merged_segmentation.zarr'}, "
-          f"{out / 'merged_annotation.xml'}")
+    jobs = _tirf_batch(args, {"MOVIE": (args.movie, "movie.zarr"),
+                              "--spots": (args.spots, "detector_segmentation.zarr"),
+                              "--events": (args.events, "expert_annotation.xml"),
+                              "-o": (args.outdir, ".")})
+    for j in jobs:
+        out = j["-o"]
+        out.mkdir(parents=True, exist_ok=True)
+        with _progress():
+            _, objs = merge_annotations(j["--spots"], j["--events"], j["MOVIE"], match_radius=args.match_radius,
+                                        match_frames=args.match_frames, max_spots=args.max_spots, seed=args.seed,
+                                        labels_path=out / "merged_segmentation.zarr",
+                                        objects_path=out / "merged_annotation.xml", overwrite=args.overwrite)
+        n_ev = int((objs["class_label"] == 2).sum())
+        print(f"{j['MOVIE']}: {n_ev} events, {len(objs) - n_ev} spots -> {out / 'merged_segmentation.zarr'}, "
+              f"{out / 'merged_annotation.xml'}")
 
 
 def _run_tirf_dataset(args):
@@ -920,8 +1022,20 @@ def _run_tirf_segment(args):
     from .workflows.tirf import segment_movies
 
     kw = {"tiling": args.tiling} if args.patch is None else {"patch_size": args.patch, "tiling": args.tiling}
+    if args.crop is not None:
+        kw["crop"] = args.crop
     for m, out in segment_movies(args.movies, args.model, args.outdir, overwrite=args.overwrite, **kw).items():
         print(f"{m} -> {out}")
+        if args.visualization:
+            from .io.volume import open_volume
+            from .viz import orthoslices
+
+            stem = out.name[:-len("_segmentation.zarr")]
+            movie, lab = open_volume(m), open_volume(out)
+            pngs = [orthoslices(movie, out.parent / f"{stem}_data.png", title=f"{stem}: movie"),
+                    orthoslices(movie, out.parent / f"{stem}_prediction.png", labels=lab,
+                                classes={1: "spot", 2: "exocytosis"}, title=f"{stem}: segmentation")]
+            print(f"{m}: pictures -> {', '.join(map(str, pngs))}")
 
 
 def _run_tirf_events(args):
@@ -969,6 +1083,18 @@ def _add_segment_features(sub):
     p.add_argument("--object-weight", type=float, default=0.0, metavar="W",
                    help="0 (default): highest voxel score wins (EMAN2/Ais); W in (0, 1]: scores are mixed with "
                         "their object's mean, so confident objects beat another model's weak fragments")
+    p.add_argument("--save-scores", action="store_true",
+                   help="also keep each feature's score map in <tomogram>.zarr/labels/scores ([c, z, y, x], "
+                        "channel i = label i, 0 = background), so `pick --method peaks|heatmap` picks features")
+    p.add_argument("--threshold", action="append", default=None, metavar="[MODEL:]T",
+                   help="score threshold overriding the archives': T for every model, or MODEL:T for one "
+                        "(MODEL: title or label 1..N; repeatable)")
+    p.add_argument("--emit", default=None, metavar="MODEL,...",
+                   help="Ais competition: the models (titles or labels) that emit, overriding the archives' "
+                        "flags; 'none' for no emitter")
+    p.add_argument("--absorb", default=None, metavar="MODEL,...",
+                   help="the models that absorb (their voxels lose to emitters'), overriding the archives'; "
+                        "'none' for no absorber")
     p.add_argument("--slab", type=int, default=None, help="slices per task (default: ~64 MB)")
     p.add_argument("--levels", type=int, default=2, help="multiscale levels of the label stores")
     p.add_argument("--overwrite", action="store_true", help="redo tomograms already done")
@@ -990,13 +1116,47 @@ def _run_segment_features(args):
             raise ValueProblem(f"--interaction {text!r}: expected CHILD:MODE:PARENT:RADIUS")
         child, mode, parent, radius = parts
         inter.append({"child": child, "mode": mode, "parent": parent, "radius": float(radius)})
+    over = _feature_overrides(args)
     with _cluster_client(args) as client:
         models = [(m, args.allow_code) for m in args.models] if args.allow_code else args.models
         status = segment_features(args.tomograms, models, args.outdir, interactions=inter, client=client,
                                   slab=args.slab, levels=args.levels, overwrite=args.overwrite,
-                                  object_weight=args.object_weight)
+                                  object_weight=args.object_weight, save_scores=args.save_scores, **over)
     for tomo, state in status.items():
         print(f"{tomo}: {state}")
+
+
+def _feature_model(text, n):
+    """A model named on the command line: its title, or its label 1..n (-> index 0..n-1)."""
+    text = text.strip()
+    if text.isdigit():
+        if not 1 <= int(text) <= n:
+            raise ValueProblem(f"model label {text} is not among 1..{n} (label i is the i-th -m model)")
+        return int(text) - 1
+    return text
+
+
+def _feature_overrides(args):
+    """--threshold/--emit/--absorb as segment_features keywords (titles stay names; labels become indices)."""
+    n = len(args.models)
+    over = {}
+    if args.threshold:
+        th = {}
+        for text in args.threshold:
+            key, _, val = text.rpartition(":")
+            try:
+                t = float(val)
+            except ValueError:
+                raise ValueProblem(f"--threshold {text!r}: expected T or MODEL:T with T a number") from None
+            for k in ([_feature_model(key, n)] if key else range(n)):
+                th[k] = t
+        over["thresholds"] = th
+    for flag in ("emit", "absorb"):
+        text = getattr(args, flag)
+        if text is not None:
+            over[flag] = [] if text.strip().lower() == "none" else \
+                [_feature_model(v, n) for v in text.split(",") if v.strip()]
+    return over
 
 
 def _add_export_meshes(sub):

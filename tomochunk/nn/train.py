@@ -238,7 +238,9 @@ def train(volumes, targets, objects_train, objects_valid, *, n_classes, patch_si
     workers, prefetch : int
         Threads preparing batches, and batches prepared ahead.
     seed : int
-        Seed of all sampling (per epoch and step, so resuming is reproducible).
+        Seed of all sampling (per epoch and step, so resuming is reproducible) and of a new
+        network's initial weights: two runs with the same seed train the same weights, in
+        one process or on a cluster's workers.
     precision : {'float32', 'bfloat16'}
         ``'bfloat16'``: mixed precision (float32 weights, bfloat16 convolutions),
         3-4x faster on CPUs with AMX / AVX512-BF16. Saved final models are float32.
@@ -358,6 +360,10 @@ def train(volumes, targets, objects_train, objects_valid, *, n_classes, patch_si
     out_dir.mkdir(parents=True, exist_ok=True)
     start, resumed, history = steps.resume_point(resume, out_dir)
     steps.save_sizes(tgts, n_classes, out_dir)   # object sizes for pick's size filters
+    if resumed is None and model is None:
+        import keras  # heavy: only once a network is to be built
+
+        keras.utils.set_random_seed(int(seed))  # the initial weights follow the seed too
     model, stepper, policy = steps.prepare_model(
         resumed if resumed is not None else model, n_classes=n_classes, filters=filters,
         anisotropic=anisotropic, precision=precision, lr=lr, loss_fn=loss_fn, batch_size=batch_size,

@@ -96,6 +96,13 @@ def pick_inputs(path, *, method: str = "meanshift", radius: float = 5, threshold
     ``tomo`` column is ``tomo`` or the path's tomogram name
     (:func:`tomochunk._names.tomo_name`: ``seg/t1.ome.zarr`` gives ``t1``).
 
+    A map on a coarser grid than full resolution (``level > 0``, or maps that ``tomochunk
+    segment --level N`` wrote) is picked on its own grid, and the coordinates are then given
+    in level-0 voxels of the store's image (else of the map's own level 0), through the NGFF
+    scales and translations; ``attrs["voxel_size"]`` is then the level-0 voxel size and
+    ``attrs["picked_voxel_size"]`` the voxel size of the map the objects were picked on
+    (``size`` stays a voxel count of that map).
+
     Examples
     --------
     >>> df = pick_inputs("seg/tomo1.zarr", method="meanshift", radius=5)  # doctest: +SKIP
@@ -114,6 +121,7 @@ def pick_inputs(path, *, method: str = "meanshift", radius: float = 5, threshold
         if exc.path is None:
             raise type(exc)(str(exc), src) from exc
         raise
+    df = _to_level0(df, vol, _reference(p, src, level))
     attrs = dict(df.attrs)
     names = label_names(vol) or (label_names(open_volume(p / "labels" / "classes"))
                                  if (p / "labels" / "classes").exists() and src != p / "labels" / "classes" else {})
@@ -123,3 +131,54 @@ def pick_inputs(path, *, method: str = "meanshift", radius: float = 5, threshold
     df = df.reset_index(drop=True)
     df.attrs.update(attrs)
     return df
+
+
+def _reference(p, src, level):
+    """(scale, translation) of the grid object lists are given in: level 0 of the store's image
+    (``p``), else level 0 of the map itself; None when neither is an NGFF multiscale group."""
+    from ..io.omezarr import read_multiscale
+
+    for cand in (p, src):
+        if not (cand / ".zattrs").is_file() and not (cand / "zarr.json").is_file():
+            continue
+        try:
+            arr, meta = read_multiscale(cand, 0, check=False)
+        except TomochunkError:
+            continue
+        if meta.get("scale") is not None:
+            return {**meta, "shape": tuple(int(n) for n, d in zip(arr.shape, meta["dims"]) if d in ("z", "y", "x"))}
+    return None
+
+
+def _to_level0(df, vol, ref):
+    """Map picks from the grid of ``vol`` to level-0 voxels of ``ref`` (see :func:`pick_inputs`)."""
+    if ref is None or not len(getattr(vol, "dims", ())):
+        return df
+    dims = [d for d in vol.dims if d in ("z", "y", "x")]
+    rd = [d for d in ref["dims"] if d in ("z", "y", "x")]
+    if dims != rd:
+        return df
+    rs = dict(zip(ref["dims"], ref["scale"]))
+    rt = dict(zip(ref["dims"], ref.get("translation") or [0.0] * len(ref["dims"])))
+    factor, shift = {}, {}
+    for d in dims:
+        c = np.asarray(vol.coords[d].values, float) if d in vol.coords else None
+        if c is None or len(c) < 2 or not rs.get(d):
+            return df
+        factor[d] = (c[1] - c[0]) / rs[d]
+        shift[d] = (c[0] - rt.get(d, 0.0)) / rs[d]
+    if all(np.isclose(factor[d], 1.0) and np.isclose(shift[d], 0.0) for d in dims):
+        return df
+    attrs = dict(df.attrs)
+    out = df.copy()
+    for d in dims:
+        if d in out.columns:
+            out[d] = out[d].to_numpy(float) * factor[d] + shift[d]
+    out.attrs = attrs
+    vs = attrs.get("voxel_size")
+    if vs:
+        out.attrs["picked_voxel_size"] = float(vs)
+        out.attrs["voxel_size"] = float(vs) / factor.get("x", factor[dims[-1]])
+    if "shape" in attrs and len(ref["shape"]) == 3:
+        out.attrs["shape"] = ref["shape"]
+    return out

@@ -68,16 +68,24 @@ def _target(store, ngff):
     return store, version
 
 
-def _check_image_shape(store, shape):
-    """The labels must cover the store's image voxel for voxel; returns the image's level count (or None)."""
+def _check_image_shape(store, shape, level=0):
+    """The labels must cover the store's image (its level ``level``) voxel for voxel; returns the
+    image's level count (or None)."""
     try:
         img, meta = read_multiscale(store, 0, check=False)
     except Exception:  # noqa: BLE001 - a store without an image (labels only) has nothing to match
         return None
+    if level:
+        if not 0 <= level < int(meta.get("levels") or 1):
+            raise ShapeError(f"the scores are of level {level}; the store's image has {meta.get('levels')} "
+                             "level(s)", store)
+        img, meta = read_multiscale(store, level, check=False)
     dims = meta["dims"]
     spatial = tuple(n for n, d in zip(img.shape, dims) if d in ("z", "y", "x"))
     if spatial != tuple(shape):
-        raise ShapeError(f"labels of shape {tuple(shape)} do not fit the store's image of shape {spatial}", store)
+        at = f" at level {level}" if level else ""
+        raise ShapeError(f"labels of shape {tuple(shape)} do not fit the store's image{at} of shape {spatial}",
+                         store)
     return meta.get("levels")
 
 
@@ -92,7 +100,7 @@ def _identity(inputs, attrs):
 
 
 def write_segmentation(scores, store, *, labels=True, dtype="float16", chunks=256, levels=None, overwrite=False,
-                       client=None, progress=False, classes=None, ngff=None):
+                       client=None, progress=False, classes=None, ngff=None, level=0):
     """Write score maps and the label map into an OME-Zarr store, chunk by chunk, resumably.
 
     Layout (NGFF 0.4 on Zarr 2, or 0.5 on Zarr 3: the store's own format)::
@@ -101,6 +109,15 @@ def write_segmentation(scores, store, *, labels=True, dtype="float16", chunks=25
         store/labels/classes/    uint8 label image, levels 1x, 2x, 4x (striding), "image-label"
                                  with class names ("properties") and "colors"
         store/labels/scores/     [c, z, y, x] class scores (float16 by default), one level
+
+    Scores computed on a pyramid level of the image (``level=N``, ``tomochunk segment
+    --level N``) are written at that level's grid, under the same names: their NGFF
+    ``coordinateTransformations`` hold that level's scale (``2**N`` level-0 voxels) and
+    translation (the image level's own, half a level-0 voxel per doubling for mean-pooled
+    levels), so viewers overlay them on the image, and both groups' attributes record
+    ``"image_level": N``. Pickers (:func:`tomochunk.workflows.picking.pick_inputs`) use the
+    transformations to give level-0 voxels. One store holds one segmentation: another
+    level replaces it (``overwrite``).
 
     Each Dask block owns whole storage chunks; after writing one, it leaves a record in
     ``labels/.tomochunk_progress``. A rerun after an interruption computes only the
@@ -134,6 +151,10 @@ def write_segmentation(scores, store, *, labels=True, dtype="float16", chunks=25
         ``{label: name}`` for the label image's ``properties`` (default: ``scores.attrs["classes"]``).
     ngff : {"0.4", "0.5"}, optional
         Format of a new store (default 0.4); an existing store keeps its own.
+    level : int
+        The pyramid level of the store's image the scores were computed on (0: full
+        resolution); their ``attrs`` carry that level's ``voxel_size`` and ``origin``
+        (as :func:`tomochunk.open_volume` gives them).
 
     Returns
     -------
@@ -152,8 +173,11 @@ def write_segmentation(scores, store, *, labels=True, dtype="float16", chunks=25
     data = scores.data if isinstance(scores.data, da.Array) else da.from_array(np.asarray(scores.data))
     lpath = store / "labels"
     n_classes, shape = int(data.shape[0]), tuple(int(s) for s in data.shape[1:])
-    image_levels = _check_image_shape(store, shape)
-    levels = max(1, int(levels or image_levels or 3)) if labels else 0
+    level = int(level)
+    if level < 0:
+        raise ValueProblem(f"level must be >= 0, got {level}", store)
+    image_levels = _check_image_shape(store, shape, level)
+    levels = max(1, int(levels or (image_levels - level if image_levels else 0) or 3)) if labels else 0
     f = 2 ** max(levels - 1, 0)
     chunks = -(-int(chunks) // f) * f  # label levels need chunk edges aligned at every level
     voxel_size = float(scores.attrs.get("voxel_size") or 1.0)
@@ -161,6 +185,8 @@ def write_segmentation(scores, store, *, labels=True, dtype="float16", chunks=25
     classes = classes if classes is not None else scores.attrs.get("classes")
     layout = {"shape": [n_classes, *shape], "chunks": chunks, "dtype": np.dtype(dtype).str, "levels": levels}
     params = jsonable({k: v for k, v in scores.attrs.get("segment", {}).items() if k != "model"})
+    if level:
+        params["image_level"] = level
     inputs = sorted(graph_paths(data))  # walked once: the identity and the aliasing checks use it
     source = _identity(inputs, scores.attrs)
 
@@ -173,8 +199,9 @@ def write_segmentation(scores, store, *, labels=True, dtype="float16", chunks=25
     dims4 = ("c", "z", "y", "x")
     sc = (1,) + tuple(min(chunks, s) for s in shape)
     ms = multiscales_metadata(dims4, voxel_size, 1, name="scores", origin=origin, version=version)
+    at = {"image_level": level} if level else None
     out_s = open_output(lpath / "scores", [("0", (n_classes, *shape), sc, dtype, dims4)],
-                        attrs=group_attrs(ms, version), **common)
+                        attrs=group_attrs(ms, version, extra=at), **common)
     out_c = None
     if labels:
         cl = [tuple(max(1, min(chunks // 2 ** k, math.ceil(s / 2 ** k))) for s in shape) for k in range(levels)]
@@ -184,8 +211,9 @@ def write_segmentation(scores, store, *, labels=True, dtype="float16", chunks=25
         out_c = open_output(lpath / "classes", [(str(k), shp[k], cl[k], np.uint8, ("z", "y", "x"))
                                                 for k in range(levels)],
                             attrs=group_attrs(ms, version, label=True, classes=classes,
-                                              extra={"classes": {str(k): v for k, v in (classes or {}).items()}}
-                                              if classes else None), **common)
+                                              extra={**({"classes": {str(k): v for k, v in classes.items()}}
+                                                        if classes else {}), **(at or {})} or None),
+                            **common)
     if out_s.complete and (out_c is None or out_c.complete):
         raise ExistsError("segmentation output exists; pass overwrite=True (--overwrite) to replace it", lpath)
     lg.attrs.update(labels_attrs(["classes"] if labels else [], version))

@@ -53,7 +53,7 @@ def match_events(spots, events, *, match_radius=5.0, match_frames=None):
                      for i, h in enumerate(hits)], bool)
 
 
-def merge_annotations(spots, events, shape, *, match_radius=5.0, match_frames=None, max_spots=None, seed=0,
+def merge_annotations(spots, events, shape, *, match_radius=5.0, match_frames=None, max_spots=9800, seed=0,
                       radii=EVENT_RADII, spot_radius=2, check_label=1, labels_path=None, objects_path=None,
                       overwrite=False, chunks=None):
     """Merge detector spots (class 1) with expert events (class 2) into training annotations.
@@ -67,7 +67,8 @@ def merge_annotations(spots, events, shape, *, match_radius=5.0, match_frames=No
       (:data:`EVENT_RADII`) painted over them. All spots stay in the map so that the network
       never learns a bright spot as background.
     - The object list (used to sample training patches) holds the events and at most
-      ``max_spots`` spots, sampled without replacement with ``seed``.
+      ``max_spots`` spots (default 9800, ExoDeepFinder's cap; None keeps all), sampled
+      without replacement with ``seed``.
 
     Parameters
     ----------
