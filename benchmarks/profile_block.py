@@ -111,7 +111,7 @@ def main():
     import zarr
 
     from tomochunk.nn import _cache
-    from tomochunk.nn._blocks_plan import POOL, _halo, block_chunks, window_voxels
+    from tomochunk.nn._blocks_plan import POOL, _classes_first, _halo, block_chunks, window_voxels
     from tomochunk.nn._memory import block_bytes_per_voxel
     from tomochunk.nn.models import save_model
     from tomochunk.nn.segment import preload_model, segment, write_segmentation
@@ -196,7 +196,7 @@ def main():
         t4 = time.perf_counter()
         core = tuple(slice(f + (halo if lo_ else 0), f + n - (halo if hi_ else 0))
                      for (lo_, hi_), n, f in zip(inner, block.shape, front))
-        sc = np.ascontiguousarray(np.moveaxis(y[core], -1, 0))
+        sc = _classes_first(y[core])
         t5 = time.perf_counter()
         s16 = sc.astype(np.float16)
         t6 = time.perf_counter()
