@@ -18,7 +18,7 @@ and with the same block plan:
 * Dask overhead: end-to-end minus the sum of the stages.
 
     PYTHONPATH=$PWD .venv/bin/python benchmarks/profile_block.py [--shape 200,256,256]
-        [--precision float32] [--block-shape 0] [--layers 1] [--serial 1]
+        [--precision float32] [--block-shape 0] [--layers 1] [--serial 1] [--threads 2]
 """
 
 import argparse
@@ -105,13 +105,15 @@ def main():
     ap.add_argument("--layers", type=int, default=1, help="1: also time each layer eagerly")
     ap.add_argument("--serial", type=int, default=1, help="0: let a worker's threads run network calls "
                     "concurrently (before tomochunk.nn._model.SERIAL)")
+    ap.add_argument("--threads", type=int, default=2, help="threads of the one worker")
+    ap.add_argument("--write-chunks", type=int, default=256, help="storage chunk side of write_segmentation")
     ap.add_argument("--dir", default=None)
     args = ap.parse_args()
 
     import zarr
 
     from tomochunk.nn import _cache
-    from tomochunk.nn._blocks_plan import POOL, _halo, block_chunks, window_voxels
+    from tomochunk.nn._blocks_plan import POOL, _classes_first, _halo, block_chunks, window_voxels
     from tomochunk.nn._memory import block_bytes_per_voxel
     from tomochunk.nn.models import save_model
     from tomochunk.nn.segment import preload_model, segment, write_segmentation
@@ -143,7 +145,7 @@ def main():
     import dask.array as da
 
     out = os.path.join(work, "out.zarr")
-    with client_context(n_workers=1, threads_per_worker=2, memory_limit=int(args.memory)) as client:
+    with client_context(n_workers=1, threads_per_worker=args.threads, memory_limit=int(args.memory)) as client:
         client.run(preload_model, kpath, prec)
         client.run(set_serial, bool(args.serial))
         for rep in range(2):  # the first run also traces the graph for these window shapes
@@ -151,7 +153,7 @@ def main():
             t = time.perf_counter()
             scores = segment(da.from_zarr(src), kpath, tiling="blocks", crop=args.crop, precision=prec,
                              block_shape=bs, client=client)
-            write_segmentation(scores, out, dtype="float16", client=client)
+            write_segmentation(scores, out, dtype="float16", chunks=args.write_chunks, client=client)
             e2e = time.perf_counter() - t
             print(f"end to end (run {rep + 1}): {e2e:.2f} s")
 
@@ -196,7 +198,7 @@ def main():
         t4 = time.perf_counter()
         core = tuple(slice(f + (halo if lo_ else 0), f + n - (halo if hi_ else 0))
                      for (lo_, hi_), n, f in zip(inner, block.shape, front))
-        sc = np.ascontiguousarray(np.moveaxis(y[core], -1, 0))
+        sc = _classes_first(y[core])
         t5 = time.perf_counter()
         s16 = sc.astype(np.float16)
         t6 = time.perf_counter()

@@ -63,13 +63,20 @@ def window_voxels(chunks, crop):
 
 
 def block_chunks(shape, crop, block_shape, bytes_per_voxel, workers):
-    """Block sides (multiples of 4): ``block_shape`` rounded up, or the longest side halved until
-    one window (block plus a halo per inner side) fits the memory budget and every worker has a block.
+    """Block sides (multiples of 4): ``block_shape`` rounded up, or the plan whose windows (block
+    plus a halo per inner side) cover the fewest voxels, among those whose largest window fits the
+    memory budget and that give every worker a block.
+
+    The network's cost is the voxels of all windows, so the plan is searched for, not halved
+    along the longest side: on 176x192x192 (13 classes, float32, 12 GB) halving gave 2x2 blocks
+    across y and x (1.76x the volume), the search 2 blocks across x (1.37x).
 
     Examples
     --------
     >>> block_chunks((64, 96, 80), 4, None, 1024.0, {"a": {"memory_limit": 4e9}, "b": {"memory_limit": 4e9}})
     ((64,), (48, 48), (80,))
+    >>> block_chunks((176, 192, 192), 25, None, 1440.0, {"w": {"memory_limit": 12e9}})
+    ((176,), (192,), (99, 93))
     """
     if block_shape is not None:
         bs = (int(block_shape),) * 3 if np.isscalar(block_shape) else tuple(int(b) for b in block_shape)
@@ -77,26 +84,52 @@ def block_chunks(shape, crop, block_shape, bytes_per_voxel, workers):
             raise ValueProblem(f"block_shape must be one or 3 positive integers, got {block_shape!r}")
         return tuple(_axis_blocks(n, _up4(b), crop) for n, b in zip(shape, bs))
     max_vox = memory_budget(workers) / bytes_per_voxel
-    halo = _halo(crop)
-    sides = list(shape)
-
-    def window(a):
-        n = math.ceil(shape[a] / sides[a])
-        return sides[a] + (0 if n == 1 else 2 * halo)
-
-    while True:
-        vox = math.prod(window(a) for a in range(3))
-        blocks = math.prod(math.ceil(n / s) for n, s in zip(shape, sides))
-        if vox <= max_vox and blocks >= max(1, len(workers)):
-            break
-        a = int(np.argmax(sides))
-        if sides[a] <= max(2 * halo, POOL):
-            break
-        sides[a] = _up4(math.ceil(sides[a] / 2))
-    if math.prod(window(a) for a in range(3)) > max_vox:
+    need = max(1, len(workers))
+    # per axis, the distinct splits: (sum of window sides, largest window side, blocks, chunks);
+    # window voxels and the largest window are products of these over the axes
+    options = [_axis_options(n, crop) for n in shape]
+    best = None
+    for combo in product(*options):
+        total = math.prod(o[0] for o in combo)
+        largest = math.prod(o[1] for o in combo)
+        blocks = math.prod(o[2] for o in combo)
+        fits = largest <= max_vox and blocks >= need
+        # fitting plans first, then the fewest window voxels, then the fewest blocks
+        key = (not fits, total if fits else largest, blocks)
+        if best is None or key < best[0]:
+            best = (key, combo)
+    (unfit, _, _), combo = best
+    if unfit:
         log.warning("segment: windows of %s voxels exceed the memory budget (%.1f GB)",
-                    [window(a) for a in range(3)], max_vox * bytes_per_voxel / 1e9)
-    return tuple(_axis_blocks(n, s, crop) for n, s in zip(shape, sides))
+                    [o[1] for o in combo], max_vox * bytes_per_voxel / 1e9)
+    return tuple(o[3] for o in combo)
+
+
+def _axis_options(n, crop, most=64):
+    """The distinct block splits of an axis of ``n`` (at most ``most`` blocks, none thinner
+    than the halo): ``(sum of window sides, largest window side, blocks, chunks)`` for each.
+
+    Examples
+    --------
+    >>> [o[:3] for o in _axis_options(100, 25)]
+    [(104, 100, 1), (160, 79, 2), (216, 92, 3), (216, 84, 3)]
+    """
+    halo, lead = _halo(crop), crop % POOL
+    out, seen = [], set()
+    for k in range(1, most + 1):
+        side = _up4(math.ceil((n + lead) / k))
+        if k > 1 and side < max(halo, POOL):
+            break
+        c = _axis_blocks(n, side, crop)
+        if c in seen:
+            continue
+        seen.add(c)
+        # the cost counts the lead and the padding to 4; the memory fit, as before, the block and
+        # its halos only (a few voxels less, well inside the budget's margin)
+        halos = [halo * ((i > 0) + (i < len(c) - 1)) for i in range(len(c))]
+        w = [_up4(m + h + (0 if i else lead)) for i, (m, h) in enumerate(zip(c, halos))]
+        out.append((sum(w), max(m + h for m, h in zip(c, halos)), len(c), c))
+    return out
 
 
 def _axis_blocks(n, side, crop):
@@ -159,4 +192,21 @@ def predict_window(block, model, depth, inner, lead):
     y = run(model, x[None, ..., None])[0]
     core = tuple(slice(f + (depth[a] if lo else 0), f + n - (depth[a] if hi else 0))
                  for a, ((lo, hi), n, f) in enumerate(zip(inner, block.shape, front)))
-    return np.ascontiguousarray(np.moveaxis(y[core], -1, 0))
+    return _classes_first(y[core])
+
+
+def _classes_first(y):
+    """``[z, y, x, c]`` -> contiguous ``[c, z, y, x]``, one z slice at a time: each slice's
+    transpose stays in cache (0.08 s against 0.21 s for one ``moveaxis`` copy of a
+    176x192x99x13 float32 core).
+
+    Examples
+    --------
+    >>> y = np.arange(24, dtype=np.float32).reshape(2, 3, 2, 2)
+    >>> bool((_classes_first(y) == np.moveaxis(y, -1, 0)).all())
+    True
+    """
+    out = np.empty((y.shape[-1],) + y.shape[:-1], y.dtype)
+    for z in range(y.shape[0]):
+        out[:, z] = np.moveaxis(y[z], -1, 0)
+    return out

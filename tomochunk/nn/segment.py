@@ -140,10 +140,10 @@ def segment(volume, model, *, patch_size=160, crop=25, batch_size=None, blend="c
         ``patch_size``, ``blend``, ``core_overlap``, ``batch_size`` and ``block_patches``
         are not used.
     block_shape : int or tuple of 3 ints, optional
-        Block sides for ``tiling="blocks"`` (default: the longest side halved until one
-        network call fits 60% of a worker's memory limit less 0.8 GB for TensorFlow, at
-        about 1 KB per voxel in float32 and 0.5 KB in bfloat16 for the DeepFinder U-Net, and
-        every worker has a block). The budget is the worker's host memory: on GPU workers
+        Block sides for ``tiling="blocks"`` (default: the plan whose windows cover the fewest
+        voxels, among those where one network call fits 60% of a worker's memory limit less
+        0.8 GB for TensorFlow, at about 1 KB per voxel in float32 and 0.5 KB in bfloat16 for
+        the DeepFinder U-Net, and every worker has a block). The budget is the worker's host memory: on GPU workers
         pass a ``block_shape`` whose window fits the GPU's memory.
     dtype : {"float32", "float16"}
         Score dtype.
