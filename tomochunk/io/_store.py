@@ -24,6 +24,23 @@ _METAFILES = {".zarray", ".zattrs", ".zgroup", "zarr.json", ".zmetadata"}
 _EMPTY_TOO = {"write_empty_chunks": True}  # every chunk gets a file, so a missing file is damage
 
 
+def open_for_write(path):
+    """Open an existing array to write into it, empty (all-fill) chunks included.
+
+    ``zarr.open_array(..., config=...)`` drops ``config`` when the array exists (zarr 3.1), so
+    an all-zero region (a coarse label level with no object in it) left no chunk file, and the
+    completed store then read as damaged; ``with_config`` keeps the setting.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> p = tempfile.mkdtemp() + "/a"; _ = zarr.create_array(p, shape=(2,), dtype="u1")
+    >>> open_for_write(p).config.write_empty_chunks
+    True
+    """
+    return zarr.open_array(str(path), mode="r+").with_config(_EMPTY_TOO)
+
+
 # --- progress: one marker file per finished chunk ----------------------------------
 
 class Progress:

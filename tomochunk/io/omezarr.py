@@ -47,7 +47,8 @@ from ._ngff_meta import (TYPES, VERSIONS, default_chunks, default_compressor, fa
 from ._pyramid import _downsample, _write_direct, block_stats, stats_and_downsample
 from ._source import aligned_empty
 from ._store import (_EMPTY_TOO, PROGRESS_FILE, Progress, _chunk_key, _cleanup_tmp, _open, _record, _zarr_meta,
-                     check_chunks, check_complete, is_complete, mark_complete, ome_attrs, store_version)
+                     check_chunks, check_complete, is_complete, mark_complete, ome_attrs, open_for_write,
+                     store_version)
 
 log = get_logger(__name__)
 
@@ -319,7 +320,7 @@ def open_output(path, arrays, *, attrs, layout, source=None, params=None, overwr
     out = []
     for name, shape, chunks, dtype, dims in arrays:
         if resume and name in g:
-            out.append(zarr.open_array(str(path / name), mode="r+", config=_EMPTY_TOO))
+            out.append(open_for_write(path / name))
             continue
         comp = None if compressor is False else (compressor or default_compressor(dtype, zarr_format))
         kw = dict(shape=tuple(shape), chunks=tuple(chunks), dtype=np.dtype(dtype), fill_value=0, overwrite=True,
@@ -344,7 +345,7 @@ def store_regions(root, writes, key) -> None:
     in its progress (for writers running on Dask workers: each owns whole storage chunks)."""
     root = Path(root)
     for name, region, data in writes:
-        zarr.open_array(str(root / name), mode="r+", config=_EMPTY_TOO)[tuple(region)] = data
+        open_for_write(root / name)[tuple(region)] = data
     Progress(root).record(key)
 
 
