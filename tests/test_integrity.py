@@ -301,3 +301,23 @@ def test_write_segmentation_resume_keyed_to_its_inputs(tmp_path):
     write_segmentation(a, out, chunks=8, levels=2)  # the same inputs: resumed
     np.testing.assert_array_equal(zarr.open_array(str(out / "labels" / "classes" / "0"))[:],
                                   np.argmax(a.values, axis=0))
+
+
+def test_store_killed_while_created_is_never_read_as_complete(tmp_path, vol, monkeypatch):
+    """A kill after the group appeared but before its arrays (and, once, its record) were written
+    left a group without record: a "foreign", hence complete, store that `run` then skipped."""
+    import zarr.core.group as zg
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(zg.Group, "create_array", killed)
+    src, out = _mrc(tmp_path / "t.mrc", vol), tmp_path / "t.zarr"
+    with pytest.raises(KeyboardInterrupt):
+        tc.convert(src, out, chunks=8, levels=2)
+    monkeypatch.undo()
+    assert not tc.io.omezarr.is_complete(out)
+    with pytest.raises(IncompleteError):
+        tc.open_volume(out)
+    tc.convert(src, out, chunks=8, levels=2)  # resumed
+    np.testing.assert_array_equal(tc.open_volume(out).values, vol)

@@ -174,7 +174,7 @@ def _chunk_files(array_dir: Path):
     for root, dirs, files in os.walk(array_dir):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         for f in files:
-            if not f.startswith(".") and f not in _METAFILES:
+            if not f.startswith(".") and f not in _METAFILES and not f.endswith(".partial"):
                 yield Path(root) / f
 
 
@@ -224,11 +224,12 @@ def _array_names(path) -> list:
 
 
 def _cleanup_tmp(path) -> None:
-    """Remove temporary chunk files left by an interrupted writer (``.<name>.*.tmp``)."""
+    """Remove temporary chunk files left by an interrupted writer (``.<name>.*.tmp``, zarr's
+    ``<name>.<hex>.partial``)."""
     for root, dirs, files in os.walk(path):
         dirs[:] = [d for d in dirs if d != PROGRESS_FILE]
         for f in files:
-            if f.startswith(".") and f.endswith(".tmp"):
+            if (f.startswith(".") and f.endswith(".tmp")) or f.endswith(".partial"):  # .partial: zarr's own
                 try:
                     os.unlink(os.path.join(root, f))
                 except OSError:

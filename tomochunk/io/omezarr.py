@@ -316,7 +316,17 @@ def open_output(path, arrays, *, attrs, layout, source=None, params=None, overwr
     if resume and store_version(path) != str(ngff):
         raise ExistsError(f"an incomplete NGFF {store_version(path)} store exists, NGFF {ngff} was asked; "
                           "pass overwrite=True (--overwrite) to start afresh", path)
-    g = zarr.open_group(str(path), mode="r+" if resume else "w", zarr_format=zarr_format)
+    rec = {"complete": False, **new, **(note or {})}
+    if not resume:
+        # built aside and renamed into place: a kill while the group is created must not leave a
+        # group without its record, which would read as a foreign (complete) store and be skipped
+        tmp = path.with_name(f".{path.name}.creating")
+        shutil.rmtree(tmp, ignore_errors=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        zarr.open_group(str(tmp), mode="w", zarr_format=zarr_format,
+                        attributes=jsonable({**attrs, "tomochunk": rec}))
+        os.rename(tmp, path)
+    g = zarr.open_group(str(path), mode="r+", zarr_format=zarr_format)
     out = []
     for name, shape, chunks, dtype, dims in arrays:
         if resume and name in g:
@@ -330,7 +340,6 @@ def open_output(path, arrays, *, attrs, layout, source=None, params=None, overwr
         else:
             kw["dimension_names"] = tuple(dims)
         out.append(g.create_array(name, **kw))
-    rec = {"complete": False, **new, **(note or {})}
     g.attrs.update(jsonable({**attrs, "tomochunk": rec}))
     progress = Progress(path)
     done = progress.done() if resume else {}
