@@ -156,6 +156,44 @@ def test_all_zero_chunks_are_written_so_nothing_is_missing(tmp_path):
     np.testing.assert_array_equal(tc.open_volume(out).values, 0)
 
 
+@pytest.mark.parametrize("ngff", ["0.4", "0.5"])
+def test_labels_with_all_background_coarse_levels_are_whole(tmp_path, ngff):
+    """The cause of a flaky test_pipeline failure ("array '2' has 0 of its 1 chunk files"): labels
+    whose only objects sit on odd voxels have all-zero 2x and 4x levels; zarr dropped the
+    ``write_empty_chunks`` setting when the writer reopened the arrays, so those chunks got no file
+    and the completed store read as damaged."""
+    import xarray as xr
+
+    from tomochunk.workflows.segment import write_segmentation
+
+    scores = np.zeros((2, 16, 16, 16), np.float32)
+    scores[0] = 1.0
+    scores[1, 1, 3, 5] = 2.0  # one class-1 voxel, at odd coordinates: no coarse level samples it
+    out = tmp_path / "t.zarr"
+    write_segmentation(xr.DataArray(scores, dims=("c", "z", "y", "x")), out, chunks=8, levels=3, ngff=ngff)
+    classes = out / "labels" / "classes"
+    tc.io.omezarr.check_complete(classes)  # no chunk reported missing
+    sub = (lambda k: f"{k}/0/0/0") if ngff == "0.4" else (lambda k: f"{k}/c/0/0/0")
+    assert all((classes / sub(k)).is_file() for k in range(3))
+    lab = tc.open_volume(classes).values
+    assert lab.sum() == 1 and lab[1, 3, 5] == 1
+    np.testing.assert_array_equal(tc.open_volume(classes, level=2).values, 0)
+
+
+@pytest.mark.parametrize("ngff", ["0.4", "0.5"])  # 0.5: chunks go through zarr, the path that dropped them
+def test_resumed_pyramid_writes_all_zero_chunks(tmp_path, monkeypatch, ngff):
+    """A resume reopens the arrays; zero chunks it writes then must still get their files."""
+    zeros = np.zeros((16, 16, 16), np.float32)
+    a = _mrc(tmp_path / "zeros.mrc", zeros)
+    out = tmp_path / "zeros.zarr"
+    _interrupt(monkeypatch, a, out, after=2, ngff=ngff)
+    tc.convert(a, out, chunks=8, levels=2, ngff=ngff)
+    tc.io.omezarr.check_complete(out)
+    files = [f for f in (out / "0").rglob("*") if f.is_file() and not f.name.startswith(".") and f.name != "zarr.json"]
+    assert len(files) == 8
+    np.testing.assert_array_equal(tc.open_volume(out).values, 0)
+
+
 def test_corrupted_chunk_is_a_format_error_naming_store_and_chunk(tmp_path, vol):
     out = tmp_path / "t.zarr"
     tc.convert(_mrc(tmp_path / "t.mrc", vol), out, chunks=8, levels=2, compression=True)
@@ -263,3 +301,23 @@ def test_write_segmentation_resume_keyed_to_its_inputs(tmp_path):
     write_segmentation(a, out, chunks=8, levels=2)  # the same inputs: resumed
     np.testing.assert_array_equal(zarr.open_array(str(out / "labels" / "classes" / "0"))[:],
                                   np.argmax(a.values, axis=0))
+
+
+def test_store_killed_while_created_is_never_read_as_complete(tmp_path, vol, monkeypatch):
+    """A kill after the group appeared but before its arrays (and, once, its record) were written
+    left a group without record: a "foreign", hence complete, store that `run` then skipped."""
+    import zarr.core.group as zg
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(zg.Group, "create_array", killed)
+    src, out = _mrc(tmp_path / "t.mrc", vol), tmp_path / "t.zarr"
+    with pytest.raises(KeyboardInterrupt):
+        tc.convert(src, out, chunks=8, levels=2)
+    monkeypatch.undo()
+    assert not tc.io.omezarr.is_complete(out)
+    with pytest.raises(IncompleteError):
+        tc.open_volume(out)
+    tc.convert(src, out, chunks=8, levels=2)  # resumed
+    np.testing.assert_array_equal(tc.open_volume(out).values, vol)

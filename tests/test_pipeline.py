@@ -1,5 +1,7 @@
 """`tomochunk run`: convert -> segment -> pick -> evaluate over several tomograms, and resume."""
 
+import json
+
 import numpy as np
 import pytest
 import yaml
@@ -115,7 +117,40 @@ def test_object_lists_written_atomically(project):
 def test_resume_refuses_outputs_of_another_input(tmp_path):
     from tomochunk.workflows.pipeline import _check_same_source
 
+    for ab in ("A", "B"):
+        (tmp_path / ab).mkdir()
+        (tmp_path / ab / "tomo.mrc").write_bytes(b"x" * 100)
     _check_same_source(tmp_path, "tomo", tmp_path / "A" / "tomo.mrc")
     _check_same_source(tmp_path, "tomo", tmp_path / "A" / "tomo.mrc")  # same input: resumes
-    with pytest.raises(FormatError, match="were made from"):
+    with pytest.raises(FormatError, match="were made from .*A/tomo.mrc, not .*B/tomo.mrc") as e:
         _check_same_source(tmp_path, "tomo", tmp_path / "B" / "tomo.mrc")
+    assert "\n" not in str(e.value)
+    # a record of an older tomochunk (the path only) is kept for the same path, with its identity now
+    marker = tmp_path / ".old.source.json"
+    marker.write_text(json.dumps({"source": str((tmp_path / "A" / "tomo.mrc").resolve())}))
+    _check_same_source(tmp_path, "old", tmp_path / "A" / "tomo.mrc")
+    assert json.loads(marker.read_text())["source"]["size"] == 100
+    with pytest.raises(FormatError, match="were made from"):
+        _check_same_source(tmp_path, "old", tmp_path / "B" / "tomo.mrc")
+
+
+def test_run_refuses_a_replaced_input(project, client, tmp_path):
+    """The input file replaced by other data (same name, same shape): the rerun must not report the
+    old outputs as the new file's."""
+    (tmp_path / "tomos").mkdir()
+    vol, _, _ = tc.phantom_tomogram((32, 48, 48), classes=2, seed=20)
+    src = tmp_path / "tomos" / "t.mrc"
+    tc.write_volume(vol, src, voxel_size=10.0)
+    cfg = {"inputs": ["tomos/*.mrc"], "outdir": "out",
+           "segment": {"model": str(project / "tiny.keras"), "patch_size": 32, "crop": 4},
+           "pick": {"method": "cc", "min_size": 1, "formats": ["xml"]}}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
+    run(tmp_path / "run.yaml", client=client)
+    out = tmp_path / "out"
+    before = {p: p.stat().st_mtime_ns for p in (out / "t.xml", out / "t.zarr" / ".zattrs")}
+    other, _, _ = tc.phantom_tomogram((32, 48, 48), classes=2, seed=21)
+    tc.write_volume(other, src, voxel_size=10.0, overwrite=True)
+    with pytest.raises(FormatError, match=r"outputs t\.\* were made from .*t\.mrc as it was then") as e:
+        run(tmp_path / "run.yaml", client=client)
+    assert str(src.resolve()) in str(e.value) and "\n" not in str(e.value)
+    assert {p: p.stat().st_mtime_ns for p in before} == before  # nothing rewritten

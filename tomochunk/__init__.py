@@ -6,12 +6,17 @@ for score maps); object lists carry ``x, y, z`` in voxels plus
 
 The public functions are imported lazily so that ``import tomochunk`` stays
 cheap and TensorFlow is only loaded by what needs it.
+
+Examples
+--------
+>>> import tomochunk
+>>> "FormatError" in dir(tomochunk) and callable(tomochunk.read_objects) and tomochunk.workflows.__name__
+'tomochunk.workflows'
 """
 
 from __future__ import annotations
 
-import importlib
-
+from ._lazy import lazy_api
 from .errors import (ExistsError, FormatError, IncompleteError, MissingError,
                      ShapeError, TomochunkError, ValueProblem)
 
@@ -77,15 +82,8 @@ __all__ = sorted(_API) + ["TomochunkError", "FormatError", "ShapeError", "Missin
                           "ExistsError", "IncompleteError", "ValueProblem", "targets", "workflows"]
 
 
-def __getattr__(name: str):
-    if name in ("targets", "workflows"):
-        return importlib.import_module(f"tomochunk.{name}")
-    try:
-        module = _API[name]
-    except KeyError:
-        raise AttributeError(f"module 'tomochunk' has no attribute {name!r}") from None
-    return getattr(importlib.import_module(module), name)
+__getattr__, _dir = lazy_api("tomochunk", _API, modules=("targets", "workflows"))
 
 
 def __dir__():
-    return __all__
+    return __all__  # the error classes too, which lazy_api's table does not list

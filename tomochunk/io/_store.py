@@ -24,6 +24,23 @@ _METAFILES = {".zarray", ".zattrs", ".zgroup", "zarr.json", ".zmetadata"}
 _EMPTY_TOO = {"write_empty_chunks": True}  # every chunk gets a file, so a missing file is damage
 
 
+def open_for_write(path):
+    """Open an existing array to write into it, empty (all-fill) chunks included.
+
+    ``zarr.open_array(..., config=...)`` drops ``config`` when the array exists (zarr 3.1), so
+    an all-zero region (a coarse label level with no object in it) left no chunk file, and the
+    completed store then read as damaged; ``with_config`` keeps the setting.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> p = tempfile.mkdtemp() + "/a"; _ = zarr.create_array(p, shape=(2,), dtype="u1")
+    >>> open_for_write(p).config.write_empty_chunks
+    True
+    """
+    return zarr.open_array(str(path), mode="r+").with_config(_EMPTY_TOO)
+
+
 # --- progress: one marker file per finished chunk ----------------------------------
 
 class Progress:
@@ -157,7 +174,7 @@ def _chunk_files(array_dir: Path):
     for root, dirs, files in os.walk(array_dir):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         for f in files:
-            if not f.startswith(".") and f not in _METAFILES:
+            if not f.startswith(".") and f not in _METAFILES and not f.endswith(".partial"):
                 yield Path(root) / f
 
 
@@ -207,11 +224,12 @@ def _array_names(path) -> list:
 
 
 def _cleanup_tmp(path) -> None:
-    """Remove temporary chunk files left by an interrupted writer (``.<name>.*.tmp``)."""
+    """Remove temporary chunk files left by an interrupted writer (``.<name>.*.tmp``, zarr's
+    ``<name>.<hex>.partial``)."""
     for root, dirs, files in os.walk(path):
         dirs[:] = [d for d in dirs if d != PROGRESS_FILE]
         for f in files:
-            if f.startswith(".") and f.endswith(".tmp"):
+            if (f.startswith(".") and f.endswith(".tmp")) or f.endswith(".partial"):  # .partial: zarr's own
                 try:
                     os.unlink(os.path.join(root, f))
                 except OSError:

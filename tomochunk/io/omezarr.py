@@ -47,7 +47,8 @@ from ._ngff_meta import (TYPES, VERSIONS, default_chunks, default_compressor, fa
 from ._pyramid import _downsample, _write_direct, block_stats, stats_and_downsample
 from ._source import aligned_empty
 from ._store import (_EMPTY_TOO, PROGRESS_FILE, Progress, _chunk_key, _cleanup_tmp, _open, _record, _zarr_meta,
-                     check_chunks, check_complete, is_complete, mark_complete, ome_attrs, store_version)
+                     check_chunks, check_complete, is_complete, mark_complete, ome_attrs, open_for_write,
+                     store_version)
 
 log = get_logger(__name__)
 
@@ -337,11 +338,21 @@ def open_output(path, arrays, *, attrs, layout, source=None, params=None, overwr
     if resume and store_version(path) != str(ngff):
         raise ExistsError(f"an incomplete NGFF {store_version(path)} store exists, NGFF {ngff} was asked; "
                           "pass overwrite=True (--overwrite) to start afresh", path)
-    g = zarr.open_group(str(path), mode="r+" if resume else "w", zarr_format=zarr_format)
+    rec = {"complete": False, **new, **(note or {})}
+    if not resume:
+        # built aside and renamed into place: a kill while the group is created must not leave a
+        # group without its record, which would read as a foreign (complete) store and be skipped
+        tmp = path.with_name(f".{path.name}.creating")
+        shutil.rmtree(tmp, ignore_errors=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        zarr.open_group(str(tmp), mode="w", zarr_format=zarr_format,
+                        attributes=jsonable({**attrs, "tomochunk": rec}))
+        os.rename(tmp, path)
+    g = zarr.open_group(str(path), mode="r+", zarr_format=zarr_format)
     out = []
     for name, shape, chunks, dtype, dims in arrays:
         if resume and name in g:
-            out.append(zarr.open_array(str(path / name), mode="r+").with_config(_EMPTY_TOO))
+            out.append(open_for_write(path / name))
             continue
         comp = None if compressor is False else (compressor or default_compressor(dtype, zarr_format))
         kw = dict(shape=tuple(shape), chunks=tuple(chunks), dtype=np.dtype(dtype), fill_value=0, overwrite=True,
@@ -351,7 +362,6 @@ def open_output(path, arrays, *, attrs, layout, source=None, params=None, overwr
         else:
             kw["dimension_names"] = tuple(dims)
         out.append(g.create_array(name, **kw))
-    rec = {"complete": False, **new, **(note or {})}
     g.attrs.update(jsonable({**attrs, "tomochunk": rec}))
     progress = Progress(path)
     done = progress.done() if resume else {}
@@ -366,8 +376,7 @@ def store_regions(root, writes, key) -> None:
     in its progress (for writers running on Dask workers: each owns whole storage chunks)."""
     root = Path(root)
     for name, region, data in writes:
-        # open_array ignores config= for an existing array (zarr 3.1): an all-zero chunk would get no file
-        zarr.open_array(str(root / name), mode="r+").with_config(_EMPTY_TOO)[tuple(region)] = data
+        open_for_write(root / name)[tuple(region)] = data
     Progress(root).record(key)
 
 

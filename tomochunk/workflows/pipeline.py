@@ -37,7 +37,7 @@ from ..errors import FormatError, MissingError
 from ..io.convert import convert
 from ..io.copick_project import export_segmentation, project_inputs
 from ..io.objects import read_objects, write_copick, write_objects
-from ..io.omezarr import is_complete
+from ..io.omezarr import is_complete, source_identity
 from ..io.volume import open_volume
 from ..nn.segment import segment
 from ..ops.evaluate import evaluate
@@ -265,19 +265,39 @@ def _check_same_source(outdir: Path, name: str, src) -> None:
     """Record which input ``outdir/<name>.*`` belong to; refuse to resume them from another input.
 
     A rerun skips every stage whose output is complete, so outputs left by another input of the
-    same name (another config, or files moved between runs) would be reported as this one's.
+    same name (another config, files moved between runs, or the file replaced by other data) would
+    be reported as this one's. The record is the source's identity (path, size, mtime and a
+    sampled checksum: :func:`tomochunk.io._identity.source_identity`, the rule stores use).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp()); _ = (d / "t.mrc").write_bytes(b"a" * 64)
+    >>> _check_same_source(d, "t", d / "t.mrc"); _check_same_source(d, "t", d / "t.mrc")  # same: resumes
+    >>> _ = (d / "t.mrc").write_bytes(b"b" * 80)
+    >>> _check_same_source(d, "t", d / "t.mrc")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    tomochunk.errors.FormatError: ...: outputs t.* were made from .../t.mrc as it was then (changed since: size, mtime or content); remove them or use another outdir
     """
     marker = outdir / f".{name}.source.json"
-    here = str(Path(src).resolve())
+    here = source_identity(src)
     if marker.exists():
         try:
             before = json.loads(marker.read_text()).get("source")
-        except ValueError:
+        except (ValueError, AttributeError):
             before = None
+        if isinstance(before, str):  # an older record: the path only
+            before = None if before == here["path"] else {"path": before}
         if before is not None and before != here:
-            raise FormatError(f"outputs {name}.* were made from {before}, not {here}; use another outdir "
-                              f"or remove them", outdir)
-        return
+            if before.get("path") != here["path"]:
+                why = f"{before.get('path')}, not {here['path']}"
+            else:
+                why = f"{here['path']} as it was then (changed since: size, mtime or content)"
+            raise FormatError(f"outputs {name}.* were made from {why}; remove them or use another outdir",
+                              outdir)
+        if before is not None:
+            return
     tmp = marker.with_name(marker.name + ".tmp")
     tmp.write_text(json.dumps({"source": here}))
     os.replace(tmp, marker)
