@@ -191,3 +191,45 @@ def test_ensemble_of_itself_equals_model(net, tmp_path):
     one = segment(v, str(path), patch_size=32, crop=4).values
     two = segment(v, [str(path), net], patch_size=32, crop=4).values
     np.testing.assert_allclose(two, one, atol=1e-6)
+
+
+# --- picking: per-class size filters from the model's sizes.json ----------------------------
+
+def test_size_filter_keeps_classes_it_lacks():
+    from tomochunk.workflows.picking import size_filter
+
+    objs = pd.DataFrame({"class_label": [1, 1, 2], "size": [10, 100, 5], "x": 0.0, "y": 0.0, "z": 0.0})
+    assert size_filter(objs, {"1": {"p5": 100.0}}, 0.5)["size"].tolist() == [100, 5]
+    assert len(size_filter(objs, None)) == 3 and len(size_filter(objs, {"1": {"p5": 1e9}}, 0)) == 3
+
+
+def test_pick_uses_the_models_sizes(net, tmp_path):
+    from tomochunk.cli import main
+    from tomochunk.io.objects import read_objects
+    from tomochunk.nn.segment import segment
+    from tomochunk.workflows.picking import model_sizes, pick_inputs
+    from tomochunk.workflows.segment import write_segmentation
+
+    model = tmp_path / "run" / "m.keras"
+    model.parent.mkdir()
+    net.save(model)
+    v = np.random.default_rng(3).normal(size=(32, 32, 32)).astype("f4")
+    store = tmp_path / "seg.zarr"
+    write_segmentation(segment(v, str(model), patch_size=32, crop=4), store)
+    assert model_sizes(store) is None                       # no sizes.json beside the model: no filter
+    every = pick_inputs(store, method="cc")
+    assert len(every) > 0
+    big = {c: {"n": 1, "p5": 1e9, "p50": 1e9, "p95": 1e9} for c in ("1", "2")}
+    (model.parent / "sizes.json").write_text(json.dumps({"classes": big}))
+    assert model_sizes(store) == big
+    assert len(pick_inputs(store, method="cc")) == 0        # auto: the model's sizes drop every object
+    assert len(pick_inputs(store, method="cc", sizes=None)) == len(every)
+    assert len(pick_inputs(store, method="cc", size_factor=0)) == len(every)
+    out = tmp_path / "o.csv"
+    assert main(["pick", str(store), "--method", "cc", "-o", str(out)]) in (0, None)
+    assert len(read_objects(out)) == 0
+    assert main(["pick", str(store), "--method", "cc", "--sizes", "none", "-o", str(out), "--overwrite"]) in (0, None)
+    assert len(read_objects(out)) == len(every)
+    small = tmp_path / "small.json"
+    small.write_text(json.dumps({"classes": {"1": {"p5": 1.0}, "2": {"p5": 1.0}}}))
+    assert len(pick_inputs(store, method="cc", sizes=small)) == len(every)

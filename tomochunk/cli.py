@@ -527,6 +527,12 @@ def _add_pick(sub):
                    help="heatmap: drop picks this close to any face (like --margin)")
     p.add_argument("--smooth", type=float, default=0.0,
                    help="heatmap: Gaussian sigma (voxels) before the NMS; centres picks on saturated maps")
+    p.add_argument("--sizes", default="auto", metavar="auto|none|SIZES_JSON",
+                   help="cc/meanshift: drop objects smaller than --size-factor x the 5th percentile of their "
+                        "class's training objects; auto (default): the sizes.json of the model that segmented "
+                        "the input, when known; none: keep every size")
+    p.add_argument("--size-factor", type=float, default=None,
+                   help="fraction of the class's 5th-percentile size for --sizes (default 0.25)")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(run=_run_pick)
     _add_cluster_options(p)
@@ -537,6 +543,12 @@ def _z_range(text: str):
     return (float(lo) if lo.strip() else None, float(hi) if hi.strip() else None)
 
 
+def _size_options(args) -> dict:
+    """``pick_inputs`` keywords of ``--sizes`` / ``--size-factor``."""
+    sizes = None if str(args.sizes).lower() == "none" else args.sizes
+    return {"sizes": sizes, **({} if args.size_factor is None else {"size_factor": args.size_factor})}
+
+
 def _run_pick(args):
     from .io.objects import write_objects
     from .workflows.batch import output_names, pick_many
@@ -544,7 +556,7 @@ def _run_pick(args):
     out = pick_many(args.inputs, method=_PICK_METHODS[args.method], radius=args.radius, threshold=args.threshold,
                     min_size=args.min_size, min_spacing=args.min_spacing, margin=args.margin,
                     top_k=args.top_k, classes=args.classes, units=args.units,
-                    voxel_size=args.voxel_size, level=args.level,
+                    voxel_size=args.voxel_size, level=args.level, **_size_options(args),
                     **({"z_range": args.z_range, "border": args.border, "smooth": args.smooth}
                        if args.method == "heatmap" else {}))
     counts = out["tomo"].value_counts() if len(out) else {}
