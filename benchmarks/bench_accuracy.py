@@ -126,8 +126,9 @@ def _tagged(stdout, tag):
     raise RuntimeError(f"no {tag} line in the output")
 
 
-def _df(script, *argv, what):
-    p = subprocess.run([DF_PYTHON, "-W", "ignore", "-c", script, *map(str, argv)], capture_output=True, text=True)
+def _df(script, *argv, what, timeout=None):
+    p = subprocess.run([DF_PYTHON, "-W", "ignore", "-c", script, *map(str, argv)], capture_output=True, text=True,
+                       timeout=timeout)
     if p.returncode:
         raise RuntimeError(f"DeepFinder {what} failed:\n" + p.stderr[-3000:])
     return p.stdout
@@ -246,7 +247,7 @@ def segment_deepfinder(d, weights, n_classes, args):
 
 def cluster_deepfinder(d, args):
     stdout = _df(DF_CLUSTER, d / "df_labels.npy", int(round(args.df_radius)), d / "df_cluster.json",
-                 what="Cluster")
+                 what="Cluster", timeout=args.df_cluster_timeout)
     info = _tagged(stdout, "DFCLUSTER")
     rows = json.load(open(d / "df_cluster.json"))
     return pd.DataFrame(rows, columns=["class_label", "x", "y", "z", "size"]), info["seconds"]
@@ -255,7 +256,18 @@ def cluster_deepfinder(d, args):
 def train_tomochunk(d, objs, args, name, minutes, **kw):
     import tomochunk
 
+    from tomochunk.nn import _trainsteps
+
     out = d / f"tc_{name}"
+    counted = []
+    run_epoch = _trainsteps.run_epoch
+
+    def counting(*a, **k):   # optimiser steps actually run (an epoch stops at the budget)
+        res = run_epoch(*a, **k)
+        counted.append(sum(np.isfinite(res[0])))
+        return res
+
+    _trainsteps.run_epoch = counting
     t = time.perf_counter()
     _, hist = tomochunk.train({"train": str(d / "train.zarr")}, {"train": str(d / "train_lab.zarr")},
                               objs["fit"], objs["valid"], n_classes=len(objs["names"]) + 1,
@@ -264,8 +276,8 @@ def train_tomochunk(d, objs, args, name, minutes, **kw):
                               out_dir=out, precision=args.precision, minutes=minutes, progress=False,
                               legacy_h5=False, checkpoint_every=100_000, seed=args.seed, **kw)
     secs = time.perf_counter() - t
-    steps = int(len(hist) and hist["epoch"].iloc[-1]) * args.steps
-    return out, {"seconds": secs, "epochs": len(hist), "steps": steps}
+    _trainsteps.run_epoch = run_epoch
+    return out, {"seconds": secs, "epochs": len(hist), "steps": int(sum(counted))}
 
 
 def segment_tomochunk(d, model, args, tta=False):
@@ -300,67 +312,76 @@ def print_table(rows, names, radii):
 
 
 def run_main(d, objs, radii, names, args):
+    from tomochunk.nn._trainsteps import size_stats
+    from tomochunk.nn.train import RECIPES
+
     n_classes = len(radii) + 1
     truth = objs["test"]
     report = []
     df_best = None
-    if Path(DF_PYTHON).exists() and not args.skip_deepfinder:
+    have_df = Path(DF_PYTHON).exists() and not args.skip_deepfinder
+    # both trainings first (one after the other), then inference and picking
+    if have_df:
         print(f"\n== DeepFinder: training {args.minutes:g} min (patch {args.patch}, batch {args.batch}, "
-              f"{args.df_steps} steps/epoch, Tversky, Adam 1e-4, bootstrap, Lrnd 13, float32)", flush=True)
+              f"{args.df_steps} steps/epoch, Tversky, Adam 1e-4, bootstrap, Lrnd 13, float32, last weights)",
+              flush=True)
         weights, info = train_deepfinder(d, args, n_classes)
         print(f"DeepFinder: {info['steps']} steps ({info['steps'] * args.batch} patches) in "
               f"{info['seconds'] / 60:.1f} min", flush=True)
-        labels, seg_s = segment_deepfinder(d, weights, n_classes, args)
-        print(f"DeepFinder Segment (patch {args.df_seg_patch}): {seg_s:.1f} s", flush=True)
-        extra = {}
-        try:
-            dfo, cl_s = cluster_deepfinder(d, args)
-            extra["DeepFinder Cluster"] = (dfo, cl_s)
-            print(f"DeepFinder Cluster (clustRadius {args.df_radius:g}): {cl_s:.1f} s, {len(dfo)} objects")
-        except RuntimeError as exc:
-            print(f"DeepFinder Cluster failed: {str(exc)[-300:]}")
-        # DeepFinder's targets are the same label maps: the size filters come from the same statistics
-        from tomochunk.nn._trainsteps import size_stats
-
-        sizes = size_stats({"t": np.asarray(objs["train_lab"])}, n_classes)["classes"]
-        key, o, f1, cz, tried = best_pick(labels, truth, radii, sizes, methods=("cc",), extra=extra,
-                                          radius=args.df_radius)
-        print("DeepFinder picking options (CZII F-beta): " +
-              ", ".join(f"{k}: {v:.3f}" for k, v in tried.items()))
-        print(f"DeepFinder best picking: {key}")
-        df_best = (f1, cz)
-        report.append(("DeepFinder", f1, cz))
-    print(f"\n== tomochunk: training {args.minutes:g} min, recipe {args.recipe} (patch {args.patch}, batch "
-          f"{args.batch}, {args.steps} steps/epoch, lr {args.lr:g}, {args.precision})", flush=True)
-    from tomochunk.nn.train import RECIPES
-
+    print(f"\n== tomochunk: training {args.minutes:g} min, recipe {args.recipe} {RECIPES[args.recipe]} (patch "
+          f"{args.patch}, batch {args.batch}, {args.steps} steps/epoch, lr {args.lr:g}, {args.precision})",
+          flush=True)
     model_dir, info = train_tomochunk(d, objs, args, "main", args.minutes, **RECIPES[args.recipe])
     print(f"tomochunk: {info['steps']} steps ({info['steps'] * args.batch} patches), {info['epochs']} epochs in "
           f"{info['seconds'] / 60:.1f} min", flush=True)
+    if have_df:
+        labels, seg_s = segment_deepfinder(d, weights, n_classes, args)
+        print(f"DeepFinder Segment (patch {args.df_seg_patch}, float32): {seg_s:.1f} s", flush=True)
+        # DeepFinder trains on the same label maps: the size filters use the same statistics
+        df_sizes = size_stats({"t": np.asarray(objs["train_lab"])}, n_classes)["classes"]
+        key, o, f1, cz, tried = best_pick(labels, truth, radii, df_sizes, methods=("cc", "meanshift"),
+                                          radius=args.df_radius)
+        print("DeepFinder picking options (CZII F-beta): " + ", ".join(f"{k}: {v:.3f}" for k, v in tried.items()),
+              flush=True)
+        df_best = [key, f1, cz]
     sizes = _sizes(model_dir)
     best = None
+    t_plain = None
     for ckpt in ("model_best.keras", "model_final.keras"):
         for tta in (False, True):
             labels, seg_s = segment_tomochunk(d, model_dir / ckpt, args, tta=tta)
             key, o, f1, cz, tried = best_pick(labels, truth, radii, sizes, methods=("cc", "meanshift"),
                                               radius=args.df_radius)
             label = f"{ckpt}{' + TTA' if tta else ''}"
-            print(f"tomochunk {label}: segment {seg_s:.1f} s; picking options: " +
+            print(f"tomochunk {label}: segment {seg_s:.1f} s; picking options (CZII F-beta): " +
                   ", ".join(f"{k}: {v:.3f}" for k, v in tried.items()), flush=True)
             if ckpt == "model_best.keras":
                 if not tta:
                     t_plain = seg_s
                 else:
-                    print(f"TTA (8 flips) cost: {seg_s / t_plain:.2f}x the segment time without it")
+                    print(f"TTA (8 flips) cost: {seg_s / t_plain:.2f}x the segment time without it "
+                          f"({seg_s:.1f} s / {t_plain:.1f} s, blocks, {args.precision})")
             if best is None or fbeta(cz) > fbeta(best[2]):
                 best = (f"{label}, {key}", f1, cz)
+    if have_df:
+        try:   # last: its mean shift over every object voxel may be slow on a crowded volume
+            dfo, cl_s = cluster_deepfinder(d, args)
+            f1, cz = score(dfo, truth, radii)
+            print(f"DeepFinder Cluster (clustRadius {args.df_radius:g}): {cl_s:.1f} s, {len(dfo)} objects, "
+                  f"CZII F-beta {fbeta(cz):.3f}")
+            if fbeta(cz) > fbeta(df_best[2]):
+                df_best = ["DeepFinder Cluster", f1, cz]
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            print(f"DeepFinder Cluster not scored: {str(exc)[-300:]}")
+        print(f"DeepFinder best: {df_best[0]}")
+        report.append(("DeepFinder", df_best[1], df_best[2]))
     print(f"tomochunk best: {best[0]}")
     report.append(("tomochunk", best[1], best[2]))
     print(f"\n== Held-out half, {len(truth)} objects; F1: Hungarian within the class radius; "
           f"CZII F4: beta 4, hit within 0.5 radius")
     print_table(report, names, radii)
     if df_best is not None:
-        a, b = fbeta(best[2]), fbeta(df_best[1])
+        a, b = fbeta(best[2]), fbeta(df_best[2])
         ratio = a / b if b > 0 else float("inf")
         ok = ratio >= 1.5 and a >= 0.5
         print(f"ratio tomochunk / DeepFinder CZII F-beta: {ratio:.2f}x  (target >= 1.5x and >= 0.5 absolute: "
@@ -381,6 +402,10 @@ ABLATION = [
     ("no class-balanced sampling", {"bootstrap": False}),
     ("sqrt class balance", {"bootstrap": "sqrt"}),
 ]
+
+#: the variants ``--ablation-set core`` trains (one per option family of the issue)
+CORE = ("no weighted CE (pure Tversky)", "Dice + CE loss instead of Tversky + CE", "no augmentation", "no EMA",
+        "constant lr (no warm-up/decay)", "no class-balanced sampling")
 
 
 def _eval_variant(d, model, args, truth, radii, sizes, tta=False, factor=None):
@@ -415,7 +440,8 @@ def run_ablation(d, objs, radii, args):
     tta, t_tta = _eval_variant(d, base_dir / "model_best.keras", args, truth, radii, sizes, tta=True, factor=f)
     rows.append(("with TTA (8 flips)", tta[f], info["steps"]))
     print(f"TTA cost: {t_tta / t_plain:.2f}x the segment time without it ({t_tta:.1f} s / {t_plain:.1f} s)")
-    for name, over in ABLATION:
+    chosen = ABLATION if args.ablation_set == "all" else [v for v in ABLATION if v[0] in CORE]
+    for name, over in chosen:
         kw = {**base_kw, **over}
         kw = {k: v for k, v in kw.items() if v is not None}
         if kw.get("ce_weight") == 0.0:
@@ -452,10 +478,13 @@ def main():
     ap.add_argument("--df-seg-patch", type=int, default=128,
                     help="DeepFinder Segment patch size (<= the smallest side; > 55, its overlap)")
     ap.add_argument("--df-radius", type=float, default=5, help="mean-shift bandwidth (DeepFinder Cluster, ours)")
+    ap.add_argument("--df-cluster-timeout", type=float, default=600, help="seconds for DeepFinder's Cluster")
     ap.add_argument("--skip-deepfinder", action="store_true")
     ap.add_argument("--skip-main", action="store_true")
     ap.add_argument("--ablation", action="store_true")
     ap.add_argument("--ablation-minutes", type=float, default=4)
+    ap.add_argument("--ablation-set", choices=("core", "all"), default="all",
+                    help="core: one variant per option family (6 trainings); all: 10")
     ap.add_argument("--ablation-factor", type=float, default=0.25, help="size filter factor in the ablation")
     ap.add_argument("--workdir", default=None, help="keep the data and models here")
     args = ap.parse_args()
