@@ -339,6 +339,18 @@ def print_table(rows, names, radii):
     print(f"{'CZII F4':<12} {'':>6} " + " ".join(f"{fbeta(cz):>12.3f}" for _, _, cz in rows))
 
 
+def _recipe(name, args):
+    """``RECIPES[name]`` with ``--pos-weight`` applied (0: unweighted cross-entropy)."""
+    from tomochunk.nn.train import RECIPES
+
+    kw = dict(RECIPES[name])
+    if args.pos_weight is not None:
+        kw.pop("pos_weight", None)
+        if args.pos_weight > 0:
+            kw["pos_weight"] = args.pos_weight
+    return kw
+
+
 def run_main(d, objs, radii, names, args):
     from tomochunk.nn._trainsteps import size_stats
     from tomochunk.nn.train import RECIPES
@@ -353,13 +365,18 @@ def run_main(d, objs, radii, names, args):
         print(f"\n== DeepFinder: training {args.minutes:g} min (patch {args.patch}, batch {args.batch}, "
               f"{args.df_steps} steps/epoch, Tversky, Adam 1e-4, bootstrap, Lrnd 13, float32, last weights)",
               flush=True)
-        weights, info = train_deepfinder(d, args, n_classes)
-        print(f"DeepFinder: {info['steps']} steps ({info['steps'] * args.batch} patches) in "
-              f"{info['seconds'] / 60:.1f} min", flush=True)
-    print(f"\n== tomochunk: training {args.minutes:g} min, recipe {args.recipe} {RECIPES[args.recipe]} (patch "
+        if args.df_weights:   # trained earlier by this script on the same data (same --seed, --shape)
+            weights = Path(args.df_weights)
+            print(f"DeepFinder: weights from {weights} (trained by an earlier run, same budget and data)")
+        else:
+            weights, info = train_deepfinder(d, args, n_classes)
+            print(f"DeepFinder: {info['steps']} steps ({info['steps'] * args.batch} patches) in "
+                  f"{info['seconds'] / 60:.1f} min", flush=True)
+    recipe = _recipe(args.recipe, args)
+    print(f"\n== tomochunk: training {args.minutes:g} min, recipe {args.recipe} {recipe} (patch "
           f"{args.patch}, batch {args.batch}, {args.steps} steps/epoch, lr {args.lr:g}, {args.precision})",
           flush=True)
-    model_dir, info = train_tomochunk(d, objs, args, "main", args.minutes, **RECIPES[args.recipe])
+    model_dir, info = train_tomochunk(d, objs, args, "main", args.minutes, **recipe)
     print(f"tomochunk: {info['steps']} steps ({info['steps'] * args.batch} patches), {info['epochs']} epochs in "
           f"{info['seconds'] / 60:.1f} min", flush=True)
     if have_df:
@@ -451,7 +468,7 @@ def run_ablation(d, objs, radii, args):
     from tomochunk.nn.train import RECIPES
 
     truth = objs["test"]
-    base_kw = dict(RECIPES["czii"])
+    base_kw = _recipe("czii", args)
     m = args.ablation_minutes
     print(f"\n== Ablation: {m:g} min per variant; CZII F-beta on the held-out half, cc picking "
           f"(size filter {args.ablation_factor:g} x p5 where on)", flush=True)
@@ -508,6 +525,9 @@ def main():
     ap.add_argument("--df-radius", type=float, default=5, help="mean-shift bandwidth (DeepFinder Cluster, ours)")
     ap.add_argument("--df-cluster-timeout", type=float, default=600, help="seconds for DeepFinder's Cluster")
     ap.add_argument("--meanshift-timeout", type=float, default=300, help="seconds for our meanshift picking")
+    ap.add_argument("--pos-weight", type=float, default=None,
+                    help="tomochunk: cross-entropy weight of particles (default: the recipe's; 0: unweighted)")
+    ap.add_argument("--df-weights", default=None, help="DeepFinder weights of an earlier run: skip its training")
     ap.add_argument("--skip-deepfinder", action="store_true")
     ap.add_argument("--skip-main", action="store_true")
     ap.add_argument("--ablation", action="store_true")
