@@ -233,3 +233,32 @@ def test_pick_uses_the_models_sizes(net, tmp_path):
     small = tmp_path / "small.json"
     small.write_text(json.dumps({"classes": {"1": {"p5": 1.0}, "2": {"p5": 1.0}}}))
     assert len(pick_inputs(store, method="cc", sizes=small)) == len(every)
+
+
+def test_train_recipe_default_is_czii_and_deepfinder_one_flag_away():
+    from tomochunk.cli import _accuracy_options, _parser
+    from tomochunk.nn.train import RECIPES
+
+    base = ["train", "--volumes", "v.mrc", "--targets", "t.mrc", "--train", "a.xml", "--valid", "b.xml",
+            "--n-classes", "3", "-o", "out"]
+    p = _parser()
+    args = p.parse_args(base)
+    kw = _accuracy_options(args)
+    assert args.recipe == "czii" and args.ce_weight == 1.0
+    assert {k: kw[k] for k in ("pos_weight", "augment", "ema", "lr_schedule")} == \
+        {k: RECIPES["czii"].get(k) for k in ("pos_weight", "augment", "ema", "lr_schedule")}
+    assert _accuracy_options(p.parse_args(base + ["--pos-weight", "256"]))["pos_weight"] == 256.0
+    args = p.parse_args(base + ["--recipe", "deepfinder"])
+    kw = _accuracy_options(args)
+    assert args.ce_weight == 0.0 and kw["pos_weight"] is None and kw["ema"] is None
+    assert kw["augment"] == "tomo" and kw["lr_schedule"] == "constant" and kw["bootstrap"] and kw["shift"] == 13
+    # explicit options override the recipe's parts; PU losses and movies keep what suits them
+    kw = _accuracy_options(p.parse_args(base + ["--ema", "0.99", "--lr-schedule", "constant"]))
+    assert kw["ema"] == 0.99 and kw["lr_schedule"] == "constant"
+    assert _accuracy_options(p.parse_args(base + ["--ema", "0"]))["ema"] is None
+    args = p.parse_args(base + ["--loss", "pu", "--tau", "0.1"])
+    kw = _accuracy_options(args)
+    assert kw["pos_weight"] is None and args.ce_weight == 0.0
+    kw = _accuracy_options(p.parse_args(base + ["--class-weights", "1,2,3", "--ce-weight", "1"]))
+    assert kw["pos_weight"] is None and kw["class_weights"] == [1.0, 2.0, 3.0]
+    assert _accuracy_options(p.parse_args(base + ["--anisotropic"]))["augment"] is None
