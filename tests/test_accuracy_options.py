@@ -191,3 +191,74 @@ def test_ensemble_of_itself_equals_model(net, tmp_path):
     one = segment(v, str(path), patch_size=32, crop=4).values
     two = segment(v, [str(path), net], patch_size=32, crop=4).values
     np.testing.assert_allclose(two, one, atol=1e-6)
+
+
+# --- picking: per-class size filters from the model's sizes.json ----------------------------
+
+def test_size_filter_keeps_classes_it_lacks():
+    from tomochunk.workflows.picking import size_filter
+
+    objs = pd.DataFrame({"class_label": [1, 1, 2], "size": [10, 100, 5], "x": 0.0, "y": 0.0, "z": 0.0})
+    assert size_filter(objs, {"1": {"p5": 100.0}}, 0.5)["size"].tolist() == [100, 5]
+    assert len(size_filter(objs, None)) == 3 and len(size_filter(objs, {"1": {"p5": 1e9}}, 0)) == 3
+
+
+def test_pick_uses_the_models_sizes(net, tmp_path):
+    from tomochunk.cli import main
+    from tomochunk.io.objects import read_objects
+    from tomochunk.nn.segment import segment
+    from tomochunk.workflows.picking import model_sizes, pick_inputs
+    from tomochunk.workflows.segment import write_segmentation
+
+    model = tmp_path / "run" / "m.keras"
+    model.parent.mkdir()
+    net.save(model)
+    v = np.random.default_rng(3).normal(size=(32, 32, 32)).astype("f4")
+    store = tmp_path / "seg.zarr"
+    write_segmentation(segment(v, str(model), patch_size=32, crop=4), store)
+    assert model_sizes(store) is None                       # no sizes.json beside the model: no filter
+    every = pick_inputs(store, method="cc")
+    assert len(every) > 0
+    big = {c: {"n": 1, "p5": 1e9, "p50": 1e9, "p95": 1e9} for c in ("1", "2")}
+    (model.parent / "sizes.json").write_text(json.dumps({"classes": big}))
+    assert model_sizes(store) == big
+    assert len(pick_inputs(store, method="cc")) == 0        # auto: the model's sizes drop every object
+    assert len(pick_inputs(store, method="cc", sizes=None)) == len(every)
+    assert len(pick_inputs(store, method="cc", size_factor=0)) == len(every)
+    out = tmp_path / "o.csv"
+    assert main(["pick", str(store), "--method", "cc", "-o", str(out)]) in (0, None)
+    assert len(read_objects(out)) == 0
+    assert main(["pick", str(store), "--method", "cc", "--sizes", "none", "-o", str(out), "--overwrite"]) in (0, None)
+    assert len(read_objects(out)) == len(every)
+    small = tmp_path / "small.json"
+    small.write_text(json.dumps({"classes": {"1": {"p5": 1.0}, "2": {"p5": 1.0}}}))
+    assert len(pick_inputs(store, method="cc", sizes=small)) == len(every)
+
+
+def test_train_recipe_default_is_czii_and_deepfinder_one_flag_away():
+    from tomochunk.cli import _accuracy_options, _parser
+    from tomochunk.nn.train import RECIPES
+
+    base = ["train", "--volumes", "v.mrc", "--targets", "t.mrc", "--train", "a.xml", "--valid", "b.xml",
+            "--n-classes", "3", "-o", "out"]
+    p = _parser()
+    args = p.parse_args(base)
+    kw = _accuracy_options(args)
+    assert args.recipe == "czii" and args.ce_weight == 1.0
+    assert {k: kw[k] for k in ("pos_weight", "augment", "ema", "lr_schedule")} == \
+        {k: RECIPES["czii"].get(k) for k in ("pos_weight", "augment", "ema", "lr_schedule")}
+    assert _accuracy_options(p.parse_args(base + ["--pos-weight", "256"]))["pos_weight"] == 256.0
+    args = p.parse_args(base + ["--recipe", "deepfinder"])
+    kw = _accuracy_options(args)
+    assert args.ce_weight == 0.0 and kw["pos_weight"] is None and kw["ema"] is None
+    assert kw["augment"] == "tomo" and kw["lr_schedule"] == "constant" and kw["bootstrap"] and kw["shift"] == 13
+    # explicit options override the recipe's parts; PU losses and movies keep what suits them
+    kw = _accuracy_options(p.parse_args(base + ["--ema", "0.99", "--lr-schedule", "constant"]))
+    assert kw["ema"] == 0.99 and kw["lr_schedule"] == "constant"
+    assert _accuracy_options(p.parse_args(base + ["--ema", "0"]))["ema"] is None
+    args = p.parse_args(base + ["--loss", "pu", "--tau", "0.1"])
+    kw = _accuracy_options(args)
+    assert kw["pos_weight"] is None and args.ce_weight == 0.0
+    kw = _accuracy_options(p.parse_args(base + ["--class-weights", "1,2,3", "--ce-weight", "1"]))
+    assert kw["pos_weight"] is None and kw["class_weights"] == [1.0, 2.0, 3.0]
+    assert _accuracy_options(p.parse_args(base + ["--anisotropic"]))["augment"] is None

@@ -305,22 +305,26 @@ def _add_train(sub):
     p.add_argument("--region", type=_box, default=None,
                    help="labelled sub-region z0:z1,y0:y1,x0:x1 (voxels): patches stay inside it and voxels "
                         "outside are ignored (dice_ce, pu)")
-    g = p.add_argument_group("accuracy options (issue 23; --recipe czii sets them all)")
-    g.add_argument("--recipe", choices=("deepfinder", "czii"), default=None,
-                   help="deepfinder: the old defaults (Tversky, 180-degree flips, constant lr); czii: Tversky "
-                        "+ weighted CE (256:1), wedge-safe flips/rot90/intensity, EMA 0.999, warm-up + cosine")
+    g = p.add_argument_group("accuracy options (issue 23; --recipe czii, the default, sets them all)")
+    g.add_argument("--recipe", choices=("deepfinder", "czii"), default="czii",
+                   help="czii (default; measured by benchmarks/bench_accuracy.py): Tversky + cross-entropy, "
+                        "wedge-safe flips/rot90/intensity, EMA 0.999, warm-up + cosine; the options below "
+                        "override its parts. deepfinder: DeepFinder's exact recipe (Tversky, 180-degree "
+                        "flips, constant lr, no EMA)")
     g.add_argument("--class-weights", type=lambda t: [float(v) for v in t.split(",")], default=None,
                    help="per-class cross-entropy weights w0,w1,... (needs --ce-weight > 0)")
     g.add_argument("--pos-weight", type=float, default=None,
-                   help="cross-entropy weight of every particle class against background 1 (e.g. 256)")
+                   help="cross-entropy weight of every particle class against background 1 (the CZII "
+                        "winner's 256 suits rare particles; on crowded volumes it labels everything)")
     g.add_argument("--loss-alpha", type=float, default=0.5, help="Tversky weight of false positives")
     g.add_argument("--loss-beta", type=float, default=0.5, help="Tversky weight of false negatives")
     g.add_argument("--augment", choices=("tomo", "movie", "wedge", "none"), default=None,
                    help="tomo: 180-degree rotation about y (default); wedge: flips of z,y,x, 90-degree "
                         "rotations about z, intensity jitter")
-    g.add_argument("--ema", type=float, default=None, help="average the weights with this decay (e.g. 0.999)")
-    g.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
-                   help="cosine: linear warm-up then cosine decay")
+    g.add_argument("--ema", type=float, default=None,
+                   help="average the weights with this decay (e.g. 0.999; 0: no averaging)")
+    g.add_argument("--lr-schedule", choices=("constant", "cosine"), default=None,
+                   help="cosine: linear warm-up then cosine decay (default: the recipe's)")
     g.add_argument("--minutes", type=float, default=None, help="wall-clock budget of the training, minutes")
     g.add_argument("--bootstrap", action=argparse.BooleanOptionalAction, default=True,
                    help="class-balanced sampling of patch centres (default on)")
@@ -337,12 +341,23 @@ def _accuracy_options(args) -> dict:
           "loss_beta": args.loss_beta, "augment": None if args.augment is None else args.augment,
           "ema": args.ema, "lr_schedule": args.lr_schedule, "minutes": args.minutes,
           "bootstrap": args.bootstrap, "shift": args.shift}
-    if args.recipe:
-        for k, v in RECIPES[args.recipe].items():
+    recipe = dict(RECIPES[args.recipe]) if args.recipe else {}
+    if args.recipe == "czii":
+        if args.loss not in ("tversky", "dice_ce") or args.class_weights is not None:
+            recipe.pop("pos_weight", None)   # PU losses take no class weights; explicit weights win
+            if args.loss not in ("tversky", "dice_ce"):
+                recipe.pop("ce_weight", None)
+        if args.anisotropic:
+            recipe.pop("augment", None)      # movies: flips of y, x only (train's default for them)
+    if recipe:
+        for k, v in recipe.items():
             if k == "ce_weight":
                 args.ce_weight = args.ce_weight or v
-            elif k in kw and kw[k] in (None, "constant"):
+            elif k in kw and kw[k] is None:
                 kw[k] = v
+    kw["lr_schedule"] = kw["lr_schedule"] or "constant"
+    if kw["ema"] == 0:
+        kw["ema"] = None   # --ema 0: no averaging, whatever the recipe
     return kw
 
 
@@ -533,6 +548,12 @@ def _add_pick(sub):
     _add_star_options(p)
     _add_copick_output(p)
     _add_copick_input(p, picking=True)
+    p.add_argument("--sizes", default="auto", metavar="auto|none|SIZES_JSON",
+                   help="cc/meanshift: drop objects smaller than --size-factor x the 5th percentile of their "
+                        "class's training objects; auto (default): the sizes.json of the model that segmented "
+                        "the input, when known; none: keep every size")
+    p.add_argument("--size-factor", type=float, default=None,
+                   help="fraction of the class's 5th-percentile size for --sizes (default 0.25)")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(run=_run_pick)
     _add_cluster_options(p)
@@ -543,6 +564,12 @@ def _z_range(text: str):
     return (float(lo) if lo.strip() else None, float(hi) if hi.strip() else None)
 
 
+def _size_options(args) -> dict:
+    """``pick_inputs`` keywords of ``--sizes`` / ``--size-factor``."""
+    sizes = None if str(args.sizes).lower() == "none" else args.sizes
+    return {"sizes": sizes, **({} if args.size_factor is None else {"size_factor": args.size_factor})}
+
+
 def _run_pick(args):
     from .io.objects import write_objects
     from .workflows.batch import output_names, pick_many
@@ -550,10 +577,10 @@ def _run_pick(args):
     names, project = _pick_copick_inputs(args)
     if args.output is None and args.copick is None:
         raise ValueProblem("give -o OUTPUT (an object list) or --copick ROOT (a copick project's overlay root)")
-    out = pick_many(list(names or args.inputs), names=names, method=_PICK_METHODS[args.method], radius=args.radius, threshold=args.threshold,
-                    min_size=args.min_size, min_spacing=args.min_spacing, margin=args.margin,
+    out = pick_many(list(names or args.inputs), names=names, method=_PICK_METHODS[args.method],
+                    radius=args.radius, threshold=args.threshold, min_size=args.min_size, min_spacing=args.min_spacing, margin=args.margin,
                     top_k=args.top_k, classes=args.classes, units=args.units,
-                    voxel_size=args.voxel_size, level=args.level,
+                    voxel_size=args.voxel_size, level=args.level, **_size_options(args),
                     **({"z_range": args.z_range, "border": args.border, "smooth": args.smooth}
                        if args.method == "heatmap" else {}))
     if project is not None:

@@ -36,14 +36,17 @@ log = get_logger(__name__)
 
 __all__ = ["train", "PatchSampler", "class_scores", "RECIPES"]
 
-#: ``train(**RECIPES[name])``: DeepFinder's recipe (the defaults), and the practice of the CZII
-#: 2025 winners (Tversky + 256:1 weighted cross-entropy, wedge-safe augmentation, EMA, warm-up
-#: and cosine decay). Checkpoint selection by validation F1 (``model_best.keras``) is always on.
+#: ``train(**RECIPES[name])``: DeepFinder's recipe (the defaults of this function), and the
+#: practice of the CZII 2025 winners as measured on our hard phantom (``benchmarks/
+#: bench_accuracy.py``): Tversky + cross-entropy, wedge-safe augmentation, EMA, warm-up and
+#: cosine decay. The winner's 256:1 weighting of particles (``pos_weight=256``) is left out:
+#: with 8 classes covering ~15 % of the volume it made every voxel a particle (the network sat
+#: at validation recall 1.0 for the largest class and background F1 0 after 200 steps).
+#: Checkpoint selection by validation F1 (``model_best.keras``) is always on.
 RECIPES = {
     "deepfinder": {"loss": "tversky", "ce_weight": 0.0, "augment": "tomo", "ema": None,
                    "lr_schedule": "constant", "bootstrap": True, "shift": 13},
-    "czii": {"ce_weight": 1.0, "pos_weight": 256.0, "augment": "wedge", "ema": 0.999,
-             "lr_schedule": "cosine"},
+    "czii": {"ce_weight": 1.0, "augment": "wedge", "ema": 0.999, "lr_schedule": "cosine"},
 }
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._log import get_logger
 from .._names import tomo_name
 from ..errors import MissingError, TomochunkError, ValueProblem
 from ..io.omezarr import label_names
@@ -25,6 +26,13 @@ from ..ops.pick import pick
 LABEL_METHODS = ("cc", "meanshift")
 SCORE_METHODS = ("peaks", "centroid", "nms", "heatmap")
 METHODS = LABEL_METHODS + SCORE_METHODS
+
+#: Size filter of ``cc`` / ``meanshift`` picks: objects smaller than this fraction of the 5th
+#: percentile of their class's training-target voxel counts (the model's ``sizes.json``) are
+#: dropped. Measured on the hard phantom by ``benchmarks/bench_accuracy.py``.
+SIZE_FACTOR = 0.25
+
+log = get_logger(__name__)
 
 
 def _per_voxel(value, vs, units, power=1):
@@ -84,15 +92,75 @@ def pick_volume(vol, *, method: str = "meanshift", radius: float = 5, threshold:
     return df
 
 
+def model_sizes(store):
+    """The ``sizes.json`` of the model that segmented ``store``, or None.
+
+    ``segment`` records its model's identity in the ``labels/classes`` (or ``labels/scores``)
+    record of the store; ``train`` writes ``sizes.json`` beside the model. None when the
+    store is not a segmentation, the model is not a file, or has no ``sizes.json``.
+
+    Examples
+    --------
+    >>> model_sizes("seg/tomo1.zarr")  # doctest: +SKIP
+    {'1': {'n': 40, 'p5': 107.5, 'p50': 112.0, 'p95': 116.5}, ...}
+    """
+    import json
+
+    from ..io._store import _record
+
+    for name in ("classes", "scores"):
+        node = Path(store) / "labels" / name
+        if not node.exists():
+            continue
+        try:
+            rec = _record(node) or {}
+        except TomochunkError:
+            continue
+        model = ((rec.get("source") or {}).get("model") or {}).get("path")
+        if model:
+            found = Path(model).parent / "sizes.json"
+            if found.is_file():
+                try:
+                    return json.loads(found.read_text())["classes"]
+                except (ValueError, KeyError) as exc:
+                    raise ValueProblem(f"unreadable size statistics ({exc})", found) from exc
+    return None
+
+
+def size_filter(objects, sizes, factor: float = SIZE_FACTOR):
+    """Drop objects smaller than ``factor`` x the p5 voxel count of their class in ``sizes``.
+
+    ``sizes`` is ``{class: {"p5": ...}}`` (:func:`model_sizes`, ``train``'s ``sizes.json``);
+    classes it lacks, and lists without a ``size`` column, are kept whole.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> objs = pd.DataFrame({"class_label": [1, 1, 2], "size": [10, 100, 5]})
+    >>> size_filter(objs, {"1": {"p5": 100.0}}, 0.5)["size"].tolist()
+    [100, 5]
+    """
+    if not sizes or not factor or "size" not in objects.columns or len(objects) == 0:
+        return objects
+    lo = objects["class_label"].map(lambda c: float(factor) * float((sizes.get(str(int(c))) or {}).get("p5", 0)))
+    out = objects[objects["size"].to_numpy() >= lo.to_numpy()]
+    out.attrs.update(objects.attrs)
+    return out
+
+
 def pick_inputs(path, *, method: str = "meanshift", radius: float = 5, threshold: float = 0.5,
                 min_size: float = 1, min_spacing: float = 5, margin: float = 0, top_k=None, classes=None,
                 units: str = "voxel", voxel_size=None, level: int = 0, tomo=None, z_range=None,
-                border: float = 0, smooth: float = 0):
+                border: float = 0, smooth: float = 0, sizes="auto", size_factor: float = SIZE_FACTOR):
     """Open one label or score map from disk and turn it into an object list.
 
     ``path`` is a segmentation store (its ``labels/classes`` array is used for ``cc`` /
     ``meanshift``, ``labels/scores`` for the other methods), a zarr array or an
-    MRC/HDF5/TIFF file; ``method`` and the options are those of :func:`pick_volume`. The
+    MRC/HDF5/TIFF file; ``method`` and the options are those of :func:`pick_volume`.
+    ``sizes`` (``cc`` / ``meanshift`` only): ``"auto"`` filters the picks by the size
+    statistics of the model that segmented the store (:func:`model_sizes`, when known),
+    a path to a ``sizes.json`` or a dict uses those, ``None`` keeps every size; see
+    :func:`size_filter` and ``size_factor``. The
     ``tomo`` column is ``tomo`` or the path's tomogram name
     (:func:`tomochunk._names.tomo_name`: ``seg/t1.ome.zarr`` gives ``t1``).
 
@@ -122,6 +190,12 @@ def pick_inputs(path, *, method: str = "meanshift", radius: float = 5, threshold
             raise type(exc)(str(exc), src) from exc
         raise
     df = _to_level0(df, vol, _reference(p, src, level))
+    if method in LABEL_METHODS and sizes is not None and size_factor:
+        if "picked_voxel_size" in df.attrs:
+            # the statistics count level-0 voxels of the training targets; a binned map's do not compare
+            log.info("%s: picked on a binned map, the size filter is not applied", src)
+        else:
+            df = size_filter(df, _sizes_of(sizes, p), size_factor)
     attrs = dict(df.attrs)
     names = label_names(vol) or (label_names(open_volume(p / "labels" / "classes"))
                                  if (p / "labels" / "classes").exists() and src != p / "labels" / "classes" else {})
@@ -182,3 +256,20 @@ def _to_level0(df, vol, ref):
     if "shape" in attrs and len(ref["shape"]) == 3:
         out.attrs["shape"] = ref["shape"]
     return out
+
+
+def _sizes_of(sizes, store):
+    """``sizes`` of :func:`pick_inputs` as ``{class: stats}`` (or None)."""
+    import json
+
+    if isinstance(sizes, dict):
+        return sizes.get("classes", sizes)
+    if sizes == "auto":
+        return model_sizes(store)
+    p = Path(sizes)
+    if not p.is_file():
+        raise MissingError("no such size statistics file (train writes sizes.json beside the model)", p)
+    try:
+        return json.loads(p.read_text())["classes"]
+    except (ValueError, KeyError) as exc:
+        raise ValueProblem(f"unreadable size statistics ({exc})", p) from exc
