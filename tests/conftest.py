@@ -25,3 +25,21 @@ def rng():
     import numpy as np
 
     return np.random.default_rng(0)
+
+
+@pytest.fixture
+def one_line(capsys):
+    """``one_line(argv, *words)``: the CLI exits 2 with one stderr line holding every word."""
+    from tomochunk.cli import main
+
+    def check(argv, *words):
+        try:
+            rc = main([str(a) for a in argv])
+        except SystemExit as exc:
+            rc = exc.code
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and len(err.splitlines()) == 1, err
+        for w in words:
+            assert w in err, err
+
+    return check

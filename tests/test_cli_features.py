@@ -11,17 +11,6 @@ import tomochunk as tc
 from tomochunk.cli import main
 
 
-def _one_line(capsys, argv, *words):
-    try:
-        rc = main([str(a) for a in argv])
-    except SystemExit as exc:
-        rc = exc.code
-    err = capsys.readouterr().err.strip()
-    assert rc == 2 and len(err.splitlines()) == 1, err
-    for w in words:
-        assert w in err, err
-
-
 @pytest.fixture(scope="module")
 def feats(tmp_path_factory):
     """A volume of bright spheres (label 1) and cubes (label 2) in noise, and two one-feature 2D models
@@ -114,11 +103,11 @@ def test_overrides_change_the_competition(feats, base, tmp_path, client):
         == [0.5, 0.5]
 
 
-def test_feature_overrides_bad_arguments(feats, tmp_path, capsys):
+def test_feature_overrides_bad_arguments(feats, tmp_path, capsys, one_line):
     base = ["segment-features", feats / "p.mrc", "-m", feats / "sphere.tcm", feats / "cube.tcm",
             "-o", tmp_path / "x", "--workers", "1"]
-    _one_line(capsys, base + ["--threshold", "sphere:high"], "--threshold", "sphere:high")
-    _one_line(capsys, base + ["--threshold", "1.5"], "threshold", "[0, 1]")
-    _one_line(capsys, base + ["--threshold", "ribosome:0.5"], "ribosome", "sphere")
-    _one_line(capsys, base + ["--emit", "3"], "label 3", "1..2")
-    _one_line(capsys, base + ["--absorb", "actin"], "actin")
+    one_line(base + ["--threshold", "sphere:high"], "--threshold", "sphere:high")
+    one_line(base + ["--threshold", "1.5"], "threshold", "[0, 1]")
+    one_line(base + ["--threshold", "ribosome:0.5"], "ribosome", "sphere")
+    one_line(base + ["--emit", "3"], "label 3", "1..2")
+    one_line(base + ["--absorb", "actin"], "actin")

@@ -11,17 +11,6 @@ import tomochunk as tc
 from tomochunk.cli import _parser, main
 
 
-def _one_line(capsys, argv, *words):
-    try:
-        rc = main([str(a) for a in argv])
-    except SystemExit as exc:
-        rc = exc.code
-    err = capsys.readouterr().err.strip()
-    assert rc == 2 and len(err.splitlines()) == 1, err
-    for w in words:
-        assert w in err, err
-
-
 def _movie(path, seed):
     mov, obj, _ = tc.phantom_movie((24, 48, 48), n_spots=12, n_events=3, seed=seed)
     tc.write_volume(xr.DataArray(np.asarray(mov), dims=("t", "y", "x"), attrs={"voxel_size": 100.0}), path,
@@ -86,15 +75,15 @@ def test_batch_annotate_detect_merge(experiment, capsys):
     assert (experiment.parent / "merged_cell2" / "merged_annotation.xml").exists()
 
 
-def test_batch_bad_arguments(experiment, tmp_path, capsys):
-    _one_line(capsys, ["tirf", "annotate", "m.zarr"], "ANNOTATION", "--batch")
-    _one_line(capsys, ["tirf", "merge", "m.zarr", "--events", "e.xml", "-o", "o"], "--spots")
-    _one_line(capsys, ["tirf", "annotate", "--batch", tmp_path / "nowhere"], "nowhere", "folder")
+def test_batch_bad_arguments(experiment, tmp_path, capsys, one_line):
+    one_line(["tirf", "annotate", "m.zarr"], "ANNOTATION", "--batch")
+    one_line(["tirf", "merge", "m.zarr", "--events", "e.xml", "-o", "o"], "--spots")
+    one_line(["tirf", "annotate", "--batch", tmp_path / "nowhere"], "nowhere", "folder")
     (tmp_path / "empty").mkdir()
-    _one_line(capsys, ["tirf", "merge", "--batch", tmp_path / "empty"], "empty", "no movie folder")
-    _one_line(capsys, ["tirf", "annotate", "--batch", experiment, "--annotation", "x"], "unrecognized")
-    _one_line(capsys, ["tirf", "annotate", "--batch", experiment, "movie.zarr", "missing.xml"], "missing.xml")
-    _one_line(capsys, ["tirf", "merge", "--batch", experiment, "--max-spots", "0"], "--max-spots")
+    one_line(["tirf", "merge", "--batch", tmp_path / "empty"], "empty", "no movie folder")
+    one_line(["tirf", "annotate", "--batch", experiment, "--annotation", "x"], "unrecognized")
+    one_line(["tirf", "annotate", "--batch", experiment, "movie.zarr", "missing.xml"], "missing.xml")
+    one_line(["tirf", "merge", "--batch", experiment, "--max-spots", "0"], "--max-spots")
 
 
 @pytest.fixture(scope="module")
