@@ -167,17 +167,19 @@ def validate_objects(df, *, voxel_size=None, classes=None, path=None):
     return out
 
 
-def object_frame(columns: dict, voxel_size=None):
+def object_frame(columns: dict, voxel_size=None, shape=None):
     """Build an object DataFrame in the schema's column order (extras after), without copying checks.
 
     The fast constructor for operations that build lists from arrays they
     computed themselves; :func:`validate_objects` is for lists from outside.
+    ``shape`` (the ``(z, y, x)`` of the volume picked) becomes ``attrs["shape"]``, which
+    RELION 5's centred-Å STAR coordinates need.
 
     Examples
     --------
-    >>> df = object_frame({"z": [1], "y": [2], "x": [3], "class_label": [1]}, voxel_size=5)
-    >>> list(df.columns), df.attrs["voxel_size"]
-    (['class_label', 'x', 'y', 'z'], 5.0)
+    >>> df = object_frame({"z": [1], "y": [2], "x": [3], "class_label": [1]}, voxel_size=5, shape=(8, 9, 10))
+    >>> list(df.columns), df.attrs["voxel_size"], df.attrs["shape"]
+    (['class_label', 'x', 'y', 'z'], 5.0, (8, 9, 10))
     """
     df = pd.DataFrame(columns)
     order = [c for c in COLUMNS if c in df.columns]
@@ -191,4 +193,6 @@ def object_frame(columns: dict, voxel_size=None):
             df[c] = df[c].astype(np.int64)
     if voxel_size is not None:
         df.attrs["voxel_size"] = float(voxel_size)
+    if shape is not None:
+        df.attrs["shape"] = tuple(int(n) for n in shape)
     return df

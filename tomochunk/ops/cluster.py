@@ -215,7 +215,7 @@ def cluster(labelmap, *, radius, classes=None, min_size: int = 1, method: str = 
     plan = _ccl.plan(mask, structure, persist=None)
     cols = ["class_label", "x", "y", "z", "size", "obj_id"]
     if plan.n == 0:
-        return object_frame({c: [] for c in cols}, vs)
+        return object_frame({c: [] for c in cols}, vs, lm.shape)
     parts = _ccl.block_parts(plan.labels() if plan.array is None else plan.array, None, lm)
     obj, cls = _ccl.combine_stats(parts, 3, False, True)
     props = _ccl.stats_frame(obj, cls, 3, vs)
@@ -242,7 +242,7 @@ def cluster(labelmap, *, radius, classes=None, min_size: int = 1, method: str = 
     out = out.sort_values(["z", "y", "x"], kind="stable").reset_index(drop=True)
     out["obj_id"] = np.arange(1, len(out) + 1)
     log.info("cluster: %d components, %d split by mean shift, %d objects", plan.n, int(big.sum()), len(out))
-    return object_frame(out[cols], vs)
+    return object_frame(out[cols], vs, lm.shape)
 
 
 def _split_blocked(mask, lm, plan, props, big, wanted, radius):

@@ -187,7 +187,7 @@ def pick(scoremap, *, threshold: float = 0.5, min_size: float = 1, min_spacing: 
         log.info("pick: class %d, %d picks (%s)", c, len(frames[-1]), mode)
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     df["obj_id"] = np.arange(1, len(df) + 1)
-    return object_frame(df, vs)
+    return object_frame(df, vs, s.shape[-3:])
 
 
 def __getattr__(name: str):
