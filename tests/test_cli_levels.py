@@ -101,7 +101,7 @@ def test_pick_level_of_a_label_pyramid_gives_level_0_voxels(tmp_path):
     assert len(half) == len(full) and dist.max() < 1.5
 
 
-def test_segment_level_bad_arguments(binned, tmp_path, one_line):
+def test_segment_level_bad_arguments(binned, tmp_path, capsys, one_line):
     one_line(["segment", binned / "p.zarr", "-m", "phantom", "-o", tmp_path, "--level", "-1"], "level", "-1")
     one_line(["segment", binned / "p.zarr", "-m", "phantom", "-o", tmp_path, "--level", "two"], "two")
     one_line(["segment", binned / "p.zarr", "-m", "phantom", "-o", tmp_path / "s", "--level", "5",

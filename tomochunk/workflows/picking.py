@@ -116,7 +116,10 @@ def model_sizes(store):
             rec = _record(node) or {}
         except TomochunkError:
             continue
-        model = ((rec.get("source") or {}).get("model") or {}).get("path")
+        source = rec.get("source")
+        # segment records {"model": {...}}; other writers (segment-features) record a plain path
+        model = source.get("model") if isinstance(source, dict) else None
+        model = model.get("path") if isinstance(model, dict) else None
         if model:
             found = Path(model).parent / "sizes.json"
             if found.is_file():
