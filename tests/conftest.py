@@ -43,3 +43,22 @@ def one_line(capsys):
             assert w in err, err
 
     return check
+
+
+@pytest.fixture(scope="session")
+def sphere_phantom():
+    """``sphere_phantom(seed, shape, n)``: ``(vol, lab, objs)``, two classes of spheres (radii 2, 4) in noise."""
+    import numpy as np
+    import pandas as pd
+
+    from tomochunk.targets import spheres
+
+    def make(seed, shape, n):
+        rng = np.random.default_rng(seed)
+        objs = pd.DataFrame({"class_label": rng.integers(1, 3, n), "x": rng.uniform(4, shape[2] - 4, n),
+                             "y": rng.uniform(4, shape[1] - 4, n), "z": rng.uniform(4, shape[0] - 4, n)})
+        lab = spheres(objs, shape, {1: 2, 2: 4}, chunks=16).compute()
+        vol = (lab > 0).astype(np.float32) + rng.normal(0, 0.5, shape).astype(np.float32)
+        return vol, lab, objs
+
+    return make

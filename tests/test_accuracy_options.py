@@ -13,21 +13,11 @@ from tomochunk.errors import ValueProblem
 from tomochunk.nn._augment import lr_at, wedge_augment
 from tomochunk.nn._trainsteps import WeightAverage
 from tomochunk.nn.train import PatchSampler, _objects, train
-from tomochunk.targets import spheres
-
-
-def _phantom(seed, shape=(32, 32, 32), n=10):
-    rng = np.random.default_rng(seed)
-    objs = pd.DataFrame({"class_label": rng.integers(1, 3, n), "x": rng.uniform(4, shape[2] - 4, n),
-                         "y": rng.uniform(4, shape[1] - 4, n), "z": rng.uniform(4, shape[0] - 4, n)})
-    lab = spheres(objs, shape, {1: 2, 2: 4}, chunks=16).compute()
-    vol = (lab > 0).astype(np.float32) + rng.normal(0, 0.5, shape).astype(np.float32)
-    return vol, lab, objs
 
 
 @pytest.fixture(scope="module")
-def data():
-    vol, lab, objs = _phantom(0)
+def data(sphere_phantom):
+    vol, lab, objs = sphere_phantom(0, (32, 32, 32), 10)
     return {"a": da.from_array(vol, chunks=16)}, {"a": lab}, objs.assign(tomo="a")
 
 
@@ -125,12 +115,12 @@ def test_train_option_errors(data, tmp_path):
             train(vols, tgts, objs, objs, epochs=1, out_dir=tmp_path, **kw, **KW)
 
 
-def test_cli_train_recipe_czii(tmp_path):
+def test_cli_train_recipe_czii(tmp_path, sphere_phantom):
     from tomochunk.cli import main
     from tomochunk.io.objects import write_objects
     from tomochunk.io.volume import write_volume
 
-    vol, lab, objs = _phantom(1)
+    vol, lab, objs = sphere_phantom(1, (32, 32, 32), 10)
     write_volume(vol, tmp_path / "a.mrc", voxel_size=10)
     write_volume(lab.astype(np.uint8), tmp_path / "a_lab.mrc", voxel_size=10, label=True)
     write_objects(objs, tmp_path / "o.csv")

@@ -14,21 +14,12 @@ from tomochunk.nn.train import PatchSampler, _micro_batches, _objects, class_sco
 from tomochunk.targets import spheres
 
 
-def _phantom(seed, shape=(32, 40, 40), n=12):
-    rng = np.random.default_rng(seed)
-    objs = pd.DataFrame({"class_label": rng.integers(1, 3, n), "x": rng.uniform(4, shape[2] - 4, n),
-                         "y": rng.uniform(4, shape[1] - 4, n), "z": rng.uniform(4, shape[0] - 4, n)})
-    lab = spheres(objs, shape, {1: 2, 2: 4}, chunks=16).compute()
-    vol = (lab > 0).astype(np.float32) + rng.normal(0, 0.5, shape).astype(np.float32)
-    return vol, lab, objs
-
-
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
+def data(tmp_path_factory, sphere_phantom):
     d = tmp_path_factory.mktemp("train")
     vols, tgts, objs = {}, {}, []
     for i, tomo in enumerate(("a", "b")):
-        vol, lab, o = _phantom(i)
+        vol, lab, o = sphere_phantom(i, (32, 40, 40), 12)
         z = zarr.open_array(str(d / f"{tomo}.zarr"), mode="w", shape=vol.shape, chunks=(16, 16, 16),
                             dtype="f4")
         z[:] = vol
