@@ -91,7 +91,7 @@ import os, sys, time, json
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import h5py, numpy as np
 from deepfinder.inference import Segment
-weights, data, ncl, patch, out = sys.argv[1:6]
+weights, data, ncl, patch, out, out_scores = sys.argv[1:7]
 with h5py.File(data, "r") as f:
     vol = f["dataset"][:]
 seg = Segment(Ncl=int(ncl), path_weights=weights, patch_size=int(patch))
@@ -100,6 +100,7 @@ t = time.perf_counter()
 scores = seg.launch(vol)
 dt = time.perf_counter() - t
 np.save(out, scores.argmax(-1).astype(np.uint8))
+np.save(out_scores, np.moveaxis(scores, -1, 0).astype(np.float16))   # [c, z, y, x], as ours
 print("DFSEG", json.dumps({"seconds": dt}))
 """
 
@@ -227,12 +228,38 @@ def _meanshift_child(labels, radius, timeout):
         return pd.read_csv(Path(tmp) / "o.csv")
 
 
-def best_pick(labels, truth, radii, sizes, *, methods=("cc",), extra=None, radius=5.0):
-    """The best (F-beta) of the picking options on a label map: ``(name, objects, f1, czii, all)``."""
+#: score thresholds tried by the score-map picking options (β = 4 rewards recall: below 0.5)
+SCORE_THRESHOLDS = (0.1, 0.2, 0.3, 0.5)
+
+
+def score_candidates(scores, radii):
+    """Picking options on a ``[c, z, y, x]`` score map: ``{name: (objects, seconds)}``.
+
+    ``scores>=t centroid``: one pick per connected component of ``score_c >= t`` (a class's
+    components may overlap another's; the F-beta's β = 4 makes the extra picks cheap).
+    ``scores nms t``: peaks of ``score_c`` at least the class radius apart, above ``t``
+    (the heatmap decoding of the CZII winners).
+    """
+    from tomochunk.ops.pick import pick
+
+    out = {}
+    for t in SCORE_THRESHOLDS:
+        t0 = time.perf_counter()
+        out[f"scores>={t:g} centroid"] = (pick(scores, threshold=t, mode="centroid"), time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        frames = [pick(scores, threshold=t, mode="nms", min_spacing=radii[c], classes=[c]) for c in radii]
+        out[f"scores nms >={t:g}"] = (pd.concat(frames, ignore_index=True), time.perf_counter() - t0)
+    return out
+
+
+def best_pick(labels, truth, radii, sizes, *, methods=("cc",), extra=None, radius=5.0, scores=None):
+    """The best (F-beta) of the picking options on a label (and score) map: ``(name, objects, f1, czii, all)``."""
     from tomochunk.ops.cluster import cluster
 
     tried = {}
     cands = dict(extra or {})
+    if scores is not None:
+        cands.update(score_candidates(scores, radii))
     for m in methods:
         t = time.perf_counter()
         if m == "meanshift":   # mean shift over large merged blobs can take very long: in a child, timed out
@@ -245,7 +272,7 @@ def best_pick(labels, truth, radii, sizes, *, methods=("cc",), extra=None, radiu
         cands[m] = (objs, time.perf_counter() - t)
     results = []
     for name, (objs, secs) in cands.items():
-        for f in SIZE_FACTORS:
+        for f in (SIZE_FACTORS if "size" in objs.columns else (0.0,)):
             o = size_filter(objs, sizes, f)
             f1, cz = score(o, truth, radii)
             key = name + ("" if not f else f" + size filter {f:g} x p5")
@@ -269,8 +296,9 @@ def train_deepfinder(d, args, n_classes):
 
 def segment_deepfinder(d, weights, n_classes, args):
     stdout = _df(DF_SEGMENT, weights, d / "test.h5", n_classes, args.df_seg_patch, d / "df_labels.npy",
-                 what="Segment")
-    return np.load(d / "df_labels.npy"), _tagged(stdout, "DFSEG")["seconds"]
+                 d / "df_scores.npy", what="Segment")
+    return (np.load(d / "df_labels.npy"), np.load(d / "df_scores.npy").astype(np.float32),
+            _tagged(stdout, "DFSEG")["seconds"])
 
 
 def cluster_deepfinder(d, args):
@@ -309,7 +337,7 @@ def train_tomochunk(d, objs, args, name, minutes, **kw):
 
 
 def segment_tomochunk(d, model, args, tta=False):
-    """``(labels, seconds)`` of ``segment`` on the held-out half."""
+    """``(labels, scores [c, z, y, x], seconds)`` of ``segment`` on the held-out half."""
     from tomochunk import open_volume
     from tomochunk.nn.segment import segment
 
@@ -319,7 +347,7 @@ def segment_tomochunk(d, model, args, tta=False):
                      precision=args.precision, tta=tta)
     s = np.asarray(scores.data.compute() if hasattr(scores, "data") else scores)
     secs = time.perf_counter() - t
-    return s.argmax(0).astype(np.uint8), secs
+    return s.argmax(0).astype(np.uint8), s.astype(np.float32), secs
 
 
 def _sizes(model_dir):
@@ -380,12 +408,12 @@ def run_main(d, objs, radii, names, args):
     print(f"tomochunk: {info['steps']} steps ({info['steps'] * args.batch} patches), {info['epochs']} epochs in "
           f"{info['seconds'] / 60:.1f} min", flush=True)
     if have_df:
-        labels, seg_s = segment_deepfinder(d, weights, n_classes, args)
+        labels, df_scores, seg_s = segment_deepfinder(d, weights, n_classes, args)
         print(f"DeepFinder Segment (patch {args.df_seg_patch}, float32): {seg_s:.1f} s", flush=True)
         # DeepFinder trains on the same label maps: the size filters use the same statistics
         df_sizes = size_stats({"t": np.asarray(objs["train_lab"])}, n_classes)["classes"]
         key, o, f1, cz, tried = best_pick(labels, truth, radii, df_sizes, methods=("cc", "meanshift"),
-                                          radius=args.df_radius)
+                                          radius=args.df_radius, scores=df_scores)
         print("DeepFinder picking options (CZII F-beta): " + ", ".join(f"{k}: {v:.3f}" for k, v in tried.items()),
               flush=True)
         df_best = [key, f1, cz]
@@ -394,9 +422,9 @@ def run_main(d, objs, radii, names, args):
     t_plain = None
     for ckpt in ("model_best.keras", "model_final.keras"):
         for tta in (False, True):
-            labels, seg_s = segment_tomochunk(d, model_dir / ckpt, args, tta=tta)
+            labels, scores, seg_s = segment_tomochunk(d, model_dir / ckpt, args, tta=tta)
             key, o, f1, cz, tried = best_pick(labels, truth, radii, sizes, methods=("cc", "meanshift"),
-                                              radius=args.df_radius)
+                                              radius=args.df_radius, scores=scores)
             label = f"{ckpt}{' + TTA' if tta else ''}"
             print(f"tomochunk {label}: segment {seg_s:.1f} s; picking options (CZII F-beta): " +
                   ", ".join(f"{k}: {v:.3f}" for k, v in tried.items()), flush=True)
@@ -456,7 +484,7 @@ CORE = ("no weighted CE (pure Tversky)", "Dice + CE loss instead of Tversky + CE
 def _eval_variant(d, model, args, truth, radii, sizes, tta=False, factor=None):
     from tomochunk.ops.cluster import cluster
 
-    labels, secs = segment_tomochunk(d, model, args, tta=tta)
+    labels, _, secs = segment_tomochunk(d, model, args, tta=tta)
     objs = cluster(labels, radius=args.df_radius, method="cc")
     out = {}
     for f in (SIZE_FACTORS if factor is None else (factor,)):

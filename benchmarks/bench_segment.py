@@ -138,11 +138,20 @@ def main():
                     "activations, benchmarks/profile_block.py); keras: Keras' default initialisers")
     ap.add_argument("--filters", default="32,48,64")
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--memory", default="12GB", help="memory limit of each worker (the issue's setup: 12 GB, "
+                    "2 threads; 'auto': dask's share of the machine)")
+    ap.add_argument("--threads", type=int, default=2, help="threads of each worker")
     ap.add_argument("--fast-patch", type=int, default=0)
     ap.add_argument("--patches", type=int, default=1, help="0: skip the tiling='patches' runs")
     ap.add_argument("--blocks", type=int, default=1, help="1: also time tiling='blocks' (0: patches only)")
     ap.add_argument("--precision", default="float32,bfloat16", help="comma-separated: float32, bfloat16")
     ap.add_argument("--df", default="/work/venvs/df/bin/python")
+    ap.add_argument("--weights", default=None,
+                    help="trained DeepFinder weights (.h5, e.g. bench_accuracy.py's df/net_weights_FINAL.h5) "
+                         "instead of random ones; --classes is read from them")
+    ap.add_argument("--volume", default=None,
+                    help="the volume to segment (.h5 'dataset' or .npy, e.g. bench_accuracy.py's test.h5) "
+                         "instead of the synthetic one; --shape is then its shape")
     ap.add_argument("--dir", default=None)
     args = ap.parse_args()
 
@@ -153,16 +162,33 @@ def main():
     from tomochunk.nn.models import deepfinder_unet, save_model
     from tomochunk.nn.segment import preload_model, segment, window_voxels, write_segmentation
 
-    shape = tuple(int(s) for s in args.shape.split(","))
     filters = tuple(int(f) for f in args.filters.split(","))
     work = args.dir or tempfile.mkdtemp(prefix="bench_segment_")
     os.makedirs(work, exist_ok=True)
-    vol = synthetic(shape)
+    if args.volume:   # real data for trained weights: on random noise they would all say background
+        if args.volume.endswith(".npy"):
+            vol = np.load(args.volume).astype(np.float32)
+        else:
+            import h5py
+
+            with h5py.File(args.volume, "r") as f:
+                vol = f["dataset"][:].astype(np.float32)
+        shape = vol.shape
+    else:
+        shape = tuple(int(s) for s in args.shape.split(","))
+        vol = synthetic(shape)
     if not os.path.exists(os.path.join(work, "vol.npy")):
         np.save(os.path.join(work, "vol.npy"), vol)
     keras.utils.set_random_seed(0)
-    model = deepfinder_unet(args.classes, filters=filters)
-    if args.init == "he":
+    if args.weights:
+        from tomochunk.nn.models import load_model
+
+        model = load_model(args.weights)
+        args.classes = int(model.output.shape[-1])
+        print(f"weights: {args.weights} ({args.classes} classes, trained)")
+    else:
+        model = deepfinder_unet(args.classes, filters=filters)
+    if args.init == "he" and not args.weights:
         from profile_block import he_model
 
         model.set_weights(he_model(args.classes).get_weights()) if filters == (32, 48, 64) else None
@@ -210,7 +236,8 @@ def main():
     # --- tomochunk ---
     from tomochunk.parallel import client_context
 
-    with client_context(n_workers=args.workers) as client:
+    with client_context(n_workers=args.workers, threads_per_worker=args.threads,
+                        memory_limit=args.memory) as client:
         precisions = args.precision.split(",")
         for prec in precisions:  # warm: TensorFlow imported and the model loaded once per worker
             client.run(preload_model, kpath, prec)

@@ -497,3 +497,17 @@ def test_default_patch_batch_fits_2gb_workers(tmp_path):
         out = c.compute(scores.data).result()
     assert out.shape == (2, 64, 96, 96) and np.isfinite(out).all()
     np.testing.assert_allclose(out.sum(0), 1.0, atol=1e-4)
+
+
+def test_class_argmax_equals_numpy_argmax():
+    from tomochunk.nn.segment import class_argmax
+
+    rng = np.random.default_rng(3)
+    s = rng.random((13, 6, 7, 8)).astype(np.float32)
+    s[:, 0, 0, :] = 0.25                       # ties: the lower class wins, as in np.argmax
+    s[4, 1, 2, 3] = np.nan                     # np.argmax's rule: the first NaN
+    s[[2, 9], 2, 2, 2] = np.nan
+    want = np.argmax(s, axis=0).astype(np.uint8)
+    assert (class_argmax(s) == want).all()
+    q = (np.nan_to_num(s) * 100).astype(np.int16)
+    assert (class_argmax(q) == np.argmax(q, axis=0)).all()

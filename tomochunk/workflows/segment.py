@@ -24,6 +24,7 @@ from ..errors import ExistsError, ShapeError, ValueProblem
 from ..io.omezarr import (PROGRESS_FILE, VERSIONS, Progress, graph_paths, group_attrs, jsonable, labels_attrs,
                           mark_complete, multiscales_metadata, open_output, read_multiscale, source_identity,
                           store_regions, store_version)
+from ..nn.segment import class_argmax
 from ..parallel import current_client
 
 log = get_logger(__name__)
@@ -35,9 +36,9 @@ PROGRESS_DIR = PROGRESS_FILE
 def _write_block(block, labels_path, region, levels, dtype, key):
     """Write one storage-aligned region of scores (and of every class level); then record it."""
     block = np.asarray(block, dtype=np.float32)
-    writes = [("scores/0", (slice(None),) + tuple(region), block.astype(dtype))]
+    writes = [("scores/0", (slice(None),) + tuple(region), block.astype(dtype, copy=False))]
     if levels:
-        lab = np.argmax(block, axis=0).astype(np.uint8)
+        lab = class_argmax(block)
         for k in range(levels):
             f = 2 ** k
             sub = lab[::f, ::f, ::f]  # region starts are multiples of the chunk, itself of 2**(levels-1)
