@@ -215,6 +215,9 @@ def test_pick_uses_the_models_sizes(net, tmp_path):
     assert len(pick_inputs(store, method="cc")) == 0        # auto: the model's sizes drop every object
     assert len(pick_inputs(store, method="cc", sizes=None)) == len(every)
     assert len(pick_inputs(store, method="cc", size_factor=0)) == len(every)
+    # centroids of a thresholded score map carry voxel counts too: the same filter applies
+    assert len(pick_inputs(store, method="centroid", threshold=0.3, sizes=None)) > 0
+    assert len(pick_inputs(store, method="centroid", threshold=0.3)) == 0
     out = tmp_path / "o.csv"
     assert main(["pick", str(store), "--method", "cc", "-o", str(out)]) in (0, None)
     assert len(read_objects(out)) == 0
@@ -235,13 +238,15 @@ def test_train_recipe_default_is_czii_and_deepfinder_one_flag_away():
     args = p.parse_args(base)
     kw = _accuracy_options(args)
     assert args.recipe == "czii" and args.ce_weight == 1.0
-    assert {k: kw[k] for k in ("pos_weight", "augment", "ema", "lr_schedule")} == \
-        {k: RECIPES["czii"].get(k) for k in ("pos_weight", "augment", "ema", "lr_schedule")}
+    assert {k: kw[k] for k in ("pos_weight", "augment", "ema", "lr_schedule", "lr")} == \
+        {k: RECIPES["czii"].get(k) for k in ("pos_weight", "augment", "ema", "lr_schedule", "lr")}
+    assert kw["lr"] == 1e-3 and _accuracy_options(p.parse_args(base + ["--lr", "3e-4"]))["lr"] == 3e-4
     assert _accuracy_options(p.parse_args(base + ["--pos-weight", "256"]))["pos_weight"] == 256.0
     args = p.parse_args(base + ["--recipe", "deepfinder"])
     kw = _accuracy_options(args)
     assert args.ce_weight == 0.0 and kw["pos_weight"] is None and kw["ema"] is None
     assert kw["augment"] == "tomo" and kw["lr_schedule"] == "constant" and kw["bootstrap"] and kw["shift"] == 13
+    assert kw["lr"] == 1e-4
     # explicit options override the recipe's parts; PU losses and movies keep what suits them
     kw = _accuracy_options(p.parse_args(base + ["--ema", "0.99", "--lr-schedule", "constant"]))
     assert kw["ema"] == 0.99 and kw["lr_schedule"] == "constant"

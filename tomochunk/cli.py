@@ -279,7 +279,8 @@ def _add_train(sub):
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--steps", type=int, default=50, help="steps per epoch")
     p.add_argument("--valid-steps", type=int, default=4)
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--lr", type=float, default=None,
+                   help="Adam learning rate (default: the recipe's, 1e-3 for czii, 1e-4 for deepfinder)")
     p.add_argument("--model", help="start from this model (.keras or DeepFinder .h5)")
     p.add_argument("--filters", default="default", help="'default' (32,48,64), 'small' or a,b,c")
     p.add_argument("--anisotropic", action="store_true", help="movie variant, pooling (1,2,2)")
@@ -340,7 +341,7 @@ def _accuracy_options(args) -> dict:
     kw = {"class_weights": args.class_weights, "pos_weight": args.pos_weight, "loss_alpha": args.loss_alpha,
           "loss_beta": args.loss_beta, "augment": None if args.augment is None else args.augment,
           "ema": args.ema, "lr_schedule": args.lr_schedule, "minutes": args.minutes,
-          "bootstrap": args.bootstrap, "shift": args.shift}
+          "bootstrap": args.bootstrap, "shift": args.shift, "lr": args.lr}
     recipe = dict(RECIPES[args.recipe]) if args.recipe else {}
     if args.recipe == "czii":
         if args.loss not in ("tversky", "dice_ce") or args.class_weights is not None:
@@ -356,6 +357,7 @@ def _accuracy_options(args) -> dict:
             elif k in kw and kw[k] is None:
                 kw[k] = v
     kw["lr_schedule"] = kw["lr_schedule"] or "constant"
+    kw["lr"] = kw["lr"] or 1e-4   # train()'s own default, DeepFinder's
     if kw["ema"] == 0:
         kw["ema"] = None   # --ema 0: no averaging, whatever the recipe
     return kw
@@ -392,7 +394,7 @@ def _run_train(args):
     _, hist = train(dict(zip(keys, args.volumes)), dict(zip(keys, args.targets)), otrain, ovalid,
                     n_classes=args.n_classes, patch_size=args.patch, batch_size=args.batch,
                     epochs=args.epochs, steps_per_epoch=args.steps, valid_steps=args.valid_steps,
-                    lr=args.lr, out_dir=args.outdir, model=args.model, filters=filters,
+                    out_dir=args.outdir, model=args.model, filters=filters,
                     anisotropic=args.anisotropic, checkpoint_every=args.checkpoint_every,
                     resume=args.resume, workers=args.workers, seed=args.seed,
                     precision=args.precision, ce_weight=args.ce_weight,
@@ -549,7 +551,7 @@ def _add_pick(sub):
     _add_copick_output(p)
     _add_copick_input(p, picking=True)
     p.add_argument("--sizes", default="auto", metavar="auto|none|SIZES_JSON",
-                   help="cc/meanshift: drop objects smaller than --size-factor x the 5th percentile of their "
+                   help="cc/meanshift/centroid: drop objects smaller than --size-factor x the 5th percentile of their "
                         "class's training objects; auto (default): the sizes.json of the model that segmented "
                         "the input, when known; none: keep every size")
     p.add_argument("--size-factor", type=float, default=None,

@@ -24,6 +24,8 @@ from ..ops.pick import pick
 
 #: Methods that cluster a label map; the others pick on a score map.
 LABEL_METHODS = ("cc", "meanshift")
+#: methods whose objects carry a voxel count (``size``), which the size filter reads
+SIZED_METHODS = LABEL_METHODS + ("centroid",)
 SCORE_METHODS = ("peaks", "centroid", "nms", "heatmap")
 METHODS = LABEL_METHODS + SCORE_METHODS
 
@@ -160,7 +162,7 @@ def pick_inputs(path, *, method: str = "meanshift", radius: float = 5, threshold
     ``path`` is a segmentation store (its ``labels/classes`` array is used for ``cc`` /
     ``meanshift``, ``labels/scores`` for the other methods), a zarr array or an
     MRC/HDF5/TIFF file; ``method`` and the options are those of :func:`pick_volume`.
-    ``sizes`` (``cc`` / ``meanshift`` only): ``"auto"`` filters the picks by the size
+    ``sizes`` (``cc``, ``meanshift`` and ``centroid``, whose objects have a voxel count): ``"auto"`` filters the picks by the size
     statistics of the model that segmented the store (:func:`model_sizes`, when known),
     a path to a ``sizes.json`` or a dict uses those, ``None`` keeps every size; see
     :func:`size_filter` and ``size_factor``. The
@@ -193,7 +195,7 @@ def pick_inputs(path, *, method: str = "meanshift", radius: float = 5, threshold
             raise type(exc)(str(exc), src) from exc
         raise
     df = _to_level0(df, vol, _reference(p, src, level))
-    if method in LABEL_METHODS and sizes is not None and size_factor:
+    if method in SIZED_METHODS and sizes is not None and size_factor:
         if "picked_voxel_size" in df.attrs:
             # the statistics count level-0 voxels of the training targets; a binned map's do not compare
             log.info("%s: picked on a binned map, the size filter is not applied", src)
