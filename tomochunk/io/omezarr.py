@@ -371,36 +371,12 @@ def open_output(path, arrays, *, attrs, layout, source=None, params=None, overwr
     return Output(path, g, out, progress, record=rec, done=done)
 
 
-def store_regions(root, writes, key, *, threads: int = 1) -> None:
+def store_regions(root, writes, key) -> None:
     """Write ``(array path, region, data)`` items under the group ``root``, then record ``key``
-    in its progress (for writers running on Dask workers: each owns whole storage chunks).
-
-    ``threads > 1`` writes the items concurrently, a ``[c, ...]`` item one class at a time
-    (each class is its own storage chunk): Blosc releases the GIL while it compresses, and one
-    large region is otherwise compressed on one core while the other waits.
-    """
+    in its progress (for writers running on Dask workers: each owns whole storage chunks)."""
     root = Path(root)
-    items = []
     for name, region, data in writes:
-        region = tuple(region)
-        if threads > 1 and data.ndim == 4 and data.shape[0] > 1:
-            c0 = region[0].start or 0
-            items += [(name, (slice(c0 + c, c0 + c + 1),) + region[1:], data[c:c + 1]) for c in range(data.shape[0])]
-        else:
-            items.append((name, region, data))
-
-    def put(item):
-        name, region, data = item
-        open_for_write(root / name)[region] = data
-
-    if threads > 1 and len(items) > 1:
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(min(threads, len(items))) as ex:
-            list(ex.map(put, items))
-    else:
-        for item in items:
-            put(item)
+        open_for_write(root / name)[tuple(region)] = data
     Progress(root).record(key)
 
 

@@ -33,37 +33,18 @@ log = get_logger(__name__)
 PROGRESS_DIR = PROGRESS_FILE
 
 
-#: threads of one region's write: the label map is computed while the scores are cast, and the
-#: classes' chunks are compressed concurrently (see :func:`tomochunk.io.omezarr.store_regions`)
-WRITE_THREADS = 2
-
-
-def _label_levels(block, region, levels):
-    """The ``classes/k`` items of one region: the argmax, strided by ``2**k``."""
-    lab = class_argmax(block)
-    out = []
-    for k in range(levels):
-        f = 2 ** k
-        sub = lab[::f, ::f, ::f]  # region starts are multiples of the chunk, itself of 2**(levels-1)
-        out.append((f"classes/{k}", tuple(slice(r.start // f, r.start // f + n) for r, n in zip(region, sub.shape)),
-                    sub))
-    return out
-
-
 def _write_block(block, labels_path, region, levels, dtype, key):
     """Write one storage-aligned region of scores (and of every class level); then record it."""
     block = np.asarray(block, dtype=np.float32)
-    if levels and WRITE_THREADS > 1:
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(1) as ex:
-            labels = ex.submit(_label_levels, block, region, levels)
-            scores = block.astype(dtype, copy=False)
-            writes = [("scores/0", (slice(None),) + tuple(region), scores)] + labels.result()
-    else:
-        writes = [("scores/0", (slice(None),) + tuple(region), block.astype(dtype, copy=False))]
-        writes += _label_levels(block, region, levels) if levels else []
-    store_regions(labels_path, writes, key, threads=WRITE_THREADS)
+    writes = [("scores/0", (slice(None),) + tuple(region), block.astype(dtype, copy=False))]
+    if levels:
+        lab = class_argmax(block)
+        for k in range(levels):
+            f = 2 ** k
+            sub = lab[::f, ::f, ::f]  # region starts are multiples of the chunk, itself of 2**(levels-1)
+            writes.append((f"classes/{k}", tuple(slice(r.start // f, r.start // f + n) for r, n in
+                                                 zip(region, sub.shape)), sub))
+    store_regions(labels_path, writes, key)
     return np.zeros((1, 1, 1, 1), np.uint8)
 
 
