@@ -166,13 +166,8 @@ def main():
     work = args.dir or tempfile.mkdtemp(prefix="bench_segment_")
     os.makedirs(work, exist_ok=True)
     if args.volume:   # real data for trained weights: on random noise they would all say background
-        if args.volume.endswith(".npy"):
-            vol = np.load(args.volume).astype(np.float32)
-        else:
-            import h5py
-
-            with h5py.File(args.volume, "r") as f:
-                vol = f["dataset"][:].astype(np.float32)
+        vol = np.load(args.volume) if args.volume.endswith(".npy") else np.asarray(tomochunk.open_volume(args.volume))
+        vol = vol.astype(np.float32, copy=False)
         shape = vol.shape
     else:
         shape = tuple(int(s) for s in args.shape.split(","))

@@ -357,7 +357,8 @@ def _accuracy_options(args) -> dict:
             elif k in kw and kw[k] is None:
                 kw[k] = v
     kw["lr_schedule"] = kw["lr_schedule"] or "constant"
-    kw["lr"] = kw["lr"] or 1e-4   # train()'s own default, DeepFinder's
+    if kw["lr"] is None:
+        del kw["lr"]   # no recipe, no --lr: train()'s own default
     if kw["ema"] == 0:
         kw["ema"] = None   # --ema 0: no averaging, whatever the recipe
     return kw

@@ -259,7 +259,7 @@ def labelmap(scores):
     if isinstance(scores, xr.DataArray):
         axis = scores.dims.index("c") if "c" in scores.dims else 0
         data = scores.data if isinstance(scores.data, da.Array) else da.from_array(scores.data)
-        out = data.map_blocks(_argmax, axis, drop_axis=axis, dtype=np.uint8) if data.numblocks[axis] == 1 \
+        out = data.map_blocks(class_argmax, axis, drop_axis=axis, dtype=np.uint8) if data.numblocks[axis] == 1 \
             else da.argmax(data, axis=axis).astype(np.uint8)
         dims = tuple(d for i, d in enumerate(scores.dims) if i != axis)
         coords = {d: scores.coords[d] for d in dims if d in scores.coords}
@@ -268,12 +268,8 @@ def labelmap(scores):
     if data.ndim != 4:
         raise ShapeError(f"expected [c, z, y, x] scores, got {data.ndim}D")
     if data.numblocks[0] == 1:
-        return data.map_blocks(_argmax, 0, drop_axis=0, dtype=np.uint8)
+        return data.map_blocks(class_argmax, 0, drop_axis=0, dtype=np.uint8)
     return da.argmax(data, axis=0).astype(np.uint8)
-
-
-def _argmax(block, axis):
-    return class_argmax(block, axis)
 
 
 def class_argmax(block, axis=0):
@@ -297,10 +293,9 @@ def class_argmax(block, axis=0):
         better = block[c] > best
         lab[better] = c
         np.maximum(best, block[c], out=best)
-    if block.dtype.kind == "f":   # np.argmax returns the first NaN: keep that rule
-        nan = np.isnan(block).any(axis=0) if np.isnan(best).any() else None
-        if nan is not None:
-            lab[nan] = np.argmax(block[:, nan], axis=0).astype(np.uint8)
+    if block.dtype.kind == "f" and np.isnan(best).any():   # np.argmax returns the first NaN: keep that rule
+        nan = np.isnan(block).any(axis=0)
+        lab[nan] = np.argmax(block[:, nan], axis=0).astype(np.uint8)
     return lab
 
 
