@@ -16,7 +16,8 @@ Training, one after the other, ``--minutes`` wall-clock each (default 20):
   (DeepFinder keeps its last weights anyway).
 * tomochunk, ``tomochunk.train(..., minutes=M)`` with ``--recipe`` (default ``czii``:
   Tversky + unweighted cross-entropy, wedge-safe flips/rot90/intensity, EMA 0.999, warm-up +
-  cosine decay from lr 1e-3, ``model_best.keras`` by validation F1), mixed bfloat16.
+  cosine decay from lr 1e-3, 24^3 patches for both tools, ``model_best.keras`` by validation F1),
+  mixed bfloat16.
 
 Each model segments the held-out half (DeepFinder: its own ``Segment``, float32, in its venv;
 tomochunk: ``segment(tiling="blocks", precision="bfloat16")``, with and without TTA), and
@@ -331,7 +332,7 @@ def train_tomochunk(d, objs, args, name, minutes, **kw):
     t = time.perf_counter()
     _, hist = tomochunk.train({"train": str(d / "train.zarr")}, {"train": str(d / "train_lab.zarr")},
                               objs["fit"], objs["valid"], n_classes=len(objs["names"]) + 1,
-                              patch_size=args.patch, batch_size=args.batch, epochs=100_000,
+                              patch_size=kw.pop("patch_size", args.patch), batch_size=args.batch, epochs=100_000,
                               steps_per_epoch=args.steps, valid_steps=args.valid_steps,
                               out_dir=out, precision=args.precision, minutes=minutes, progress=False,
                               legacy_h5=False, checkpoint_every=100_000, seed=args.seed, **kw)
@@ -376,6 +377,7 @@ def _recipe(name, args):
     from tomochunk.nn.train import RECIPES
 
     kw = dict(RECIPES[name])
+    kw.pop("patch_size", None)   # args.patch: the same for both tools
     if args.lr is not None:
         kw["lr"] = args.lr
     if args.pos_weight is not None:
@@ -479,13 +481,17 @@ ABLATION = [
     ("no EMA", {"ema": None}),
     ("constant lr (no warm-up/decay)", {"lr_schedule": "constant"}),
     ("lr 1e-4 (DeepFinder's) instead of 1e-3", {"lr": 1e-4}),
+    ("lr 3e-3 instead of 1e-3", {"lr": 3e-3}),
+    ("patch 48 instead of 24", {"patch_size": 48}),
+    ("patch 32 instead of 24", {"patch_size": 32}),
     ("no class-balanced sampling", {"bootstrap": False}),
     ("sqrt class balance", {"bootstrap": "sqrt"}),
 ]
 
 #: the variants ``--ablation-set core`` trains (one per option family of the issue)
 CORE = ("no weighted CE (pure Tversky)", "Dice + CE loss instead of Tversky + CE", "no augmentation", "no EMA",
-        "constant lr (no warm-up/decay)", "lr 1e-4 (DeepFinder's) instead of 1e-3", "no class-balanced sampling")
+        "constant lr (no warm-up/decay)", "lr 1e-4 (DeepFinder's) instead of 1e-3", "patch 48 instead of 24",
+        "no class-balanced sampling")
 
 
 def _eval_variant(d, model, args, truth, radii, sizes, tta=False, factor=None):
@@ -546,7 +552,8 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--minutes", type=float, default=20, help="training budget of each tool")
     ap.add_argument("--recipe", default="czii", choices=("czii", "deepfinder"))
-    ap.add_argument("--patch", type=int, default=48)
+    ap.add_argument("--patch", type=int, default=None,
+                    help="training patch of both tools (default: the recipe's, 24 for czii)")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--steps", type=int, default=20, help="tomochunk steps per epoch (validation after each)")
     ap.add_argument("--df-steps", type=int, default=20, help="DeepFinder steps per epoch")
@@ -572,6 +579,9 @@ def main():
     ap.add_argument("--ablation-factor", type=float, default=0.25, help="size filter factor in the ablation")
     ap.add_argument("--workdir", default=None, help="keep the data and models here")
     args = ap.parse_args()
+    from tomochunk.nn.train import RECIPES
+
+    args.patch = args.patch or RECIPES[args.recipe].get("patch_size", 48)
     global MEANSHIFT_TIMEOUT
     MEANSHIFT_TIMEOUT = args.meanshift_timeout
     shape = tuple(int(v) for v in args.shape.split(","))

@@ -241,12 +241,14 @@ def test_train_recipe_default_is_czii_and_deepfinder_one_flag_away():
     assert {k: kw[k] for k in ("pos_weight", "augment", "ema", "lr_schedule", "lr")} == \
         {k: RECIPES["czii"].get(k) for k in ("pos_weight", "augment", "ema", "lr_schedule", "lr")}
     assert kw["lr"] == 1e-3 and _accuracy_options(p.parse_args(base + ["--lr", "3e-4"]))["lr"] == 3e-4
+    assert kw["patch_size"] == RECIPES["czii"]["patch_size"] == 24
+    assert _accuracy_options(p.parse_args(base + ["--patch", "40"]))["patch_size"] == 40
     assert _accuracy_options(p.parse_args(base + ["--pos-weight", "256"]))["pos_weight"] == 256.0
     args = p.parse_args(base + ["--recipe", "deepfinder"])
     kw = _accuracy_options(args)
     assert args.ce_weight == 0.0 and kw["pos_weight"] is None and kw["ema"] is None
     assert kw["augment"] == "tomo" and kw["lr_schedule"] == "constant" and kw["bootstrap"] and kw["shift"] == 13
-    assert kw["lr"] == 1e-4
+    assert kw["lr"] == 1e-4 and "patch_size" not in kw   # train()'s own 48
     # explicit options override the recipe's parts; PU losses and movies keep what suits them
     kw = _accuracy_options(p.parse_args(base + ["--ema", "0.99", "--lr-schedule", "constant"]))
     assert kw["ema"] == 0.99 and kw["lr_schedule"] == "constant"
@@ -256,4 +258,5 @@ def test_train_recipe_default_is_czii_and_deepfinder_one_flag_away():
     assert kw["pos_weight"] is None and args.ce_weight == 0.0
     kw = _accuracy_options(p.parse_args(base + ["--class-weights", "1,2,3", "--ce-weight", "1"]))
     assert kw["pos_weight"] is None and kw["class_weights"] == [1.0, 2.0, 3.0]
-    assert _accuracy_options(p.parse_args(base + ["--anisotropic"]))["augment"] is None
+    kw = _accuracy_options(p.parse_args(base + ["--anisotropic"]))
+    assert kw["augment"] is None and "patch_size" not in kw

@@ -274,7 +274,8 @@ def _add_train(sub):
     p.add_argument("--valid", required=True, help="object list of validation objects")
     p.add_argument("--n-classes", type=int, required=True, help="classes including background")
     p.add_argument("-o", "--outdir", required=True)
-    p.add_argument("--patch", type=_ints, default=48, help="patch size, multiple of 4 (default 48)")
+    p.add_argument("--patch", type=_ints, default=None,
+                   help="patch size, multiple of 4 (default: the recipe's, 24 for czii; 48 otherwise)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--steps", type=int, default=50, help="steps per epoch")
@@ -341,7 +342,7 @@ def _accuracy_options(args) -> dict:
     kw = {"class_weights": args.class_weights, "pos_weight": args.pos_weight, "loss_alpha": args.loss_alpha,
           "loss_beta": args.loss_beta, "augment": None if args.augment is None else args.augment,
           "ema": args.ema, "lr_schedule": args.lr_schedule, "minutes": args.minutes,
-          "bootstrap": args.bootstrap, "shift": args.shift, "lr": args.lr}
+          "bootstrap": args.bootstrap, "shift": args.shift, "lr": args.lr, "patch_size": args.patch}
     recipe = dict(RECIPES[args.recipe]) if args.recipe else {}
     if args.recipe == "czii":
         if args.loss not in ("tversky", "dice_ce") or args.class_weights is not None:
@@ -350,6 +351,7 @@ def _accuracy_options(args) -> dict:
                 recipe.pop("ce_weight", None)
         if args.anisotropic:
             recipe.pop("augment", None)      # movies: flips of y, x only (train's default for them)
+            recipe.pop("patch_size", None)   # the cube was measured on tomograms only
     if recipe:
         for k, v in recipe.items():
             if k == "ce_weight":
@@ -357,8 +359,9 @@ def _accuracy_options(args) -> dict:
             elif k in kw and kw[k] is None:
                 kw[k] = v
     kw["lr_schedule"] = kw["lr_schedule"] or "constant"
-    if kw["lr"] is None:
-        del kw["lr"]   # no recipe, no --lr: train()'s own default
+    for k in ("lr", "patch_size"):
+        if kw[k] is None:
+            del kw[k]   # no recipe, no flag: train()'s own default
     if kw["ema"] == 0:
         kw["ema"] = None   # --ema 0: no averaging, whatever the recipe
     return kw
@@ -393,7 +396,7 @@ def _run_train(args):
     keys = stems if names and names <= set(stems) else [str(i) for i in range(len(args.volumes))]
     filters = args.filters if args.filters in ("default", "small") else _ints(args.filters)
     _, hist = train(dict(zip(keys, args.volumes)), dict(zip(keys, args.targets)), otrain, ovalid,
-                    n_classes=args.n_classes, patch_size=args.patch, batch_size=args.batch,
+                    n_classes=args.n_classes, batch_size=args.batch,
                     epochs=args.epochs, steps_per_epoch=args.steps, valid_steps=args.valid_steps,
                     out_dir=args.outdir, model=args.model, filters=filters,
                     anisotropic=args.anisotropic, checkpoint_every=args.checkpoint_every,

@@ -39,17 +39,19 @@ __all__ = ["train", "PatchSampler", "class_scores", "RECIPES"]
 #: ``train(**RECIPES[name])``: DeepFinder's recipe (the defaults of this function), and the
 #: practice of the CZII 2025 winners as measured on our hard phantom (``benchmarks/
 #: bench_accuracy.py``): Tversky + cross-entropy, wedge-safe augmentation, EMA, warm-up and
-#: cosine decay from a learning rate of 1e-3. At DeepFinder's 1e-4 a 3-minute run found no
-#: particle (CZII F-beta 0.000, against 0.039 at 1e-3), and the 20-minute run reached 0.256 at
-#: 1e-4 (727 steps, Intel AMX) against 0.393 at 1e-3 (340 steps, AMD, no AMX). The winner's
-#: 256:1 weighting of particles (``pos_weight=256``) is left out: with 8 classes covering ~15 %
-#: of the volume it made every voxel a particle (the network sat at validation recall 1.0 for
-#: the largest class and background F1 0 after 200 steps).
-#: Checkpoint selection by validation F1 (``model_best.keras``) is always on.
+#: cosine decay from a learning rate of 1e-3, on 24^3 patches. On 2 cores training is
+#: step-bound: in 7-minute pilots (``bench_accuracy_pilot.py``, same data and clock) 48^3
+#: patches ran 120 steps to a CZII F-beta of 0.157, 32^3 367 steps to 0.393 and 24^3 701 steps
+#: to 0.551 (the 12-voxel sphere, 24 across, still fits a patch). At DeepFinder's 1e-4 a
+#: 3-minute run found no particle (0.000, against 0.039 at 1e-3). The winner's 256:1 weighting
+#: of particles (``pos_weight=256``) is left out: with 8 classes covering ~15 % of the volume it
+#: made every voxel a particle (validation recall 1.0 for the largest class and background F1 0
+#: after 200 steps). Checkpoint selection by validation F1 (``model_best.keras``) is always on.
 RECIPES = {
     "deepfinder": {"loss": "tversky", "ce_weight": 0.0, "augment": "tomo", "ema": None,
                    "lr_schedule": "constant", "bootstrap": True, "shift": 13, "lr": 1e-4},
-    "czii": {"ce_weight": 1.0, "augment": "wedge", "ema": 0.999, "lr_schedule": "cosine", "lr": 1e-3},
+    "czii": {"ce_weight": 1.0, "augment": "wedge", "ema": 0.999, "lr_schedule": "cosine", "lr": 1e-3,
+             "patch_size": 24},
 }
 
 
