@@ -3,7 +3,7 @@
 
 Trains the ``czii`` recipe with ``--kw`` overrides for ``--minutes`` on the data of
 ``bench_accuracy.py`` (hard phantom 128x192x192, training half seed 0, held-out half seed 1; made
-once in ``--workdir``), segments the held-out half with ``model_best.keras`` (blocks, bfloat16, no
+in ``--workdir``), segments the held-out half with ``model_best.keras`` (blocks, bfloat16, no
 TTA) and prints one ``PILOT`` line: optimiser steps, the best picking option's CZII F-beta (the
 same list of options as the main benchmark), ``cc`` + size filter, and per-class F1.
 
@@ -15,7 +15,6 @@ Run, one variant after the other on a quiet machine (each gets the same wall clo
 
 import argparse
 import json
-import pickle
 from pathlib import Path
 
 import bench_accuracy as B
@@ -25,33 +24,30 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("name", help="the variant's name (its model folder: tc_NAME)")
     ap.add_argument("--minutes", type=float, default=7)
-    ap.add_argument("--patch", type=int, default=48)
+    ap.add_argument("--patch", type=int, default=None, help="patch edge (default: the czii recipe's)")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--kw", default="{}", help="JSON train() keywords over the czii recipe")
     ap.add_argument("--workdir", default="/tmp/acc/data")
     a = ap.parse_args()
     from tomochunk.nn.train import RECIPES
 
-    args = argparse.Namespace(patch=a.patch, batch=a.batch, steps=20, valid_steps=4, precision="bfloat16",
+    kw = {**RECIPES["czii"], **json.loads(a.kw)}
+    patch = kw.pop("patch_size", 48) if a.patch is None else a.patch
+    kw.pop("patch_size", None)
+    args = argparse.Namespace(patch=patch, batch=a.batch, steps=20, valid_steps=4, precision="bfloat16",
                               seed=0, seg_patch=96, crop=16, df_radius=5)
     d = Path(a.workdir)
     d.mkdir(parents=True, exist_ok=True)
-    pk = d / "objs.pkl"
-    if pk.exists():
-        objs, radii, names = pickle.load(open(pk, "rb"))
-    else:
-        objs, radii, names = B.make_data(d, (128, 192, 192), 0)
-        objs["names"] = names
-        pickle.dump((objs, radii, names), open(pk, "wb"))
-    kw = {**RECIPES["czii"], **json.loads(a.kw)}
-    kw.pop("patch_size", None)   # --patch
+    # the phantom is regenerated each run (seconds) rather than cached: nothing read back is unpickled
+    objs, radii, names = B.make_data(d, (128, 192, 192), 0)
+    objs["names"] = names
     if "filters" in kw:
         kw["filters"] = tuple(kw["filters"])
     out, info = B.train_tomochunk(d, objs, args, a.name, a.minutes, **kw)
     labels, scores, secs = B.segment_tomochunk(d, out / "model_best.keras", args)
     key, _, f1, cz, tried = B.best_pick(labels, objs["test"], radii, B._sizes(out), methods=("cc",),
                                         scores=scores)
-    print(f"PILOT {a.name} patch {a.patch} batch {a.batch} kw {a.kw}: {info['steps']} steps, seg {secs:.1f}s, "
+    print(f"PILOT {a.name} patch {patch} batch {a.batch} kw {a.kw}: {info['steps']} steps, seg {secs:.1f}s, "
           f"best {key} F4 {B.fbeta(cz):.3f}; cc+0.25: {tried.get('cc + size filter 0.25 x p5'):.3f}; "
           f"F1 " + " ".join(f"{v:.2f}" for v in f1.values()), flush=True)
 

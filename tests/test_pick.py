@@ -121,3 +121,16 @@ def test_squared_edt_matches_scipy():
     mask[0] = True  # foreground on a face: distances run to the nearest background inside only
     ref = ndi.distance_transform_edt(mask) ** 2
     np.testing.assert_array_equal(np.rint(_squared_edt(mask)), np.rint(ref))
+
+
+def test_nms_on_flat_plateau_gives_one_pick_per_plateau():
+    # an untrained network's flat map makes every voxel a candidate tie; a tie loses to any tied
+    # candidate within reach with a lower global index, so a plateau keeps only its first voxel. The
+    # dense tie rule must give what the pair rule gives, without listing (2r+1)^3 pairs per voxel.
+    s = np.zeros((30, 34, 32), np.float32)
+    s[2:28, 3:31, 1:31] = 0.7
+    s[8, 9, 10] = 0.9
+    kw = dict(threshold=0.5, min_spacing=4, mode="nms")
+    for m in (s, da.from_array(s, chunks=(11, 13, 12))):
+        got = sorted(map(tuple, pick(m, **kw)[["z", "y", "x", "score"]].to_numpy().round(3)))
+        assert got == [(2, 3, 1, 0.7), (8, 9, 10, 0.9)]

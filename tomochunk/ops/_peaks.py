@@ -129,7 +129,21 @@ def pick_block(block, origin, core_lo, core_hi, *, threshold, spacing, cap, mode
     gpos = pos + np.asarray(origin)
     gidx = np.ravel_multi_index(tuple(gpos.T), full_shape)
     keep = np.ones(len(pos), bool)
-    if r > 0 and len(pos) > 1:
+    # Candidates within r of each other lie in each other's footprint, so their keys are equal: of
+    # such ties the lowest global index is kept. Untied candidates are more than r apart, at most one
+    # per (r+1)^3 voxels; more than that means bulk ties (a flat plateau makes every voxel a candidate),
+    # where listing the pairs, (2r+1)^3 per candidate, ran out of memory. There a separable minimum
+    # filter of the indices over the same box gives the same answer in block-sized memory (nms's box
+    # metric only); sparse candidates keep the pair list, which is cheaper than a filter pass.
+    dense = len(pos) * (r + 1) ** 3 > math.prod(hi - lo)
+    if r > 0 and len(pos) > 1 and metric == np.inf and dense:
+        big = math.prod(full_shape)   # above every index; a cval of int64's maximum overflows as a float
+        local = pos - lo
+        g = np.full(tuple(hi - lo), big, np.int64)
+        g[tuple(local.T)] = gidx
+        lowest = ndi.minimum_filter(g, size=2 * r + 1, mode="constant", cval=big)
+        keep = lowest[tuple(local.T)] == gidx
+    elif r > 0 and len(pos) > 1:
         pairs = cKDTree(pos).query_pairs(r=r + 1e-9, p=metric, output_type="ndarray")
         if len(pairs):
             same = k[pairs[:, 0]] == k[pairs[:, 1]]
