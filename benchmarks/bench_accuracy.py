@@ -17,10 +17,10 @@ Training, one after the other, ``--minutes`` wall-clock each (default 20):
 * tomochunk, ``tomochunk.train(..., minutes=M)`` with ``--recipe`` (default ``czii``:
   Tversky + unweighted cross-entropy, wedge-safe flips/rot90/intensity, EMA 0.999, warm-up +
   cosine decay from lr 1e-3, 24^3 patches for both tools, ``model_best.keras`` by validation F1),
-  mixed bfloat16.
+  in ``--precision`` (auto: mixed bfloat16 only where the CPU has bfloat16 units).
 
 Each model segments the held-out half (DeepFinder: its own ``Segment``, float32, in its venv;
-tomochunk: ``segment(tiling="blocks", precision="bfloat16")``, with and without TTA), and
+tomochunk: ``segment(tiling="blocks", precision=--precision)``, with and without TTA), and
 each side keeps its best picking method on the held-out truth (the same choice for both):
 
 * DeepFinder: its own ``Cluster`` (mean shift, ``clustRadius`` ``--df-radius``) or our
@@ -559,7 +559,9 @@ def main():
     ap.add_argument("--df-steps", type=int, default=20, help="DeepFinder steps per epoch")
     ap.add_argument("--valid-steps", type=int, default=4)
     ap.add_argument("--lr", type=float, default=None, help="tomochunk's learning rate (default: the recipe's)")
-    ap.add_argument("--precision", default="bfloat16")
+    ap.add_argument("--precision", default="auto", choices=("float32", "bfloat16", "auto"),
+                    help="tomochunk's training and segmentation arithmetic (auto: bfloat16 only on a CPU with "
+                         "AMX/AVX512-BF16 or a GPU; emulated bfloat16 trained 10x fewer steps)")
     ap.add_argument("--seg-patch", type=int, default=96, help="tomochunk block tiling: block side hint")
     ap.add_argument("--crop", type=int, default=16)
     ap.add_argument("--df-seg-patch", type=int, default=128,
@@ -582,6 +584,9 @@ def main():
     from tomochunk.nn.train import RECIPES
 
     args.patch = args.patch or RECIPES[args.recipe].get("patch_size", 48)
+    from tomochunk.nn._predict import local_gpu, resolve_precision
+
+    args.precision = resolve_precision(args.precision, gpu=local_gpu())
     global MEANSHIFT_TIMEOUT
     MEANSHIFT_TIMEOUT = args.meanshift_timeout
     shape = tuple(int(v) for v in args.shape.split(","))

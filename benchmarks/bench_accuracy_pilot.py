@@ -29,13 +29,15 @@ def main():
     ap.add_argument("--kw", default="{}", help="JSON train() keywords over the czii recipe")
     ap.add_argument("--workdir", default="/tmp/acc/data")
     a = ap.parse_args()
+    from tomochunk.nn._predict import local_gpu, resolve_precision
     from tomochunk.nn.train import RECIPES
 
     kw = {**RECIPES["czii"], **json.loads(a.kw)}
     patch = kw.pop("patch_size", 48) if a.patch is None else a.patch
     kw.pop("patch_size", None)
-    args = argparse.Namespace(patch=patch, batch=a.batch, steps=20, valid_steps=4, precision="bfloat16",
-                              seed=0, seg_patch=96, crop=16, df_radius=5)
+    args = argparse.Namespace(patch=patch, batch=a.batch, steps=20, valid_steps=4,
+                              precision=resolve_precision("auto", gpu=local_gpu()), seed=0,
+                              seg_patch=96, crop=16, df_radius=5)
     d = Path(a.workdir)
     d.mkdir(parents=True, exist_ok=True)
     # the phantom is regenerated each run (seconds) rather than cached: nothing read back is unpickled

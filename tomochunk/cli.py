@@ -291,8 +291,9 @@ def _add_train(sub):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ce-weight", type=float, default=0.0,
                    help="add cross-entropy with this weight to the Tversky loss (default 0)")
-    p.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
-                   help="network arithmetic; mixed bfloat16 is 3-4x faster on CPUs with AMX/AVX512-BF16")
+    p.add_argument("--precision", choices=("float32", "bfloat16", "auto"), default="auto",
+                   help="network arithmetic (default auto: mixed bfloat16 on a GPU or a CPU with AMX/AVX512-BF16, "
+                        "where it is 3-4x faster, float32 where the CPU would emulate it, 10x slower)")
     p.add_argument("--bf16", dest="precision", action="store_const", const="bfloat16",
                    help="alias of --precision bfloat16")
     p.add_argument("--micro-batch", type=int, default=2,

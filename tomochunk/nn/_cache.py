@@ -81,8 +81,6 @@ def put(path, model, variant=None) -> None:
 
 # --- one loader per kind ------------------------------------------------------------------
 
-PRECISIONS = ("float32", "bfloat16")
-
 
 def keras_model(path, precision="float32"):
     """A 3D Keras model (``.keras`` or DeepFinder ``.h5``), loaded once per process and precision.

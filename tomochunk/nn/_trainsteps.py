@@ -21,13 +21,13 @@ from tqdm.auto import tqdm
 from .._log import get_logger
 from ..errors import MissingError, ShapeError, ValueProblem
 from ..io.volume import open_source
+from ._predict import PRECISIONS
 from .models import check_patch_shape, deepfinder_unet, load_model, model_info, policy_name, save_model, with_dtype
 
 log = get_logger(__name__)
 
 _CKPT = re.compile(r"checkpoint_epoch(\d+)\.keras$")
 
-PRECISIONS = ("float32", "bfloat16")
 
 
 # --- inputs --------------------------------------------------------------------------------
@@ -232,8 +232,8 @@ def check_args(n_classes, patch_size, anisotropic, augment, micro_batch, precisi
     augment = augment if augment is not None else ("movie" if anisotropic else "tomo")
     if augment not in ("tomo", "movie", "wedge", "none", False):
         raise ValueProblem(f"augment must be 'tomo', 'movie', 'wedge' or None, not {augment!r}")
-    if precision not in PRECISIONS:
-        raise ValueProblem(f"precision must be 'float32' or 'bfloat16', not {precision!r}")
+    if precision not in PRECISIONS + ("auto",):
+        raise ValueProblem(f"precision must be 'float32', 'bfloat16' or 'auto', not {precision!r}")
     return n_classes, patch, augment
 
 

@@ -63,11 +63,10 @@ from ..ops.normalize import normalize as _normalize
 from ..parallel import worker_info
 from . import _cache
 from ._blocks_plan import block_chunks, block_scores, window_voxels
-from ._cache import PRECISIONS
 from ._ensemble import ensemble_handle
 from ._memory import block_bytes_per_voxel, bytes_per_voxel, patch_batch
 from ._model import check_model_dims, n_classes as _n_classes
-from ._predict import resolve_precision
+from ._predict import PRECISIONS, resolve_precision
 from ._tiling import _auto_block_patches, patch_scores
 from .models import check_patch_shape
 

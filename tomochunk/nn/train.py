@@ -29,6 +29,7 @@ from .._log import get_logger
 from ..errors import ValueProblem
 from . import _trainsteps as steps
 from ._augment import lr_at, wedge_augment
+from ._predict import local_gpu, resolve_precision
 from ._trainsteps import _micro_batched, _micro_batches, _objects, _read, class_scores  # noqa: F401 (re-exports)
 from .models import DEFAULT_FILTERS
 
@@ -249,9 +250,11 @@ def train(volumes, targets, objects_train, objects_valid, *, n_classes, patch_si
         Seed of all sampling (per epoch and step, so resuming is reproducible) and of a new
         network's initial weights: two runs with the same seed train the same weights, in
         one process or on a cluster's workers.
-    precision : {'float32', 'bfloat16'}
+    precision : {'float32', 'bfloat16', 'auto'}
         ``'bfloat16'``: mixed precision (float32 weights, bfloat16 convolutions),
-        3-4x faster on CPUs with AMX / AVX512-BF16. Saved final models are float32.
+        3-4x faster on CPUs with AMX / AVX512-BF16, about 10x slower where the CPU
+        emulates it. ``'auto'``: bfloat16 on a GPU or such a CPU, float32 elsewhere.
+        Saved final models are float32.
     time_limit : float, optional
         Seconds: stop (with a checkpoint) after the first epoch that ends past
         this wall-clock budget.
@@ -336,6 +339,8 @@ def train(volumes, targets, objects_train, objects_valid, *, n_classes, patch_si
         n_classes, patch_size, anisotropic, augment, micro_batch, precision, batch_size=batch_size, epochs=epochs,
         steps_per_epoch=steps_per_epoch, valid_steps=valid_steps, checkpoint_every=checkpoint_every,
         workers=workers, prefetch=prefetch)
+    if precision == "auto":
+        precision = resolve_precision(precision, gpu=local_gpu())
     vols, tgts = steps.open_inputs(volumes, targets, patch)
     keys = sorted(vols)
     obj_t, obj_v = steps.object_lists(objects_train, objects_valid, keys, n_classes)
