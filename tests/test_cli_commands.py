@@ -299,7 +299,8 @@ def test_one_bfloat16_flag():
     base = ["train", "--volumes", "v.mrc", "--targets", "t.mrc", "--train", "a.xml", "--valid", "b.xml",
             "--n-classes", "2", "-o", "out"]
     p = _parser()
-    assert p.parse_args(base).precision == "float32"
+    assert p.parse_args(base).precision == "auto"
+    assert p.parse_args(base + ["--precision", "float32"]).precision == "float32"
     assert p.parse_args(base + ["--precision", "bfloat16"]).precision == "bfloat16"
     assert p.parse_args(base + ["--bf16"]).precision == "bfloat16"
     assert p.parse_args(["segment", "t.mrc", "-m", "phantom", "-o", "o", "--precision", "bfloat16"]).precision \
