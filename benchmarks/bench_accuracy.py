@@ -377,7 +377,8 @@ def _recipe(name, args):
     from tomochunk.nn.train import RECIPES
 
     kw = dict(RECIPES[name])
-    kw.pop("patch_size", None)   # args.patch: the same for both tools
+    kw.pop("patch_size", None)   # args.patch and args.batch: the same for both tools
+    kw.pop("batch_size", None)
     if args.lr is not None:
         kw["lr"] = args.lr
     if args.pos_weight is not None:
@@ -554,7 +555,7 @@ def main():
     ap.add_argument("--recipe", default="czii", choices=("czii", "deepfinder"))
     ap.add_argument("--patch", type=int, default=None,
                     help="training patch of both tools (default: the recipe's, 24 for czii)")
-    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--batch", type=int, default=None, help="patches per step, both tools (default: the recipe's)")
     ap.add_argument("--steps", type=int, default=20, help="tomochunk steps per epoch (validation after each)")
     ap.add_argument("--df-steps", type=int, default=20, help="DeepFinder steps per epoch")
     ap.add_argument("--valid-steps", type=int, default=4)
@@ -584,6 +585,7 @@ def main():
     from tomochunk.nn.train import RECIPES
 
     args.patch = args.patch or RECIPES[args.recipe].get("patch_size", 48)
+    args.batch = args.batch or RECIPES[args.recipe].get("batch_size", 8)
     from tomochunk.nn._predict import local_gpu, resolve_precision
 
     args.precision = resolve_precision(args.precision, gpu=local_gpu())

@@ -25,7 +25,7 @@ def main():
     ap.add_argument("name", help="the variant's name (its model folder: tc_NAME)")
     ap.add_argument("--minutes", type=float, default=7)
     ap.add_argument("--patch", type=int, default=None, help="patch edge (default: the czii recipe's)")
-    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--batch", type=int, default=None, help="patches per step (default: the czii recipe's)")
     ap.add_argument("--kw", default="{}", help="JSON train() keywords over the czii recipe")
     ap.add_argument("--workdir", default="/tmp/acc/data")
     a = ap.parse_args()
@@ -35,7 +35,9 @@ def main():
     kw = {**RECIPES["czii"], **json.loads(a.kw)}
     patch = kw.pop("patch_size", 48) if a.patch is None else a.patch
     kw.pop("patch_size", None)
-    args = argparse.Namespace(patch=patch, batch=a.batch, steps=20, valid_steps=4,
+    batch = kw.pop("batch_size", 8) if a.batch is None else a.batch
+    kw.pop("batch_size", None)
+    args = argparse.Namespace(patch=patch, batch=batch, steps=20, valid_steps=4,
                               precision=resolve_precision("auto", gpu=local_gpu()), seed=0,
                               seg_patch=96, crop=16, df_radius=5)
     d = Path(a.workdir)
@@ -49,7 +51,7 @@ def main():
     labels, scores, secs = B.segment_tomochunk(d, out / "model_best.keras", args)
     key, _, f1, cz, tried = B.best_pick(labels, objs["test"], radii, B._sizes(out), methods=("cc",),
                                         scores=scores)
-    print(f"PILOT {a.name} patch {patch} batch {a.batch} kw {a.kw}: {info['steps']} steps, seg {secs:.1f}s, "
+    print(f"PILOT {a.name} patch {patch} batch {batch} kw {a.kw}: {info['steps']} steps, seg {secs:.1f}s, "
           f"best {key} F4 {B.fbeta(cz):.3f}; cc+0.25: {tried.get('cc + size filter 0.25 x p5'):.3f}; "
           f"F1 " + " ".join(f"{v:.2f}" for v in f1.values()), flush=True)
 

@@ -243,12 +243,16 @@ def test_train_recipe_default_is_czii_and_deepfinder_one_flag_away():
     assert kw["lr"] == 1e-3 and _accuracy_options(p.parse_args(base + ["--lr", "3e-4"]))["lr"] == 3e-4
     assert kw["patch_size"] == RECIPES["czii"]["patch_size"] == 24
     assert _accuracy_options(p.parse_args(base + ["--patch", "40"]))["patch_size"] == 40
+    assert kw["batch_size"] == 4 and kw["filters"] == (16, 24, 32)
+    kw2 = _accuracy_options(p.parse_args(base + ["--batch", "8", "--filters", "default"]))
+    assert kw2["batch_size"] == 8 and kw2["filters"] == "default"
+    assert _accuracy_options(p.parse_args(base + ["--filters", "8,16,24"]))["filters"] == (8, 16, 24)
     assert _accuracy_options(p.parse_args(base + ["--pos-weight", "256"]))["pos_weight"] == 256.0
     args = p.parse_args(base + ["--recipe", "deepfinder"])
     kw = _accuracy_options(args)
     assert args.ce_weight == 0.0 and kw["pos_weight"] is None and kw["ema"] is None
     assert kw["augment"] == "tomo" and kw["lr_schedule"] == "constant" and kw["bootstrap"] and kw["shift"] == 13
-    assert kw["lr"] == 1e-4 and "patch_size" not in kw   # train()'s own 48
+    assert kw["lr"] == 1e-4 and not {"patch_size", "batch_size", "filters"} & set(kw)   # train()'s own 48, 8, 32-48-64
     # explicit options override the recipe's parts; PU losses and movies keep what suits them
     kw = _accuracy_options(p.parse_args(base + ["--ema", "0.99", "--lr-schedule", "constant"]))
     assert kw["ema"] == 0.99 and kw["lr_schedule"] == "constant"
@@ -259,7 +263,7 @@ def test_train_recipe_default_is_czii_and_deepfinder_one_flag_away():
     kw = _accuracy_options(p.parse_args(base + ["--class-weights", "1,2,3", "--ce-weight", "1"]))
     assert kw["pos_weight"] is None and kw["class_weights"] == [1.0, 2.0, 3.0]
     kw = _accuracy_options(p.parse_args(base + ["--anisotropic"]))
-    assert kw["augment"] is None and "patch_size" not in kw
+    assert kw["augment"] is None and not {"patch_size", "batch_size", "filters"} & set(kw)
 
 
 def test_train_precision_auto_follows_the_cpu_flags(tmp_path):

@@ -276,14 +276,16 @@ def _add_train(sub):
     p.add_argument("-o", "--outdir", required=True)
     p.add_argument("--patch", type=_ints, default=None,
                    help="patch size, multiple of 4 (default: the recipe's, 24 for czii; 48 otherwise)")
-    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--batch", type=int, default=None,
+                   help="patches per optimiser step (default: the recipe's, 4 for czii; 8 otherwise)")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--steps", type=int, default=50, help="steps per epoch")
     p.add_argument("--valid-steps", type=int, default=4)
     p.add_argument("--lr", type=float, default=None,
                    help="Adam learning rate (default: the recipe's, 1e-3 for czii, 1e-4 for deepfinder)")
     p.add_argument("--model", help="start from this model (.keras or DeepFinder .h5)")
-    p.add_argument("--filters", default="default", help="'default' (32,48,64), 'small' or a,b,c")
+    p.add_argument("--filters", default=None,
+                   help="'default' (32,48,64), 'small' (8,12,16) or a,b,c (default: the recipe's, 16,24,32 for czii)")
     p.add_argument("--anisotropic", action="store_true", help="movie variant, pooling (1,2,2)")
     p.add_argument("--checkpoint-every", type=int, default=10)
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in OUTDIR")
@@ -343,7 +345,10 @@ def _accuracy_options(args) -> dict:
     kw = {"class_weights": args.class_weights, "pos_weight": args.pos_weight, "loss_alpha": args.loss_alpha,
           "loss_beta": args.loss_beta, "augment": None if args.augment is None else args.augment,
           "ema": args.ema, "lr_schedule": args.lr_schedule, "minutes": args.minutes,
-          "bootstrap": args.bootstrap, "shift": args.shift, "lr": args.lr, "patch_size": args.patch}
+          "bootstrap": args.bootstrap, "shift": args.shift, "lr": args.lr, "patch_size": args.patch,
+          "batch_size": args.batch,
+          "filters": None if args.filters is None else
+          args.filters if args.filters in ("default", "small") else _ints(args.filters)}
     recipe = dict(RECIPES[args.recipe]) if args.recipe else {}
     if args.recipe == "czii":
         if args.loss not in ("tversky", "dice_ce") or args.class_weights is not None:
@@ -352,7 +357,9 @@ def _accuracy_options(args) -> dict:
                 recipe.pop("ce_weight", None)
         if args.anisotropic:
             recipe.pop("augment", None)      # movies: flips of y, x only (train's default for them)
-            recipe.pop("patch_size", None)   # the cube was measured on tomograms only
+            recipe.pop("patch_size", None)   # the cube and the width were measured on tomograms only
+            recipe.pop("filters", None)
+            recipe.pop("batch_size", None)
     if recipe:
         for k, v in recipe.items():
             if k == "ce_weight":
@@ -360,7 +367,7 @@ def _accuracy_options(args) -> dict:
             elif k in kw and kw[k] is None:
                 kw[k] = v
     kw["lr_schedule"] = kw["lr_schedule"] or "constant"
-    for k in ("lr", "patch_size"):
+    for k in ("lr", "patch_size", "filters", "batch_size"):
         if kw[k] is None:
             del kw[k]   # no recipe, no flag: train()'s own default
     if kw["ema"] == 0:
@@ -395,11 +402,10 @@ def _run_train(args):
         if "tomo" in o.columns:
             names |= set(o["tomo"].astype(str))
     keys = stems if names and names <= set(stems) else [str(i) for i in range(len(args.volumes))]
-    filters = args.filters if args.filters in ("default", "small") else _ints(args.filters)
     _, hist = train(dict(zip(keys, args.volumes)), dict(zip(keys, args.targets)), otrain, ovalid,
-                    n_classes=args.n_classes, batch_size=args.batch,
+                    n_classes=args.n_classes,
                     epochs=args.epochs, steps_per_epoch=args.steps, valid_steps=args.valid_steps,
-                    out_dir=args.outdir, model=args.model, filters=filters,
+                    out_dir=args.outdir, model=args.model,
                     anisotropic=args.anisotropic, checkpoint_every=args.checkpoint_every,
                     resume=args.resume, workers=args.workers, seed=args.seed,
                     precision=args.precision, ce_weight=args.ce_weight,

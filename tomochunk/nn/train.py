@@ -43,7 +43,11 @@ __all__ = ["train", "PatchSampler", "class_scores", "RECIPES"]
 #: cosine decay from a learning rate of 1e-3, on 24^3 patches. On 2 cores training is
 #: step-bound: in 7-minute pilots (``bench_accuracy_pilot.py``, same data and clock) 48^3
 #: patches ran 120 steps to a CZII F-beta of 0.157, 32^3 367 steps to 0.393 and 24^3 701 steps
-#: to 0.551 (the 12-voxel sphere, 24 across, still fits a patch). At DeepFinder's 1e-4 a
+#: to 0.551 (the 12-voxel sphere, 24 across, still fits a patch). Where a step costs more
+#: (float32 on a CPU without AMX, e.g. Zen 3) the step count is the limit again: 7-minute
+#: pilots at 24^3 gave 86 steps and 0.035 at batch 8 with filters (32, 48, 64), 181 and 0.093
+#: with (16, 24, 32), 176 and 0.181 at batch 4, and 333 and 0.212 with both, hence batch 4 and
+#: the narrower network (4x fewer multiply-adds). At DeepFinder's 1e-4 a
 #: 3-minute run found no particle (0.000, against 0.039 at 1e-3). The winner's 256:1 weighting
 #: of particles (``pos_weight=256``) is left out: with 8 classes covering ~15 % of the volume it
 #: made every voxel a particle (validation recall 1.0 for the largest class and background F1 0
@@ -52,7 +56,7 @@ RECIPES = {
     "deepfinder": {"loss": "tversky", "ce_weight": 0.0, "augment": "tomo", "ema": None,
                    "lr_schedule": "constant", "bootstrap": True, "shift": 13, "lr": 1e-4},
     "czii": {"ce_weight": 1.0, "augment": "wedge", "ema": 0.999, "lr_schedule": "cosine", "lr": 1e-3,
-             "patch_size": 24},
+             "patch_size": 24, "batch_size": 4, "filters": (16, 24, 32)},
 }
 
 
