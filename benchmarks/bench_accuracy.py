@@ -14,7 +14,9 @@ Training, one after the other, ``--minutes`` wall-clock each (default 20):
   The budget is a time callback: ``train_on_batch`` is wrapped, and the first call after
   the budget stops training and saves the current weights as ``net_weights_FINAL.h5``
   (DeepFinder keeps its last weights anyway).
-* tomochunk, ``tomochunk.train(..., minutes=M)`` with ``--recipe`` (default ``czii``:
+* tomochunk, ``tomochunk.train(..., minutes=M)`` in a child process on the Keras backend of
+  ``--backend`` (default ``auto``, as ``tomochunk train``: torch where it trains float32 on a CPU,
+  TensorFlow otherwise; segmenting stays on TensorFlow in this process), with ``--recipe`` (default ``czii``:
   Tversky + unweighted cross-entropy, wedge-safe flips/rot90/intensity, EMA 0.999, warm-up +
   cosine decay from lr 1e-3, 24^3 patches for both tools, ``model_best.keras`` by validation F1),
   in ``--precision`` (auto: mixed bfloat16 only where the CPU has bfloat16 units).
@@ -314,31 +316,45 @@ def cluster_deepfinder(d, args):
     return pd.DataFrame(rows, columns=["class_label", "x", "y", "z", "size"]), info["seconds"]
 
 
-def train_tomochunk(d, objs, args, name, minutes, **kw):
-    import tomochunk
+TC_TRAIN = r"""
+import json, sys
+import pandas as pd
+import tomochunk
+spec = json.loads(sys.argv[1])
+objs = {k: pd.read_csv(spec[k]) for k in ("fit", "valid")}
+kw = spec["kw"]
+if "filters" in kw:
+    kw["filters"] = tuple(kw["filters"])
+tomochunk.train({"train": spec["vol"]}, {"train": spec["lab"]}, objs["fit"], objs["valid"], out_dir=spec["out"],
+                epochs=100_000, progress=False, legacy_h5=False, checkpoint_every=100_000, **kw)
+"""
 
-    from tomochunk.nn import _trainsteps
+
+def train_tomochunk(d, objs, args, name, minutes, **kw):
+    """``(out_dir, info)`` of ``tomochunk.train`` for ``minutes``, run in a child process on the
+    Keras backend that ``tomochunk train --backend args.backend`` would choose (this process's
+    Keras stays on TensorFlow for segmenting). ``info``: seconds, epochs, optimiser steps, backend."""
+    from tomochunk.nn._backend import choose_backend
 
     out = d / f"tc_{name}"
-    counted = []
-    run_epoch = _trainsteps.run_epoch
-
-    def counting(*a, **k):   # optimiser steps actually run (an epoch stops at the budget)
-        res = run_epoch(*a, **k)
-        counted.append(sum(np.isfinite(res[0])))
-        return res
-
-    _trainsteps.run_epoch = counting
+    backend = choose_backend(getattr(args, "backend", "auto"), args.precision, running=None)
+    for k in ("fit", "valid"):
+        objs[k].to_csv(d / f"objects_{k}.csv", index=False)
+    spec = {"vol": str(d / "train.zarr"), "lab": str(d / "train_lab.zarr"), "out": str(out),
+            "fit": str(d / "objects_fit.csv"), "valid": str(d / "objects_valid.csv"),
+            "kw": {"n_classes": len(objs["names"]) + 1, "patch_size": kw.pop("patch_size", args.patch),
+                   "batch_size": args.batch, "steps_per_epoch": args.steps, "valid_steps": args.valid_steps,
+                   "precision": args.precision, "minutes": minutes, "seed": args.seed,
+                   **{k: list(v) if isinstance(v, tuple) else v for k, v in kw.items()}}}
+    env = dict(os.environ, KERAS_BACKEND=backend)
     t = time.perf_counter()
-    _, hist = tomochunk.train({"train": str(d / "train.zarr")}, {"train": str(d / "train_lab.zarr")},
-                              objs["fit"], objs["valid"], n_classes=len(objs["names"]) + 1,
-                              patch_size=kw.pop("patch_size", args.patch), batch_size=args.batch, epochs=100_000,
-                              steps_per_epoch=args.steps, valid_steps=args.valid_steps,
-                              out_dir=out, precision=args.precision, minutes=minutes, progress=False,
-                              legacy_h5=False, checkpoint_every=100_000, seed=args.seed, **kw)
+    p = subprocess.run([sys.executable, "-W", "ignore", "-c", TC_TRAIN, json.dumps(spec)], env=env,
+                       capture_output=True, text=True)
     secs = time.perf_counter() - t
-    _trainsteps.run_epoch = run_epoch
-    return out, {"seconds": secs, "epochs": len(hist), "steps": int(sum(counted))}
+    if p.returncode:
+        raise RuntimeError(f"tomochunk training ({backend}) failed:\n{p.stderr[-3000:]}")
+    hist = pd.read_csv(out / "history.csv")
+    return out, {"seconds": secs, "epochs": len(hist), "steps": int(hist["steps"].sum()), "backend": backend}
 
 
 def segment_tomochunk(d, model, args, tta=False):
@@ -415,7 +431,7 @@ def run_main(d, objs, radii, names, args):
           flush=True)
     model_dir, info = train_tomochunk(d, objs, args, "main", args.minutes, **recipe)
     print(f"tomochunk: {info['steps']} steps ({info['steps'] * args.batch} patches), {info['epochs']} epochs in "
-          f"{info['seconds'] / 60:.1f} min", flush=True)
+          f"{info['seconds'] / 60:.1f} min on the {info['backend']} backend", flush=True)
     if have_df:
         labels, df_scores, seg_s = segment_deepfinder(d, weights, n_classes, args)
         print(f"DeepFinder Segment (patch {args.df_seg_patch}, float32): {seg_s:.1f} s", flush=True)
@@ -560,6 +576,8 @@ def main():
     ap.add_argument("--df-steps", type=int, default=20, help="DeepFinder steps per epoch")
     ap.add_argument("--valid-steps", type=int, default=4)
     ap.add_argument("--lr", type=float, default=None, help="tomochunk's learning rate (default: the recipe's)")
+    ap.add_argument("--backend", default="auto", choices=("auto", "tensorflow", "torch", "jax"),
+                    help="Keras backend of tomochunk's training, as tomochunk train --backend (default auto)")
     ap.add_argument("--precision", default="auto", choices=("float32", "bfloat16", "auto"),
                     help="tomochunk's training and segmentation arithmetic (auto: bfloat16 only on a CPU with "
                          "AMX/AVX512-BF16 or a GPU; emulated bfloat16 trained 10x fewer steps)")

@@ -411,7 +411,8 @@ def validate(model, valid, onehot, loss_fn, n_classes, alpha, beta):
 
 
 def epoch_row(epoch, losses, vloss, cm, *, seconds, rate, wait, elapsed):
-    """One row of the history: losses, accuracy, per-class precision / recall / F1, timings.
+    """One row of the history: losses, accuracy, per-class precision / recall / F1, optimiser
+    steps run (fewer than asked where the time budget ended the epoch), timings.
 
     Examples
     --------
@@ -427,7 +428,7 @@ def epoch_row(epoch, losses, vloss, cm, *, seconds, rate, wait, elapsed):
         row[f"val_precision_{c}"] = float(prec[c])
         row[f"val_recall_{c}"] = float(rec[c])
         row[f"val_f1_{c}"] = float(f1[c])
-    row.update(seconds=seconds, patches_per_s=rate, input_wait_s=wait, elapsed_s=elapsed)
+    row.update(steps=int(np.isfinite(losses).sum()), seconds=seconds, patches_per_s=rate, input_wait_s=wait, elapsed_s=elapsed)
     return row
 
 

@@ -258,7 +258,10 @@ def train(volumes, targets, objects_train, objects_valid, *, n_classes, patch_si
         ``'bfloat16'``: mixed precision (float32 weights, bfloat16 convolutions),
         3-4x faster on CPUs with AMX / AVX512-BF16, about 10x slower where the CPU
         emulates it. ``'auto'``: bfloat16 on a GPU or such a CPU, float32 elsewhere.
-        Saved final models are float32.
+        Saved final models are float32. Training runs on the Keras backend of this
+        process: in float32 on a CPU, ``KERAS_BACKEND=torch`` (set before Keras is
+        imported; ``tomochunk train --backend auto`` does it) makes steps about 4x
+        faster than TensorFlow (``tomochunk.nn._backend``).
     time_limit : float, optional
         Seconds: stop (with a checkpoint) after the first epoch that ends past
         this wall-clock budget.
@@ -321,6 +324,7 @@ def train(volumes, targets, objects_train, objects_valid, *, n_classes, patch_si
     history : pandas.DataFrame
         One row per epoch: ``loss``, ``val_loss``, ``val_accuracy``,
         ``val_precision_c``, ``val_recall_c``, ``val_f1_c`` per class,
+        ``steps`` (optimiser steps run; fewer where ``minutes`` ended the epoch),
         ``seconds``, ``patches_per_s`` (steady state: from the end of the
         first step of the epoch to the end of the last), ``input_wait_s`` and
         ``elapsed_s`` (since the call started).
