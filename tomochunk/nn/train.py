@@ -47,8 +47,9 @@ __all__ = ["train", "PatchSampler", "class_scores", "RECIPES"]
 #: (float32 on a CPU without AMX, e.g. Zen 3) the step count is the limit again: 7-minute
 #: pilots at 24^3 gave 86 steps and 0.035 at batch 8 with filters (32, 48, 64), 181 and 0.093
 #: with (16, 24, 32), 176 and 0.181 at batch 4, and 333 and 0.212 with both, hence batch 4 and
-#: the narrower network (4x fewer multiply-adds). At DeepFinder's 1e-4 a
-#: 3-minute run found no particle (0.000, against 0.039 at 1e-3). The winner's 256:1 weighting
+#: the narrower network (4x fewer multiply-adds); on the torch backend
+#: (``tomochunk.nn._backend``) the same 7 minutes ran 926 steps to 0.368, and 20 minutes 2732
+#: steps to 0.754. At DeepFinder's 1e-4 a 3-minute run found no particle (0.000, against 0.039 at 1e-3). The winner's 256:1 weighting
 #: of particles (``pos_weight=256``) is left out: with 8 classes covering ~15 % of the volume it
 #: made every voxel a particle (validation recall 1.0 for the largest class and background F1 0
 #: after 200 steps). Checkpoint selection by validation F1 (``model_best.keras``) is always on.
