@@ -576,7 +576,9 @@ def main():
     ap.add_argument("--df-steps", type=int, default=20, help="DeepFinder steps per epoch")
     ap.add_argument("--valid-steps", type=int, default=4)
     ap.add_argument("--lr", type=float, default=None, help="tomochunk's learning rate (default: the recipe's)")
-    ap.add_argument("--backend", default="auto", choices=("auto", "tensorflow", "torch", "jax"),
+    from tomochunk.nn._backend import CHOICES
+
+    ap.add_argument("--backend", default="auto", choices=CHOICES,
                     help="Keras backend of tomochunk's training, as tomochunk train --backend (default auto)")
     ap.add_argument("--precision", default="auto", choices=("float32", "bfloat16", "auto"),
                     help="tomochunk's training and segmentation arithmetic (auto: bfloat16 only on a CPU with "

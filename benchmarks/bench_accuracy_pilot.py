@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Short accuracy pilots (issue 23): one tomochunk training variant, scored like ``bench_accuracy.py``.
 
-Trains the ``czii`` recipe with ``--kw`` overrides for ``--minutes`` (on the Keras backend of ``--backend``, default ``auto`` as
-``tomochunk train``: torch for float32 on a CPU) on the data of
+Trains the ``czii`` recipe with ``--kw`` overrides for ``--minutes`` (on the Keras backend of
+``--backend``, default ``auto`` as ``tomochunk train``: torch for float32 on a CPU) on the data of
 ``bench_accuracy.py`` (hard phantom 128x192x192, training half seed 0, held-out half seed 1; made
 in ``--workdir``), segments the held-out half with ``model_best.keras`` (blocks, bfloat16, no
 TTA) and prints one ``PILOT`` line: optimiser steps, the best picking option's CZII F-beta (the
@@ -28,7 +28,9 @@ def main():
     ap.add_argument("--patch", type=int, default=None, help="patch edge (default: the czii recipe's)")
     ap.add_argument("--batch", type=int, default=None, help="patches per step (default: the czii recipe's)")
     ap.add_argument("--kw", default="{}", help="JSON train() keywords over the czii recipe")
-    ap.add_argument("--backend", default="auto", choices=("auto", "tensorflow", "torch", "jax"))
+    from tomochunk.nn._backend import CHOICES
+
+    ap.add_argument("--backend", default="auto", choices=CHOICES)
     ap.add_argument("--workdir", default="/tmp/acc/data")
     a = ap.parse_args()
     from tomochunk.nn._predict import local_gpu, resolve_precision
@@ -53,7 +55,8 @@ def main():
     labels, scores, secs = B.segment_tomochunk(d, out / "model_best.keras", args)
     key, _, f1, cz, tried = B.best_pick(labels, objs["test"], radii, B._sizes(out), methods=("cc",),
                                         scores=scores)
-    print(f"PILOT {a.name} patch {patch} batch {batch} kw {a.kw} {info['backend']}: {info['steps']} steps, seg {secs:.1f}s, "
+    print(f"PILOT {a.name} patch {patch} batch {batch} kw {a.kw} {info['backend']}: {info['steps']} steps, "
+          f"seg {secs:.1f}s, "
           f"best {key} F4 {B.fbeta(cz):.3f}; cc+0.25: {tried.get('cc + size filter 0.25 x p5'):.3f}; "
           f"F1 " + " ".join(f"{v:.2f}" for v in f1.values()), flush=True)
 

@@ -28,7 +28,7 @@ import keras
 from tomochunk.nn.models import load_model
 x = np.load(sys.argv[1] + "/x.npy")
 m = load_model(sys.argv[1] + "/run/model_best.keras")
-np.save(sys.argv[1] + "/child_scores.npy", np.asarray(keras.ops.convert_to_numpy(m(x))))
+np.save(sys.argv[1] + "/child_scores.npy", keras.ops.convert_to_numpy(m(x)))
 print(json.dumps({"rc": rc, "backend": keras.config.backend()}))
 """
 

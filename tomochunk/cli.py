@@ -298,7 +298,7 @@ def _add_train(sub):
                         "where it is 3-4x faster, float32 where the CPU would emulate it, 10x slower)")
     p.add_argument("--bf16", dest="precision", action="store_const", const="bfloat16",
                    help="alias of --precision bfloat16")
-    p.add_argument("--backend", choices=("auto", "tensorflow", "torch", "jax"), default="auto",
+    p.add_argument("--backend", choices=_backend_choices(), default="auto",
                    help="Keras backend of the training (default auto: KERAS_BACKEND if set, else torch where "
                         "it is installed and the training runs float32 on a CPU, 4x faster steps than "
                         "TensorFlow on Zen 3; tensorflow otherwise). The model segments on any backend")
@@ -389,6 +389,12 @@ def _box(text: str):
     if len(box) != 3 or any(len(b) != 2 or b[0] >= b[1] for b in box):
         raise ValueProblem(f"region must be z0:z1,y0:y1,x0:x1 with each start < end, not {text!r}")
     return box
+
+
+def _backend_choices():
+    from .nn._backend import CHOICES   # light: no Keras
+
+    return CHOICES
 
 
 def _run_train(args):

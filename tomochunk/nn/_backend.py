@@ -30,6 +30,13 @@ log = get_logger(__name__)
 
 #: the values of ``--backend`` besides ``"auto"``
 BACKENDS = ("tensorflow", "torch", "jax")
+#: the choices of ``--backend``
+CHOICES = ("auto", *BACKENDS)
+
+
+def running_backend() -> str | None:
+    """The backend Keras runs in this process, ``None`` before Keras is imported (then still free)."""
+    return sys.modules["keras"].config.backend() if "keras" in sys.modules else None
 
 
 def nvidia_gpu() -> bool:
@@ -46,8 +53,8 @@ def nvidia_gpu() -> bool:
 def choose_backend(choice="auto", precision="auto", *, cpuinfo="/proc/cpuinfo", gpu=None,
                    installed=None, running="current", env=None) -> str:
     """The Keras backend of a training: ``choice`` itself, or for ``"auto"`` the one Keras already
-    runs in this process, else an explicit ``KERAS_BACKEND``, else torch where it is installed and the training runs float32 on a CPU,
-    else tensorflow.
+    runs in this process, else an explicit ``KERAS_BACKEND``, else torch where it is installed and
+    the training runs float32 on a CPU, else tensorflow.
 
     Parameters
     ----------
@@ -71,12 +78,12 @@ def choose_backend(choice="auto", precision="auto", *, cpuinfo="/proc/cpuinfo", 
     >>> choose_backend("auto", gpu=False, installed={"torch"}, running="tensorflow")   # cannot change now
     'tensorflow'
     """
-    if choice not in ("auto", *BACKENDS):
+    if choice not in CHOICES:
         raise ValueProblem(f"backend must be auto or one of {', '.join(BACKENDS)}, not {choice!r}")
     if choice != "auto":
         return choice
     if running == "current":
-        running = sys.modules["keras"].config.backend() if "keras" in sys.modules else None
+        running = running_backend()
     if running:   # Keras is imported already (a caller's process): its backend cannot change now
         return running
     env = os.environ if env is None else env
@@ -101,11 +108,10 @@ def use_backend(name: str) -> str:
     >>> use_backend(keras.config.backend()) == keras.config.backend()
     True
     """
-    if "keras" in sys.modules:
-        import keras
-
-        if keras.config.backend() != name:
-            raise ValueProblem(f"Keras already runs on {keras.config.backend()} in this process; "
+    running = running_backend()
+    if running is not None:
+        if running != name:
+            raise ValueProblem(f"Keras already runs on {running} in this process; "
                                f"set KERAS_BACKEND={name} before it is imported")
         return name
     if importlib.util.find_spec(name) is None:

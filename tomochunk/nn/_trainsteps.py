@@ -386,8 +386,6 @@ def run_epoch(stepper, pool, make_batch, *, epoch, epochs, steps, prefetch, batc
         rate = (done - 1) * batch_size / (t_end - t_first)
     else:
         rate = done * batch_size / max(t_end - t0, 1e-9)
-    if not losses:   # the budget ran out before the first step
-        losses = [float("nan")]
     return losses, rate, wait, t0
 
 
@@ -422,13 +420,15 @@ def epoch_row(epoch, losses, vloss, cm, *, seconds, rate, wait, elapsed):
     (0.9, 0.889)
     """
     prec, rec, f1 = class_scores(cm)
-    row = {"epoch": epoch, "loss": float(np.mean(losses)), "val_loss": float(np.mean(vloss)),
+    # no loss where the budget ran out before the epoch's first step
+    row = {"epoch": epoch, "loss": float(np.mean(losses)) if len(losses) else float("nan"), "val_loss": float(np.mean(vloss)),
            "val_accuracy": float(np.trace(cm) / max(cm.sum(), 1))}
     for c in range(cm.shape[0]):
         row[f"val_precision_{c}"] = float(prec[c])
         row[f"val_recall_{c}"] = float(rec[c])
         row[f"val_f1_{c}"] = float(f1[c])
-    row.update(steps=int(np.isfinite(losses).sum()), seconds=seconds, patches_per_s=rate, input_wait_s=wait, elapsed_s=elapsed)
+    row.update(steps=len(losses), seconds=seconds, patches_per_s=rate, input_wait_s=wait,
+               elapsed_s=elapsed)
     return row
 
 
