@@ -1,9 +1,4 @@
-"""DeepFinder U-Net: build, .keras and legacy .h5 round trips, errors, backend neutrality."""
-
-import os
-import subprocess
-import sys
-from pathlib import Path
+"""DeepFinder U-Net: build, .keras and legacy .h5 round trips, errors (backend neutrality: test_backend_neutral)."""
 
 import h5py
 import numpy as np
@@ -12,8 +7,6 @@ import pytest
 import tomochunk
 from tomochunk.errors import FormatError, MissingError, ValueProblem
 from tomochunk.nn.models import check_patch_shape, deepfinder_unet, load_model, model_info, save_model
-
-NN_DIR = Path(tomochunk.__file__).parent / "nn"
 
 
 @pytest.fixture(scope="module")
@@ -97,47 +90,6 @@ def test_bad_files(tmp_path):
         f["dataset"] = np.zeros(3)
     with pytest.raises(FormatError, match="empty.h5"):
         load_model(tmp_path / "empty.h5")
-
-
-def test_no_tensorflow_in_nn_code():
-    import ast
-
-    for py in NN_DIR.glob("*.py"):
-        for node in ast.walk(ast.parse(py.read_text())):
-            if isinstance(node, ast.Name):
-                assert node.id not in ("tf", "tensorflow"), f"{py}:{node.lineno}"
-            if isinstance(node, (ast.Import, ast.ImportFrom)):
-                mods = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
-                assert not any(m.split(".")[0] == "tensorflow" for m in mods), f"{py}:{node.lineno}"
-
-
-_JAX_SCRIPT = """
-import sys, numpy as np
-from tomochunk.nn.models import load_model
-m = load_model(sys.argv[1])
-x = np.load(sys.argv[2])
-np.save(sys.argv[3], np.asarray(m.predict(x, verbose=0)))
-"""
-
-
-def _jax_python():
-    """This interpreter if it has jax, else $TOMOCHUNK_JAX_PYTHON (a venv with jax, keras, h5py)."""
-    import importlib.util
-
-    if importlib.util.find_spec("jax"):
-        return sys.executable
-    return os.environ.get("TOMOCHUNK_JAX_PYTHON")
-
-
-@pytest.mark.skipif(not _jax_python(), reason="jax not installed (set TOMOCHUNK_JAX_PYTHON)")
-def test_same_predictions_under_jax(model, patch, tmp_path):
-    save_model(model, tmp_path / "m.keras", legacy_h5=tmp_path / "m.h5")
-    np.save(tmp_path / "x.npy", patch)
-    env = dict(os.environ, KERAS_BACKEND="jax", PYTHONPATH=str(NN_DIR.parent.parent))
-    for name in ("m.keras", "m.h5"):
-        subprocess.run([_jax_python(), "-c", _JAX_SCRIPT, str(tmp_path / name), str(tmp_path / "x.npy"),
-                        str(tmp_path / "y.npy")], check=True, env=env)
-        np.testing.assert_allclose(np.load(tmp_path / "y.npy"), model.predict(patch, verbose=0), atol=1e-4)
 
 
 def test_bfloat16_policy_same_weights(model, patch):
