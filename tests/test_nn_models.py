@@ -176,3 +176,48 @@ def test_up_conv_with_free_input_size(model):
     for shape in [(1, 8, 12, 16, 1), (1, 12, 8, 20, 1)]:
         x = np.random.default_rng(5).normal(size=shape).astype("float32")
         assert free.predict(x, verbose=0).shape == shape[:4] + (3,)
+
+
+@pytest.mark.parametrize("anisotropic", [False, True])
+def test_spec_read_from_the_file_equals_the_loaded_model(anisotropic, tmp_path):
+    """What the client plans with (classes, memory per voxel, movie or tomogram, input size) is read
+    from the file without Keras, and equals what the loaded model says."""
+    from tomochunk.nn._memory import block_bytes_per_voxel, bytes_per_voxel
+    from tomochunk.nn._model import model_kind, n_classes
+    from tomochunk.nn.models import read_spec
+
+    m = deepfinder_unet(4, filters=(8, 12, 16), anisotropic=anisotropic)
+    save_model(m, tmp_path / "m.keras", legacy_h5=tmp_path / "m.h5")
+    save_model(deepfinder_unet(3, 32, filters="small"), tmp_path / "fixed.keras")
+    for name in ("m.keras", "m.h5", "fixed.keras"):
+        spec, model = read_spec(tmp_path / name), load_model(tmp_path / name)
+        for f in (lambda x: n_classes(x, 32), bytes_per_voxel, lambda x: block_bytes_per_voxel(x, "bfloat16"),
+                  model_kind, lambda x: tuple(x.input_shape)):
+            assert f(spec) == f(model), name
+    (tmp_path / "junk.keras").write_bytes(b"PK not a zip")
+    assert read_spec(tmp_path / "junk.keras") is None     # load_model then says what is wrong
+    with pytest.raises(FormatError, match="junk.keras"):
+        load_model(tmp_path / "junk.keras")
+
+
+_PLAN_ONLY = """
+import sys
+import numpy as np
+from tomochunk import segment
+for tiling in ("blocks", "patches"):
+    s = segment(np.zeros((16, 32, 32), np.float32), sys.argv[1], tiling=tiling, patch_size=16, crop=2)
+assert s.shape == (3, 16, 32, 32), s.shape
+print(sorted(m for m in ("keras", "tensorflow", "torch", "jax") if m in sys.modules))
+"""
+
+
+def test_planning_a_segmentation_imports_no_keras(model, tmp_path):
+    """The client of a cluster builds the graph from the file's spec: no Keras, no TensorFlow."""
+    import subprocess
+    import sys
+
+    save_model(model, tmp_path / "m.keras")
+    out = subprocess.run([sys.executable, "-c", _PLAN_ONLY, str(tmp_path / "m.keras")], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split("\n")[-2] == "[]", out.stdout

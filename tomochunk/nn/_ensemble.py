@@ -85,10 +85,10 @@ class EnsembleHandle:
 
 
 def ensemble_handle(model, client=None, tta=False):
-    """``(handle, keras_model)`` for one model (unchanged when no TTA) or a list of models.
+    """``(handle, model)`` for one model (unchanged when no TTA) or a list of models.
 
-    The returned Keras model is the first one (shapes and memory estimates); every model
-    must predict the same number of classes.
+    The returned model is the first one's spec or Keras model (shapes and memory estimates);
+    every model must predict the same number of classes.
     """
     models = list(model) if isinstance(model, (list, tuple)) else [model]
     if not models:

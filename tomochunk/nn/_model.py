@@ -18,6 +18,7 @@ import numpy as np
 
 from ..errors import MissingError, ShapeError, ValueProblem
 from . import _cache
+from .models import read_spec
 
 
 class ModelHandle:
@@ -54,9 +55,11 @@ class ModelHandle:
 
 
 def model_handle(model, client=None):
-    """``(handle, keras_model)`` for a model path or a Keras model object.
+    """``(handle, model)`` for a model path or a Keras model object.
 
-    A path must exist; the model is loaded here (once per process) to read its shapes.
+    A path must exist; for it, ``model`` is the file's :class:`~tomochunk.nn.models.ModelSpec`
+    (its shapes, read without importing Keras), or the model loaded once per process where the
+    file is not one the spec reader knows.
     A Keras model is serialised once into one graph key; tasks name it by the token of its
     config and weights. ``client`` is accepted for compatibility and not needed.
 
@@ -73,7 +76,7 @@ def model_handle(model, client=None):
             raise MissingError("no such model file", p)
         path = str(p.resolve())
         token = "file-" + dask.base.tokenize(path, os.stat(path).st_mtime_ns)
-        return ModelHandle(path, token), _cache.keras_model(path)
+        return ModelHandle(path, token), read_spec(path) or _cache.keras_model(path)
     if not hasattr(model, "predict_on_batch"):
         raise ValueProblem(f"model must be a path or a Keras model, got {type(model).__name__}")
     blob = _cache.model_bytes(model)

@@ -31,6 +31,8 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from types import SimpleNamespace
+from zipfile import BadZipFile, ZipFile
 
 import numpy as np
 
@@ -400,15 +402,98 @@ def load_model(path, *, anisotropic: bool | None = None):
     layers, attrs = _read_legacy_h5(path)
     n_classes, filters = _weights_to_config(layers, path)
     if anisotropic is None:
-        try:
-            anisotropic = bool(json.loads(attrs.get("tomochunk", "{}")).get("anisotropic", False))
-        except ValueError:
-            anisotropic = False
+        anisotropic = _h5_anisotropic(attrs)
     model = deepfinder_unet(n_classes, filters=filters, anisotropic=anisotropic)
     _set_weights_by_order(model, layers, path)
     log.info("loaded %s: %d classes, filters %s, anisotropic=%s", path, n_classes, filters,
              anisotropic)
     return model
+
+
+def _h5_anisotropic(attrs) -> bool:
+    """What a legacy HDF5 file written by :func:`save_model` records; DeepFinder's own: isotropic."""
+    try:
+        return bool(json.loads(attrs.get("tomochunk", "{}")).get("anisotropic", False))
+    except ValueError:
+        return False
+
+
+class ModelSpec:
+    """What planning a segmentation needs of a network, read from its file: its layers' ``filters``
+    and ``pool_size``, and its input and output shapes (the attributes of a Keras model that
+    :mod:`tomochunk.nn._memory` and :mod:`tomochunk.nn._model` read)."""
+
+    def __init__(self, layers, input_shape, output_shape):
+        self.layers, self.input_shape, self.output_shape = layers, tuple(input_shape), tuple(output_shape)
+
+    def __repr__(self):
+        return f"ModelSpec(input_shape={self.input_shape}, output_shape={self.output_shape})"
+
+
+def _layer(config):
+    kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in config.items() if k in ("filters", "pool_size")}
+    return SimpleNamespace(name=config.get("name"), **kw)
+
+
+def _keras_spec(path: Path):
+    """The spec of a functional ``.keras`` file from its ``config.json``; None where it is not plain."""
+    with ZipFile(path) as z:
+        cfg = json.loads(z.read("config.json"))
+    if cfg.get("class_name") != "Functional":
+        return None
+    conf = cfg["config"]
+    layers = conf["layers"]
+    if any(layer.get("class_name") in ("Functional", "Sequential", "Model") for layer in layers):
+        return None  # nested models: their layers are not in this list
+    by_name = {layer["config"]["name"]: layer["config"] for layer in layers}
+
+    def one(ends):
+        ends = ends[0] if ends and isinstance(ends[0], list) else ends
+        return by_name[ends[0]] if ends and len(ends) == 3 and ends[0] in by_name else None
+
+    inp, out = one(conf.get("input_layers")), one(conf.get("output_layers"))
+    shape = (inp or {}).get("batch_shape") or (inp or {}).get("batch_input_shape")
+    if not shape or len(shape) != 5 or not (out or {}).get("filters"):
+        return None
+    return ModelSpec([_layer(layer["config"]) for layer in layers], shape, (None, None, None, None, out["filters"]))
+
+
+def read_spec(path):
+    """A network's :class:`ModelSpec`, read from its file without Keras (so without TensorFlow).
+
+    Planning a segmentation (classes, memory per voxel, movie or tomogram) needs only this,
+    so the client of a cluster does not import TensorFlow, which took 10-12 s per command on
+    2 cores. A DeepFinder U-Net in legacy HDF5 or any functional ``.keras`` model is read this way;
+    for anything else this returns None, and the caller loads the model (:func:`load_model`).
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "unet.keras")
+    >>> _ = save_model(deepfinder_unet(3, filters="small", anisotropic=True), path)
+    >>> spec = read_spec(path)
+    >>> spec.output_shape[-1], spec.input_shape, spec.layers[1].filters
+    (3, (None, None, None, None, 1), 8)
+    >>> [layer.pool_size for layer in spec.layers if hasattr(layer, "pool_size")][0]
+    (1, 2, 2)
+    """
+    path = Path(path)
+    if not path.exists():
+        raise MissingError("model file does not exist", path)
+    if path.suffix == ".keras" and path.is_file():
+        try:
+            return _keras_spec(path)
+        except (OSError, BadZipFile, KeyError, TypeError, ValueError, AttributeError):  # not a plain .keras:
+            return None                                                   # load_model says what
+    if path.suffix in (".h5", ".hdf5"):
+        layers, attrs = _read_legacy_h5(path)
+        n_classes, filters = _weights_to_config(layers, path)
+        aniso = _h5_anisotropic(attrs)
+        pool = (1, 2, 2) if aniso else (2, 2, 2)
+        plan = [SimpleNamespace(name=n, filters=int(v[0].shape[-1])) for n, v in layers]
+        plan[2:2] = [SimpleNamespace(name="max_pooling3d", pool_size=pool)]
+        return ModelSpec(plan, (None, None, None, None, 1), (None, None, None, None, n_classes))
+    return None
 
 
 def _write_legacy_h5(model, path: Path):

@@ -206,23 +206,23 @@ def segment(volume, model, *, patch_size=160, crop=25, batch_size=None, blend="c
     data = norm.data if isinstance(norm, xr.DataArray) else norm
     shape = tuple(int(s) for s in data.shape)
 
-    handle, keras_model = ensemble_handle(model, client, tta)
-    check_model_dims(keras_model, volume.dims if isinstance(volume, xr.DataArray) else None, source)
+    handle, net = ensemble_handle(model, client, tta)
+    check_model_dims(net, volume.dims if isinstance(volume, xr.DataArray) else None, source)
     workers = worker_info(client)
     if gpu is None:
         gpu = any((wk.get("resources") or {}).get("GPU", 0) > 0 for wk in workers.values())
     ctx = (lambda: dask.annotate(resources={"GPU": 1})) if gpu else contextlib.nullcontext
     precision = resolve_precision(precision, gpu)
     if tiling == "blocks":
-        n_classes = _n_classes(keras_model, None)
-        chunks = block_chunks(shape, crop, block_shape, block_bytes_per_voxel(keras_model, precision), workers)
+        n_classes = _n_classes(net, None)
+        chunks = block_chunks(shape, crop, block_shape, block_bytes_per_voxel(net, precision), workers)
         log.info("segment: %d blocks of up to %s voxels; the network runs on %.2fx the volume",
                  math.prod(len(c) for c in chunks), [max(c) for c in chunks],
                  window_voxels(chunks, crop) / math.prod(shape))
         scores = block_scores(data, chunks, handle, crop, n_classes, precision, ctx)
     else:
-        n_classes = _n_classes(keras_model, patch)
-        batch = int(batch_size or patch_batch(patch, bytes_per_voxel(keras_model, precision), workers))
+        n_classes = _n_classes(net, patch)
+        batch = int(batch_size or patch_batch(patch, bytes_per_voxel(net, precision), workers))
         log.info("segment: batches of %d patches of %d^3", batch, patch)
         scores = patch_scores(data, shape, handle, patch, crop, core_overlap, blend,
                               block_patches or _auto_block_patches(patch, step), len(workers),
