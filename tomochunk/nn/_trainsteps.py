@@ -345,6 +345,10 @@ def prepare_model(model, *, n_classes, filters, anisotropic, precision, lr, loss
         # Shares the optimizer, so that checkpoints of ``model`` carry its state.
         stepper = _micro_batched(model, cuts)
         stepper.compile(optimizer=model.optimizer, loss=model.loss)
+    if not model.optimizer.built:
+        # TensorFlow traces a step twice when the step creates variables (the optimiser's
+        # moments); built here, the first step traces once: 11.7 s -> 5.9 s for a small U-Net
+        model.optimizer.build(model.trainable_variables)
     return model, stepper, policy
 
 
