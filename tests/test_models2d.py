@@ -210,3 +210,25 @@ def test_segment_features_object_weight_matches_in_memory(client, tmp_path, rng)
     expect = compete_maps(_sig(np.stack([3 * v - 3, v])), [0.5, 0.5], object_weight=0.5)
     assert (expect != compete_maps(_sig(np.stack([3 * v - 3, v])), [0.5, 0.5])).any()
     np.testing.assert_array_equal(open_volume(tmp_path / "out" / "t.zarr").values, expect)
+
+
+_PLAN_SLICES = """
+import sys
+import numpy as np
+from tomochunk.nn.slices import segment_slices
+p = segment_slices(np.zeros((4, 32, 32), np.float32), sys.argv[1], pixel_size=10.0)
+assert p.shape == (1, 4, 32, 32), p.shape
+print(sorted(m for m in ("keras", "tensorflow", "torch", "jax") if m in sys.modules))
+"""
+
+
+def test_planning_slices_imports_no_keras(tmp_path):
+    """A client plans slice-wise inference from the archive's record: no Keras, no TensorFlow."""
+    import subprocess
+    import sys
+
+    save_archive(new_model("unet2d", box_size=32, title="membrane", pixel_size=10.0), tmp_path / "m.tcm")
+    out = subprocess.run([sys.executable, "-c", _PLAN_SLICES, str(tmp_path / "m.tcm")], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split("\n")[-2] == "[]", out.stdout

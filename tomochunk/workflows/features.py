@@ -23,7 +23,7 @@ from ..errors import ValueProblem
 from ..io.omezarr import PyramidWriter, check_alias, is_complete
 from ..io.volume import open_volume
 from ..nn.features import combine_maps, compete_blocks
-from ..nn.slices import cached_model, model_ref, segment_slices
+from ..nn.slices import model_ref, planning_info, segment_slices
 from ..parallel import client_context, current_client
 
 log = get_logger(__name__)
@@ -138,7 +138,7 @@ def segment_features(tomograms, models, outdir, *, interactions=None, client=Non
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     refs = [model_ref(m) for m in models]
-    infos = _override([cached_model(r).info for r in refs], thresholds, emit, absorb)
+    infos = _override([planning_info(r) for r in refs], thresholds, emit, absorb)
     for r, info in zip(refs, infos):
         if info.n_classes != 1:
             raise ValueProblem(f"model {info.title!r} ({r}) has {info.n_classes} outputs; segment_features "
