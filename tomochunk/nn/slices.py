@@ -39,7 +39,7 @@ from .._log import get_logger
 from ..errors import ShapeError, ValueProblem
 from ._cache import archive_model
 from .archive import FeatureModel, read_archive_info, save_archive
-from .registry import user_file
+from .registry import ensure_registered, user_file
 
 log = get_logger(__name__)
 
@@ -66,8 +66,12 @@ def planning_info(ref):
     """
     if isinstance(ref, FeatureModel):
         return ref.info
-    info = read_archive_info(ref[0] if isinstance(ref, tuple) else ref)
-    return info if info.input_shape is not None else cached_model(ref).info
+    path, code = ref if isinstance(ref, tuple) else (ref, None)
+    info = read_archive_info(path)
+    if info.input_shape is None:
+        return cached_model(ref).info
+    ensure_registered(info.architecture, code, path)  # refuse an architecture the archive names, up front
+    return info
 
 
 def model_ref(model):
