@@ -487,7 +487,7 @@ def read_spec(path):
             return None                                                   # load_model says what
     if path.suffix in (".h5", ".hdf5"):
         layers, attrs = _read_legacy_h5(path)
-        n_classes, filters = _weights_to_config(layers, path)
+        n_classes, _ = _weights_to_config(layers, path)  # also refuses another architecture
         aniso = _h5_anisotropic(attrs)
         pool = (1, 2, 2) if aniso else (2, 2, 2)
         plan = [SimpleNamespace(name=n, filters=int(v[0].shape[-1])) for n, v in layers]
