@@ -113,8 +113,9 @@ def main():
     import zarr
 
     from tomochunk.nn import _cache
-    from tomochunk.nn._blocks_plan import POOL, _classes_first, _halo, block_chunks, window_voxels
-    from tomochunk.nn._memory import block_bytes_per_voxel
+    from tomochunk.nn._blocks_plan import POOL, _classes_first, _halo, block_chunks, largest_window, window_voxels
+    from tomochunk.nn._memory import block_memory, slab_voxels
+    from tomochunk.nn._split import split_of
     from tomochunk.nn.models import save_model
     from tomochunk.nn.segment import preload_model, segment, write_segmentation
     from tomochunk.ops.normalize import global_stats
@@ -135,11 +136,14 @@ def main():
     prec = args.precision
     mem = {"w": {"memory_limit": args.memory}}
     bs = args.block_shape or None
-    chunks = block_chunks(shape, args.crop, bs, block_bytes_per_voxel(model, prec), mem)
+    planned, held, per_slab = block_memory(model, prec)
+    chunks = block_chunks(shape, args.crop, bs, planned, mem)
+    slab = slab_voxels(largest_window(chunks, args.crop), held, per_slab, mem)
     n_vox = int(np.prod(shape))
     print(f"volume {shape} ({n_vox / 1e6:.1f} Mvox) in Zarr, {args.classes} classes, {prec}, "
           f"blocks {[len(c) for c in chunks]} of up to {[max(c) for c in chunks]}, "
-          f"network on {window_voxels(chunks, args.crop) / n_vox:.2f}x the volume; load {os.getloadavg()[0]:.1f}")
+          f"network on {window_voxels(chunks, args.crop) / n_vox:.2f}x the volume, slabs of {slab} voxels "
+          f"(0: whole calls); load {os.getloadavg()[0]:.1f}")
 
     # --- end to end: the real pipeline on a 1-worker LocalCluster (warm: model loaded) ---
     import dask.array as da
@@ -191,15 +195,23 @@ def main():
         pad = [(f, (-(f + n)) % POOL) for f, n in zip(front, x.shape)]
         x = np.pad(x, pad)
         t3p = time.perf_counter()
-        if first:
-            net.predict_on_batch(x[None, ..., None])  # trace outside the timing, as the e2e warm-up did
-        t3 = time.perf_counter()
-        y = np.asarray(net.predict_on_batch(x[None, ..., None]), np.float32)[0]
-        t4 = time.perf_counter()
         core = tuple(slice(f + (halo if lo_ else 0), f + n - (halo if hi_ else 0))
                      for (lo_, hi_), n, f in zip(inner, block.shape, front))
-        sc = _classes_first(y[core])
-        t5 = time.perf_counter()
+        split = split_of(net) if slab else None
+        if first:  # trace outside the timing, as the e2e warm-up did
+            if split is not None:
+                split.predict_core(x, core, slab)
+            else:
+                net.predict_on_batch(x[None, ..., None])
+        t3 = time.perf_counter()
+        if split is not None:  # slabs: the core comes class-first from the network stage
+            sc = split.predict_core(x, core, slab)
+            t4 = t5 = time.perf_counter()
+        else:
+            y = np.asarray(net.predict_on_batch(x[None, ..., None]), np.float32)[0]
+            t4 = time.perf_counter()
+            sc = _classes_first(y[core])
+            t5 = time.perf_counter()
         s16 = sc.astype(np.float16)
         t6 = time.perf_counter()
         region = tuple(slice(a, b) for a, b in zip(lo, hi))

@@ -19,6 +19,7 @@ from .._log import get_logger
 from ..errors import ValueProblem
 from ._memory import memory_budget
 from ._model import run
+from ._split import split_of
 
 log = get_logger(__name__)
 
@@ -105,6 +106,19 @@ def block_chunks(shape, crop, block_shape, bytes_per_voxel, workers):
     return tuple(o[3] for o in combo)
 
 
+def largest_window(chunks, crop):
+    """Voxels of the largest window (block, halos, lead and padding to 4) of these block chunks.
+
+    Examples
+    --------
+    >>> largest_window(((176,), (192,), (99, 93)), 25)  # 180 x 196 x 128
+    4515840
+    """
+    halo, lead = _halo(crop), crop % POOL
+    return math.prod(max(_up4(n + (halo if i else lead) + halo * (i < len(c) - 1)) for i, n in enumerate(c))
+                     for c in chunks)
+
+
 def _axis_options(n, crop, most=64):
     """The distinct block splits of an axis of ``n`` (at most ``most`` blocks, none thinner
     than the halo): ``(sum of window sides, largest window side, blocks, chunks)`` for each.
@@ -149,10 +163,11 @@ def _axis_blocks(n, side, crop):
     return tuple(c)
 
 
-def block_scores(data, chunks, handle, crop, n_classes, precision, annotate):
+def block_scores(data, chunks, handle, crop, n_classes, precision, annotate, slab_voxels=0):
     """Lazy ``[c, z, y, x]`` scores, one network call per block of ``chunks`` plus its halo
     (``handle``: the network's :class:`~tomochunk.nn._model.ModelHandle`; ``annotate()``:
-    the context for the network tasks)."""
+    the context for the network tasks; ``slab_voxels``: the slabs of a DeepFinder U-Net's
+    full-resolution levels, see :mod:`tomochunk.nn._split`; 0: whole calls)."""
     data = data.rechunk(chunks)
     halo = _halo(crop)
     depth = {a: (halo if len(c) > 1 else 0) for a, c in enumerate(data.chunks)}
@@ -165,16 +180,16 @@ def block_scores(data, chunks, handle, crop, n_classes, precision, annotate):
     def run_block(block, block_id=None, blob=None):
         ids = block_id[1:]  # after the new class axis
         inner = [(ids[a] > 0 and depth[a] > 0, ids[a] < nblocks[a] - 1 and depth[a] > 0) for a in range(3)]
-        return predict_window(block, handle.load(precision, blob), depth, inner, crop % POOL)
+        return predict_window(block, handle.load(precision, blob), depth, inner, crop % POOL, slab_voxels)
 
-    name = f"segment-blocks-{dask.base.tokenize(data, handle.token, crop, precision)}"
+    name = f"segment-blocks-{dask.base.tokenize(data, handle.token, crop, precision, slab_voxels)}"
     with annotate():
         return da.map_blocks(run_block, ext, new_axis=0, chunks=((n_classes,),) + data.chunks,
                              dtype=np.float32, name=name, meta=np.empty((0, 0, 0, 0), np.float32),
                              **handle.kwargs())
 
 
-def predict_window(block, model, depth, inner, lead):
+def predict_window(block, model, depth, inner, lead, slab_voxels=0):
     """Scores of a block's core from one network call on the block and its halo.
 
     ``inner[a] = (low, high)``: which sides of axis ``a`` carry a halo of ``depth[a]``
@@ -182,16 +197,21 @@ def predict_window(block, model, depth, inner, lead):
     voxels shorter, gets ``lead`` zeros in front: every window starts at a volume coordinate
     of ``-crop`` modulo 4, where DeepFinder's first patch starts, so the U-Net pools in one
     phase everywhere (no seams between blocks) and in the phase of DeepFinder's first patch.
-    Far faces are zero-padded to a multiple of 4.
+    Far faces are zero-padded to a multiple of 4. With ``slab_voxels``, a network that
+    :func:`~tomochunk.nn._split.split_of` knows runs its full-resolution levels in z slabs of
+    about that many voxels (the same scores, a third of the memory).
     """
     x = np.asarray(block, dtype=np.float32)
     front = [0 if lo else lead for lo, _ in inner]
     pad = [(f, (-(f + n)) % POOL) for f, n in zip(front, x.shape)]
     if any(p != (0, 0) for p in pad):
         x = np.pad(x, pad)
-    y = run(model, x[None, ..., None])[0]
     core = tuple(slice(f + (depth[a] if lo else 0), f + n - (depth[a] if hi else 0))
                  for a, ((lo, hi), n, f) in enumerate(zip(inner, block.shape, front)))
+    split = split_of(model) if slab_voxels else None
+    if split is not None:
+        return split.predict_core(x, core, slab_voxels)
+    y = run(model, x[None, ..., None])[0]
     return _classes_first(y[core])
 
 

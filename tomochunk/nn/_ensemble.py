@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import ValueProblem
 from ._model import model_handle, run
+from ._split import split_of
 
 __all__ = ["ensemble_handle", "Averaged", "EnsembleHandle", "flip_sets"]
 
@@ -56,6 +57,26 @@ class Averaged:
         for m in self.models:
             for axes in self.flips:
                 y = run(m, np.ascontiguousarray(np.flip(x, axes)) if axes else x)
+                y = np.flip(y, axes) if axes else y
+                acc = y.copy() if acc is None else acc + y
+        return acc / np.float32(len(self.models) * len(self.flips))
+
+    def split(self):
+        """Itself where every member is a DeepFinder U-Net that runs in slabs (its
+        :meth:`predict_core` then averages their slab-wise cores), else None."""
+        return self if all(split_of(m) is not None for m in self.models) else None
+
+    def predict_core(self, x, core, slab_voxels):
+        """The averaged class-first core of the ``[z, y, x]`` window ``x``, each member and flip
+        through :meth:`tomochunk.nn._split.SplitUNet.predict_core`."""
+        acc = None
+        for m in self.models:
+            for axes in self.flips:
+                # batch axis b is window axis b - 1 and axis b of the class-first core
+                xf = np.ascontiguousarray(np.flip(x, [b - 1 for b in axes])) if axes else x
+                cf = tuple(slice(n - s.stop, n - s.start) if a + 1 in axes else s
+                           for a, (s, n) in enumerate(zip(core, x.shape)))
+                y = split_of(m).predict_core(xf, cf, slab_voxels)
                 y = np.flip(y, axes) if axes else y
                 acc = y.copy() if acc is None else acc + y
         return acc / np.float32(len(self.models) * len(self.flips))

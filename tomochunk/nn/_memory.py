@@ -56,6 +56,64 @@ def block_bytes_per_voxel(model, precision="float32") -> float:
     return bytes_per_voxel(model, precision) + 32.0 * classes
 
 
+#: most bytes one full-resolution slab of a split window may take (:mod:`tomochunk.nn._split`);
+#: unbounded: a slab takes what the window leaves of the budget. 0: no slabs, whole calls
+SLAB_BYTES = float("inf")
+
+
+def block_memory(model, precision="float32"):
+    """``(planned, held, per slab voxel)``: bytes per window voxel of one ``tiling="blocks"`` call
+    for the block plan, of them those held for the whole call, and bytes per slab voxel.
+
+    A DeepFinder U-Net runs its full-resolution levels in z slabs (:mod:`tomochunk.nn._split`).
+    For the whole call it holds the input, the skip and the cropped output (``held``: 1.25 x
+    first-level filters x itemsize, plus 16 bytes and 6 per class, the float32 core and the
+    writer's float16 copy). Its pooled levels then take about as much again, and its slabs
+    reuse that memory: the plan counts twice the skip (``planned``), and a slab takes what the
+    largest window leaves of the budget (:func:`slab_voxels`), at :func:`bytes_per_voxel`.
+    Any other network runs whole: ``(block_bytes_per_voxel, 0, 0)``.
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace as N
+    >>> from tomochunk.nn import _split
+    >>> names = (_split.SKIP, _split.POOLED, _split.DEEP, _split.UP, _split.CAT) + _split.MIDDLE + _split.TAIL
+    >>> unet = N(layers=[N(name="conv3d", filters=32)] + [N(name=n) for n in names],
+    ...          output_shape=(None, None, None, None, 13))
+    >>> block_memory(unet), block_memory(unet, "bfloat16")
+    ((414.0, 254.0, 1024.0), (254.0, 174.0, 544.0))
+    >>> block_memory(N(layers=[], output_shape=(None, 13)))
+    (1440.0, 0, 0)
+    """
+    from ._split import splittable
+
+    if not (SLAB_BYTES > 0 and splittable(model)):
+        return block_bytes_per_voxel(model, precision), 0, 0
+    f0 = next((int(layer.filters) for layer in model.layers if getattr(layer, "filters", None)), 32)
+    classes = int((getattr(model, "output_shape", None) or (0,))[-1] or 0)
+    skip = 1.25 * f0 * (2 if precision == "bfloat16" else 4)
+    held = skip + 16 + 6.0 * classes
+    return skip + held, held, bytes_per_voxel(model, precision)
+
+
+def slab_voxels(largest, held, per_slab, workers) -> int:
+    """Voxels of one slab: what a window of ``largest`` voxels leaves of the memory budget
+    beyond its ``held`` bytes per voxel (at ``per_slab`` bytes each), at most ``SLAB_BYTES``.
+    A 200x256x256 13-class window (float32, 12 GB worker) gets 3.0 Mvoxels: 46 planes.
+
+    Examples
+    --------
+    >>> slab_voxels(200 * 256 * 256, 254.0, 1024.0, {"w": {"memory_limit": 12e9}})
+    2998800
+    >>> slab_voxels(100, 0, 0, {})
+    0
+    """
+    if per_slab <= 0:
+        return 0
+    free = min(SLAB_BYTES, memory_budget(workers) - largest * held)
+    return max(1, int(free // per_slab))
+
+
 def memory_budget(workers: dict) -> float:
     """Bytes one network call may take on the smallest worker.
 

@@ -156,6 +156,17 @@ SERIAL = True
 _LOCK = threading.RLock()  # re-entrant: an ensemble (nn._ensemble.Averaged) runs its members inside
 
 
+def serial():
+    """The context that keeps this process's network calls one at a time (see ``SERIAL``).
+
+    Examples
+    --------
+    >>> with serial():
+    ...     pass
+    """
+    return _LOCK if SERIAL else _NOLOCK
+
+
 def run(model, x):
     """The network on one batch, as float32 numpy (one call at a time per process, see ``SERIAL``).
 
@@ -165,7 +176,7 @@ def run(model, x):
     >>> run(lambda x: x * 2, np.ones((1, 2))).tolist()
     [[2.0, 2.0]]
     """
-    with _LOCK if SERIAL else _NOLOCK:
+    with serial():
         try:
             y = model.predict_on_batch(x)
         except AttributeError:  # a bare callable

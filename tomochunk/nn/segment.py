@@ -62,9 +62,9 @@ from ..io.volume import check_tomogram
 from ..ops.normalize import normalize as _normalize
 from ..parallel import worker_info
 from . import _cache
-from ._blocks_plan import block_chunks, block_scores, window_voxels
+from ._blocks_plan import block_chunks, block_scores, largest_window, window_voxels
 from ._ensemble import ensemble_handle
-from ._memory import block_bytes_per_voxel, bytes_per_voxel, patch_batch
+from ._memory import block_memory, bytes_per_voxel, patch_batch, slab_voxels
 from ._model import check_model_dims, n_classes as _n_classes
 from ._predict import PRECISIONS, resolve_precision
 from ._tiling import _auto_block_patches, patch_scores
@@ -215,11 +215,13 @@ def segment(volume, model, *, patch_size=160, crop=25, batch_size=None, blend="c
     precision = resolve_precision(precision, gpu)
     if tiling == "blocks":
         n_classes = _n_classes(net, None)
-        chunks = block_chunks(shape, crop, block_shape, block_bytes_per_voxel(net, precision), workers)
+        planned, held, per_slab = block_memory(net, precision)
+        chunks = block_chunks(shape, crop, block_shape, planned, workers)
+        slab = slab_voxels(largest_window(chunks, crop), held, per_slab, workers)
         log.info("segment: %d blocks of up to %s voxels; the network runs on %.2fx the volume",
                  math.prod(len(c) for c in chunks), [max(c) for c in chunks],
                  window_voxels(chunks, crop) / math.prod(shape))
-        scores = block_scores(data, chunks, handle, crop, n_classes, precision, ctx)
+        scores = block_scores(data, chunks, handle, crop, n_classes, precision, ctx, slab)
     else:
         n_classes = _n_classes(net, patch)
         batch = int(batch_size or patch_batch(patch, bytes_per_voxel(net, precision), workers))
