@@ -22,6 +22,15 @@ adds a run with larger patches.
 float32 is the equivalence check; bfloat16 (``segment(..., precision="bfloat16")``, Keras
 ``mixed_bfloat16``: AMX/AVX512-BF16 on this CPU) is the fast path, whose own max |delta|
 against DeepFinder's float32 scores is printed too.
+
+``--repeat 2`` (the default) runs each side twice in the same processes: DeepFinder's
+``Segment.launch`` twice in its one process, each of our runs twice on the same workers. The
+first is cold (this VM charges ~2 s of system time per GB that a process touches first,
+and one block window touches ~5 GB at once, where DeepFinder's 160^3 patches touch ~2 GB
+and repeat it 18 times); the last is the steady state of a batch that segments one
+tomogram after another. The ratios are against DeepFinder's fastest launch. ``--malloc
+glibc`` keeps glibc's malloc defaults in our workers (``tomochunk.parallel.malloc_env``
+off), ``--df-malloc tomochunk`` gives DeepFinder's process our settings: the A/B of that lever.
 """
 
 import argparse
@@ -76,11 +85,11 @@ else:
     seg = Segment.__new__(Segment)
     seg.Ncl, seg.P, seg.pcrop, seg.poverlap, seg.net = int(sys.argv[3]), P, 25, 55, net
     seg.obs_list, seg.path_weights = [], sys.argv[2]
-t = time.perf_counter()
-scores = seg.launch(data)
-dt = time.perf_counter() - t
+for _ in range(int(sys.argv[7])):  # the second launch: DeepFinder's steady state in one process
+    t = time.perf_counter()
+    scores = seg.launch(data)
+    print("DFTIME", time.perf_counter() - t, flush=True)
 np.save(sys.argv[5], np.moveaxis(scores, -1, 0))  # [z,y,x,c] -> [c,z,y,x]
-print("DFTIME", dt)
 """
 
 
@@ -152,8 +161,20 @@ def main():
     ap.add_argument("--volume", default=None,
                     help="the volume to segment (.h5 'dataset' or .npy, e.g. bench_accuracy.py's test.h5) "
                          "instead of the synthetic one; --shape is then its shape")
+    ap.add_argument("--repeat", type=int, default=2,
+                    help="runs of each side in the same processes: the first is cold (this VM charges ~2 s/GB "
+                         "for memory a process touches first), the last is the steady state of a worker (or a "
+                         "DeepFinder process) that segments one tomogram after another")
+    ap.add_argument("--malloc", default="tomochunk", choices=("tomochunk", "glibc"),
+                    help="glibc: the workers keep glibc's malloc defaults (tomochunk.parallel.malloc_env off)")
+    ap.add_argument("--df-malloc", default="glibc", choices=("tomochunk", "glibc"),
+                    help="tomochunk: DeepFinder's process gets the workers' malloc settings too")
     ap.add_argument("--dir", default=None)
     args = ap.parse_args()
+    if args.malloc == "glibc":  # dask's own setting switches tomochunk's off (malloc_env)
+        import dask
+
+        dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_MMAP_MAX_": 65536})
 
     import keras
     import zarr
@@ -197,23 +218,31 @@ def main():
 
     # --- DeepFinder ---
     df_out = os.path.join(work, "df_scores.npy")
-    df_time = None
+    df_times = []
     tfile = df_out + ".time"
     if os.path.exists(tfile) and os.path.exists(df_out):  # reuse a finished DeepFinder run of this setup
-        df_time = float(open(tfile).read())
-        print(f"DeepFinder Segment (cached): {df_time:.1f} s, {n_vox / df_time / 1e6:.3f} Mvox/s")
+        df_times = [float(t) for t in open(tfile).read().split()]
+        print(f"DeepFinder Segment (cached): {' s, then '.join(f'{t:.1f}' for t in df_times)} s")
     elif os.path.exists(args.df):
+        from tomochunk.parallel import _MALLOC_RETAIN
+
+        env = {**os.environ, **(_MALLOC_RETAIN if args.df_malloc == "tomochunk" else {})}
         r = subprocess.run([args.df, "-c", DF_CHILD, os.path.join(work, "vol.npy"), h5, str(args.classes),
-                            str(args.patch), df_out, ",".join(map(str, filters))], capture_output=True, text=True)
-        line = [ln for ln in r.stdout.splitlines() if ln.startswith("DFTIME")]
-        if r.returncode or not line:
+                            str(args.patch), df_out, ",".join(map(str, filters)), str(args.repeat)],
+                           capture_output=True, text=True, env=env)
+        df_times = [float(ln.split()[1]) for ln in r.stdout.splitlines() if ln.startswith("DFTIME")]
+        if r.returncode or not df_times:
             print("DeepFinder failed:", r.stderr[-2000:])
+            df_times = []
         else:
-            df_time = float(line[0].split()[1])
-            open(tfile, "w").write(str(df_time))
-            print(f"DeepFinder Segment: {df_time:.1f} s, {n_vox / df_time / 1e6:.3f} Mvox/s")
+            open(tfile, "w").write(" ".join(map(str, df_times)))
+            for i, t in enumerate(df_times):
+                print(f"DeepFinder Segment, launch {i + 1} in one process (malloc: {args.df_malloc}): "
+                      f"{t:.1f} s, {n_vox / t / 1e6:.3f} Mvox/s")
     else:
         print("no DeepFinder venv at", args.df)
+    # the ratio's baseline: DeepFinder's last launch (the fastest, in its steady state) unless it is slower
+    df_time = min(df_times) if df_times else None
     from tomochunk.nn._tiling import _axis_plan, _weights
 
     def n_patches(patch):  # DeepFinder's tiling (= ours with tiling="patches")
@@ -226,7 +255,8 @@ def main():
     if df_time:
         print(f"  DeepFinder runs {n_patches(args.patch)} patches of {args.patch}^3 "
               f"({df_flops / fpv / n_vox:.2f}x the volume): {df_flops / df_time / 1e9:.1f} GFLOP/s sustained")
-        summary.append(("DeepFinder Segment", "float32", df_time, df_flops, None))
+        for i, t in enumerate(df_times):
+            summary.append((f"DeepFinder Segment, launch {i + 1}", "float32", t, df_flops, None))
 
     # --- tomochunk ---
     from tomochunk.parallel import client_context
@@ -240,7 +270,8 @@ def main():
         runs = [("patches", args.patch, prec) for prec in precisions] if args.patches else []
         runs += [("patches", args.fast_patch, prec) for prec in precisions] if args.fast_patch else []
         runs += [("blocks", None, prec) for prec in precisions] if args.blocks else []
-        for tiling, patch, prec in runs:
+        runs = [(*r, i) for r in runs for i in range(1, args.repeat + 1)]
+        for tiling, patch, prec, run in runs:
             store = os.path.join(work, f"ours_{tiling}_{patch}_{prec}.zarr")
             t = time.perf_counter()
             scores = segment(vol, kpath, patch_size=patch or 160, crop=args.crop, tiling=tiling, precision=prec,
@@ -253,10 +284,12 @@ def main():
                 raw = n_vox * fpv
                 blocks = [len(c) for c in scores.data.chunks[1:]]
                 print(f"tomochunk tiling='blocks' {'x'.join(map(str, blocks))} blocks of up to "
-                      f"{scores.attrs['segment']['block_shape']}, {prec}: {dt:.1f} s, {n_vox / dt / 1e6:.3f} Mvox/s, "
+                      f"{scores.attrs['segment']['block_shape']}, {prec}, run {run}: {dt:.1f} s, "
+                      f"{n_vox / dt / 1e6:.3f} Mvox/s, "
                       f"{executed / dt / 1e9:.1f} GFLOP/s executed, {raw / dt / 1e9:.1f} GFLOP/s useful; "
                       f"tiling overhead {executed / raw:.2f}x (target <= 1.4x)")
-                summary.append(("tomochunk blocks", prec, dt, executed, compare(ours, df_time, df_out, dt, args.crop)))
+                summary.append((f"tomochunk blocks, run {run}", prec, dt, executed,
+                                compare(ours, df_time, df_out, dt, args.crop)))
                 continue
             # executed network cost: every patch is predicted whole
             core = patch - 2 * args.crop
@@ -280,11 +313,13 @@ def main():
             print(f"  bare network calls for these {n_pat} patches on {len(busy)} worker(s): {bare:.1f} s ({executed / bare / 1e9:.1f} "
                   f"GFLOP/s); pipeline overhead over them (normalise, tile, blend, write) "
                   f"{dt / bare:.2f}x (target <= 1.4x)")
-            summary.append((f"tomochunk patches {patch}", prec, dt, executed, compare(ours, df_time, df_out, dt, args.crop)))
+            summary.append((f"tomochunk patches {patch}, run {run}", prec, dt, executed,
+                            compare(ours, df_time, df_out, dt, args.crop)))
 
     # --- one table: the same FLOP count (fpv per input voxel the network runs on) for both sides ---
     print(f"\nsummary ({shape}, {args.classes} classes, {fpv / 1e6:.3f} MFLOP per network input voxel, "
-          f"UpConv3D counted at DeepFinder's cost; load average {os.getloadavg()[0]:.1f})")
+          f"UpConv3D counted at DeepFinder's cost; load average {os.getloadavg()[0]:.1f}; malloc: workers "
+          f"{args.malloc}, DeepFinder {args.df_malloc}; ratios against DeepFinder's fastest launch, {df_time or 0:.1f} s)")
     print("| run | precision | s | x DeepFinder | labels agree | GFLOP/s | of DeepFinder's rate |")
     print("|---|---|---:|---:|---:|---:|---:|")
     df_rate = df_flops / df_time if df_time else None

@@ -1,6 +1,9 @@
 import os
 
-from tomochunk.parallel import client_context, worker_env
+import dask
+import pytest
+
+from tomochunk.parallel import client_context, malloc_env, worker_env
 
 
 def _tf_threads():
@@ -16,6 +19,36 @@ def test_embedded_cluster_gives_tensorflow_its_share_of_cores(monkeypatch):
         seen = client.run(_tf_threads)
     assert len(seen) == 2
     assert set(seen.values()) == {(str(max(1, (os.cpu_count() or 1) // 2)), "1")}
+
+
+def _freed_block_stays_resident():
+    """Whether 256 MB freed by numpy stay in this process's resident memory (the kernel's count)."""
+    import numpy as np
+    import psutil
+
+    rss = psutil.Process().memory_info().rss
+    a = np.ones(32 << 20)  # 256 MB: over glibc's default mmap threshold
+    del a
+    return psutil.Process().memory_info().rss - rss > 200 << 20
+
+
+@pytest.mark.skipif(not malloc_env(), reason="glibc malloc settings apply on Linux with glibc only")
+def test_embedded_workers_keep_freed_memory_and_the_caller_keeps_its_environment(monkeypatch):
+    want = malloc_env()
+    for k in want:
+        monkeypatch.delenv(k, raising=False)
+    with client_context(n_workers=1) as client:
+        (env,) = client.run(lambda: {k: os.environ.get(k) for k in want}).values()
+        (kept,) = client.run(_freed_block_stays_resident).values()
+    assert env == want and kept
+    assert not any(k in os.environ for k in want)  # the nanny's copy was undone
+    assert not _freed_block_stays_resident()  # this process runs glibc's defaults: given back
+    # dask's own setting wins: glibc's defaults in the workers
+    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_MMAP_MAX_": 65536}):
+        assert malloc_env() == {}
+        with client_context(n_workers=1) as client:
+            (kept,) = client.run(_freed_block_stays_resident).values()
+    assert not kept
 
 
 def test_worker_env_keeps_what_the_user_set(monkeypatch):
@@ -70,8 +103,9 @@ def test_jobqueue_script_has_gpus_resources_and_tensorflow_threads(monkeypatch):
     # explicit keys override the config
     with dask.config.set({"jobqueue.pbs.job-script-prologue": ["export TF_NUM_INTRAOP_THREADS=7"]}):
         opts = jobqueue_options("pbs", cores=8, memory="8GB", processes=2, job_script_prologue=["module load cuda"])
+    malloc = [f"export {k}={v}" for k, v in malloc_env().items()]
     assert opts["job_script_prologue"] == ["module load cuda", "export TF_NUM_INTRAOP_THREADS=4",
-                                           "export TF_NUM_INTEROP_THREADS=1"]
+                                           "export TF_NUM_INTEROP_THREADS=1", *malloc]
 
 
 def test_missing_cores_and_memory_is_one_line():
