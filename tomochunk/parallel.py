@@ -266,9 +266,12 @@ def malloc_env() -> dict:
     the heap is trimmed too), so the next window faults the same gigabytes in again. On
     this project's 2-core VMs first-touched memory costs about 2 s per GB of system time:
     a steady bfloat16 window of 204x260x260 took 17.2 s, of which 2.8 s were system time;
-    with these settings, 14.5 s and 0.1 s (``benchmarks/results/bench_segment_*_malloc.txt``
-    has the whole job). The price is that a worker's resident memory stays at its peak
-    between blocks (the block plan already sizes that peak to the worker's memory).
+    with these settings, 14.5 s and 0.1 s. End to end the gain is smaller (float32
+    200x256x256 cold 41.3 -> 39.0 s, steady within the noise:
+    ``benchmarks/results/bench_segment_200x256x256_trained_scatter.txt``). The price is
+    that a worker's resident memory stays at its peak between blocks (the block plan
+    already sizes that peak to the worker's memory; distributed may log "Unmanaged
+    memory use is high").
 
     Returned on Linux with glibc only, and only where dask's
     ``distributed.nanny.pre-spawn-environ`` does not set ``MALLOC_MMAP_MAX_`` itself: to
