@@ -1,7 +1,6 @@
 import os
 
 import dask
-import dask.array as da
 import pytest
 
 from tomochunk.parallel import client_context, malloc_env, worker_env
@@ -154,25 +153,3 @@ def test_pick_on_a_running_scheduler_equals_the_local_run(client, tmp_path):
     local, remote = (tc.read_objects(tmp_path / f"{n}.xml") for n in ("local", "remote"))
     assert len(local) > 0
     assert local.equals(remote)
-
-
-def test_in_memory_volume_is_scattered_once_and_segments_the_same(tmp_path):
-    import numpy as np
-    import xarray as xr
-
-    from tomochunk.nn.models import deepfinder_unet, save_model
-    from tomochunk.nn.segment import segment
-    from tomochunk.parallel import scatter_array
-
-    vol = np.random.default_rng(0).standard_normal((24, 32, 32)).astype(np.float32)
-    path = tmp_path / "net.keras"
-    save_model(deepfinder_unet(3, filters=(4, 6, 8)), path)
-    with client_context(n_workers=1) as client:
-        s = scatter_array(vol, client)
-        assert s.dask and not any(isinstance(v, np.ndarray) for v in dict(s.dask).values())  # named, not embedded
-        x = scatter_array(xr.DataArray(vol, dims=("z", "y", "x"), attrs={"voxel_size": 10.0}), client)
-        assert x.dims == ("z", "y", "x") and x.attrs["voxel_size"] == 10.0 and not isinstance(x.data, np.ndarray)
-        ours = segment(vol, path, crop=4, tiling="blocks", client=client).values
-        lazy = segment(da.from_array(vol, chunks=12), path, crop=4, tiling="blocks", client=client).values
-    np.testing.assert_array_equal(ours, lazy)
-    assert scatter_array(vol) is vol  # no client: unchanged

@@ -317,36 +317,6 @@ def _pre_spawn(env: dict):
                 os.environ[k] = v
 
 
-def scatter_array(array, client=None):
-    """An in-memory array as a dask array whose data a worker already holds; others unchanged.
-
-    A numpy array in a dask graph travels inside every graph that uses it (client to
-    scheduler to worker, pickled each time: distributed's "Sending large graph" warning),
-    once for the statistics pass and again for the segmentation. Scattered once, the
-    graphs only name it. For a 200x256x256 float32 volume, a bfloat16 segmentation took
-    17.16-17.99 s from numpy and 16.38-17.45 s scattered (same worker, warm). Without a
-    distributed client, or for dask/xarray-over-dask input, ``array`` is returned as is;
-    an xarray over numpy keeps its dims, coords and attrs.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> a = np.arange(8.0).reshape(2, 2, 2)
-    >>> scatter_array(a) is a  # no distributed client: nothing to do
-    True
-    """
-    import dask.array as da
-    import numpy as np
-    import xarray as xr
-
-    client = current_client(client)
-    data = array.data if isinstance(array, xr.DataArray) else array
-    if client is None or not isinstance(data, np.ndarray):
-        return array
-    scattered = da.from_delayed(client.scatter(data), data.shape, data.dtype)
-    return array.copy(data=scattered) if data is not array else scattered
-
-
 def current_client(client=None):
     """The client to compute on: ``client`` if given, else the default distributed client, else ``None``.
 

@@ -60,7 +60,7 @@ from .._log import get_logger
 from ..errors import ShapeError, ValueProblem
 from ..io.volume import check_tomogram
 from ..ops.normalize import normalize as _normalize
-from ..parallel import scatter_array, worker_info
+from ..parallel import worker_info
 from . import _cache
 from ._blocks_plan import block_chunks, block_scores, largest_window, window_voxels
 from ._ensemble import ensemble_handle
@@ -202,7 +202,7 @@ def segment(volume, model, *, patch_size=160, crop=25, batch_size=None, blend="c
     if isinstance(volume, xr.DataArray):
         check_tomogram(volume.attrs, source, force)
 
-    norm = _normalize(scatter_array(volume, client), method=normalize, client=client)
+    norm = _normalize(volume, method=normalize, client=client)
     data = norm.data if isinstance(norm, xr.DataArray) else norm
     shape = tuple(int(s) for s in data.shape)
 
