@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import warnings
 
-import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
@@ -39,12 +38,24 @@ def _split(volume):
     return volume, (lambda out: out), {}
 
 
+def _block_sums(x):
+    """``[finite count, sum, sum of squares]`` of a block's finite voxels, in float64, shaped
+    ``(3, 1, ..., 1)`` so that the per-block results form a small dask array to sum."""
+    g = np.asarray(x, dtype=np.float64).ravel()
+    finite = np.isfinite(g)
+    if not finite.all():
+        g = g[finite]
+    return np.array([g.size, g.sum(), np.dot(g, g)], np.float64).reshape((3,) + (1,) * np.ndim(x))
+
+
 def finite_stats(data, *, client=None):
     """``(mean, std, nonfinite)`` of the finite voxels of a dask array in one distributed pass.
 
     Each block reduces to ``(finite count, sum, sum of squares)`` in float64 over
-    its finite voxels, so the data is read once and only three numbers per block
-    reach the client; ``nonfinite`` counts the NaN and ±Inf voxels.
+    its finite voxels, in one task, so the data is read once and only three numbers per block
+    reach the client; ``nonfinite`` counts the NaN and ±Inf voxels. One task per block, not
+    an ``isfinite``/``where``/square graph whose float64 temporaries travel between tasks: 0.35 s
+    against 1.0 s for 64 blocks of 64^3 on a 1-worker LocalCluster (issue 24's profile).
 
     Raises
     ------
@@ -56,11 +67,10 @@ def finite_stats(data, *, client=None):
     >>> finite_stats(da.from_array(np.array([1.0, np.nan, 3.0, np.inf]), chunks=2))
     (2.0, 1.0, 2)
     """
-    f = data.astype(np.float64)
-    fin = da.isfinite(f)
-    g = da.where(fin, f, 0.0)
-    sums = (fin.sum(), g.sum(), (g * g).sum())  # one graph: every block is read once for all three
-    n, s, ss = client.compute(list(sums), sync=True) if client is not None else dask.compute(*sums)
+    parts = data.map_blocks(_block_sums, new_axis=0, dtype=np.float64,
+                            chunks=((3,),) + tuple((1,) * len(c) for c in data.chunks))
+    sums = parts.sum(axis=tuple(range(1, parts.ndim)))
+    n, s, ss = (client.compute(sums, sync=True) if client is not None else sums.compute()).tolist()
     n = int(n)
     if data.size and n == 0:
         raise ValueProblem(f"the volume {tuple(data.shape)} has no finite voxel (all NaN or Inf)")
