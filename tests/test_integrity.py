@@ -3,6 +3,7 @@ unreadable paths, leftovers (issue 19 items 2, 4, 6, 12, 14)."""
 
 import json
 import os
+from pathlib import Path
 
 import mrcfile
 import numpy as np
@@ -321,3 +322,39 @@ def test_store_killed_while_created_is_never_read_as_complete(tmp_path, vol, mon
         tc.open_volume(out)
     tc.convert(src, out, chunks=8, levels=2)  # resumed
     np.testing.assert_array_equal(tc.open_volume(out).values, vol)
+
+
+def test_region_whose_scores_fail_to_write_is_not_recorded(tmp_path, monkeypatch):
+    """The scores of a region are written from a second thread: its failure must still fail the
+    task and leave the region out of the progress record, so a rerun writes it."""
+    import dask
+    import xarray as xr
+
+    from tomochunk.io import omezarr
+    from tomochunk.workflows.segment import PROGRESS_DIR, write_segmentation
+
+    s = xr.DataArray(np.random.default_rng(1).random((2, 16, 16, 16), np.float32), dims=("c", "z", "y", "x"))
+    real = omezarr.open_for_write
+
+    def failing(path):
+        if Path(path).parent.name == "scores":
+            raise OSError("disk full")
+        return real(path)
+
+    def no_client():
+        raise ValueError("no client")
+
+    # in this process, where the patch applies, even after tests that leave a default client
+    monkeypatch.setattr("distributed.default_client", no_client)
+    monkeypatch.setattr(omezarr, "open_for_write", failing)
+    out = tmp_path / "out.zarr"
+    with pytest.raises(OSError, match="disk full"), dask.config.set(scheduler="threads"):
+        write_segmentation(s, out, chunks=8, levels=1)
+    progress = out / "labels" / PROGRESS_DIR
+    assert not progress.exists() or not any(progress.iterdir())
+    monkeypatch.setattr(omezarr, "open_for_write", real)
+    write_segmentation(s, out, chunks=8, levels=1)  # resumed: every region written
+    np.testing.assert_array_equal(zarr.open_array(str(out / "labels" / "scores" / "0"))[:],
+                                  s.values.astype(np.float16))
+    np.testing.assert_array_equal(zarr.open_array(str(out / "labels" / "classes" / "0"))[:],
+                                  np.argmax(s.values, axis=0))

@@ -373,11 +373,13 @@ def open_output(path, arrays, *, attrs, layout, source=None, params=None, overwr
 
 def store_regions(root, writes, key) -> None:
     """Write ``(array path, region, data)`` items under the group ``root``, then record ``key``
-    in its progress (for writers running on Dask workers: each owns whole storage chunks)."""
+    in its progress (for writers running on Dask workers: each owns whole storage chunks; ``data``
+    may be a function that returns the array; ``key=None`` records nothing)."""
     root = Path(root)
     for name, region, data in writes:
-        open_for_write(root / name)[tuple(region)] = data
-    Progress(root).record(key)
+        open_for_write(root / name)[tuple(region)] = data() if callable(data) else data
+    if key is not None:
+        Progress(root).record(key)
 
 
 # --- streaming a pyramid ---------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import dask
@@ -34,17 +35,28 @@ PROGRESS_DIR = PROGRESS_FILE
 
 
 def _write_block(block, labels_path, region, levels, dtype, key):
-    """Write one storage-aligned region of scores (and of every class level); then record it."""
+    """Write one storage-aligned region of scores (and of every class level); then record it.
+
+    The scores (cast and compressed) are written from a second thread while this one makes and
+    writes the label levels: both release the GIL, and a single-block segmentation waits on this
+    task after its network call (1.1-1.35 s against 1.6-1.9 s, 13 x 200 x 256 x 256 float32).
+    """
     block = np.asarray(block, dtype=np.float32)
-    writes = [("scores/0", (slice(None),) + tuple(region), block.astype(dtype, copy=False))]
-    if levels:
-        lab = class_argmax(block)
-        for k in range(levels):
-            f = 2 ** k
-            sub = lab[::f, ::f, ::f]  # region starts are multiples of the chunk, itself of 2**(levels-1)
-            writes.append((f"classes/{k}", tuple(slice(r.start // f, r.start // f + n) for r, n in
-                                                 zip(region, sub.shape)), sub))
-    store_regions(labels_path, writes, key)
+    region = tuple(region)
+    scores = [("scores/0", (slice(None),) + region, lambda: block.astype(dtype, copy=False))]
+    with ThreadPoolExecutor(1, thread_name_prefix="tomochunk-write") as pool:
+        done = pool.submit(store_regions, labels_path, scores, None)
+        if levels:
+            lab = class_argmax(block)
+            writes = []
+            for k in range(levels):
+                f = 2 ** k
+                sub = lab[::f, ::f, ::f]  # region starts are multiples of the chunk, itself of 2**(levels-1)
+                writes.append((f"classes/{k}", tuple(slice(r.start // f, r.start // f + n) for r, n in
+                                                     zip(region, sub.shape)), sub))
+            store_regions(labels_path, writes, None)
+        done.result()
+    store_regions(labels_path, [], key)  # recorded once both are written
     return np.zeros((1, 1, 1, 1), np.uint8)
 
 
