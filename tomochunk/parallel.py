@@ -253,8 +253,8 @@ def worker_env(n_workers: int, cores: int | None = None) -> dict:
 
 
 #: glibc's malloc, told to keep what a worker frees (:func:`malloc_env`): no ``mmap`` per large
-#: block, and no trimming of the heap's top below 64 GiB.
-_MALLOC_RETAIN = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(64 << 30)}
+#: block, no trimming of the heap's top below 64 GiB, and one arena for all threads.
+_MALLOC_RETAIN = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(64 << 30), "MALLOC_ARENA_MAX": "1"}
 
 
 def malloc_env() -> dict:
@@ -273,6 +273,14 @@ def malloc_env() -> dict:
     already sizes that peak to the worker's memory; distributed may log "Unmanaged
     memory use is high").
 
+    ``MALLOC_ARENA_MAX=1``: Dask runs tasks in threads, and glibc gives each thread an
+    arena of its own whose heaps are at most 64 MB; a larger block from such an arena
+    is ``mmap``-ed whatever ``MALLOC_MMAP_MAX_`` says, and unmapped when freed. In the
+    one arena every block comes from the retained heap: a steady bfloat16 window in a
+    worker's task went from 17.2/16.7 s to 14.0/14.0 s (the same as in a main thread),
+    the float32 one likewise. Dask's tasks allocate few but large blocks, so the one
+    arena's lock is not contended.
+
     Returned on Linux with glibc only, and only where dask's
     ``distributed.nanny.pre-spawn-environ`` does not set ``MALLOC_MMAP_MAX_`` itself: to
     keep glibc's defaults, set it there (``MALLOC_MMAP_MAX_: 65536``). Batch jobs get
@@ -280,7 +288,7 @@ def malloc_env() -> dict:
 
     Examples
     --------
-    >>> sorted(malloc_env()) in ([], ["MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_"])
+    >>> sorted(malloc_env()) in ([], ["MALLOC_ARENA_MAX", "MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_"])
     True
     """
     import platform
