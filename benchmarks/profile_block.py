@@ -13,9 +13,12 @@ and with the same block plan:
 * network: one ``predict_on_batch`` call (the graph), and each layer run eagerly on its own
   inputs (Keras layer-by-layer: the shares of the graph time);
 * crop: keeping the core and moving the class axis first;
-* float16: the cast of the scores;
-* Zarr write: scores and the label levels, as ``write_segmentation`` does;
+* write: the float16 cast, the label levels and the Zarr writes, by ``write_segmentation``'s own
+  region writer (scores and labels from two threads), into its layout;
 * Dask overhead: end-to-end minus the sum of the stages.
+
+The stages run under the workers' glibc settings (the script re-executes itself with
+``tomochunk.parallel.malloc_env``), so both sides allocate alike.
 
     PYTHONPATH=$PWD .venv/bin/python benchmarks/profile_block.py [--shape 200,256,256]
         [--precision float32] [--block-shape 0] [--layers 1] [--serial 1] [--threads 2]
@@ -94,7 +97,20 @@ def set_serial(value):
     _model.SERIAL = value
 
 
+def _with_worker_malloc():
+    """Re-run this script under the workers' glibc settings (``tomochunk.parallel.malloc_env``),
+    so the stages timed in this process allocate as a worker's task does, not with glibc's defaults."""
+    import sys
+
+    from tomochunk.parallel import malloc_env
+
+    env = malloc_env()
+    if env and any(os.environ.get(k) != v for k, v in env.items()):
+        os.execve(sys.executable, [sys.executable] + sys.argv, {**os.environ, **env})
+
+
 def main():
+    _with_worker_malloc()
     ap = argparse.ArgumentParser()
     ap.add_argument("--shape", default="200,256,256")
     ap.add_argument("--classes", type=int, default=13)
@@ -118,6 +134,7 @@ def main():
     from tomochunk.nn._split import split_of
     from tomochunk.nn.models import save_model
     from tomochunk.nn.segment import preload_model, segment, write_segmentation
+    from tomochunk.workflows.segment import _write_block
     from tomochunk.ops.normalize import global_stats
     from tomochunk.parallel import client_context
     from tomochunk._blocks import chunk_starts
@@ -164,16 +181,18 @@ def main():
     # --- the same blocks, stage by stage, in this process ---
     net = _cache.keras_model(kpath, prec)
     halo, lead = _halo(args.crop), args.crop % POOL
-    st = {k: 0.0 for k in ("read", "norm_stats", "norm_apply", "pad", "network", "crop", "f16", "write")}
+    st = {k: 0.0 for k in ("read", "norm_stats", "norm_apply", "pad", "network", "crop", "write")}
     arr = zarr.open_array(src, mode="r")
     t = time.perf_counter()
     mean, std = global_stats(da.from_zarr(src))
     st["norm_stats"] = time.perf_counter() - t
     shutil.rmtree(out, ignore_errors=True)
     g = zarr.open_group(out, mode="w")
-    s_out = g.create_array("scores", shape=(args.classes,) + shape, chunks=(args.classes, 64, 64, 64),
-                           dtype="float16")
-    c_out = g.create_array("classes", shape=shape, chunks=(64, 64, 64), dtype="uint8")
+    wc = args.write_chunks  # write_segmentation's layout: one class per scores chunk, 3 label levels
+    g.create_array("scores/0", shape=(args.classes,) + shape, chunks=(1, wc, wc, wc), dtype="float16")
+    for k in range(3):
+        g.create_array(f"classes/{k}", shape=tuple(-(-n // 2 ** k) for n in shape),
+                       chunks=(max(1, wc >> k),) * 3, dtype="uint8")
     starts = chunk_starts(chunks)
     nb = [len(c) for c in chunks]
     from itertools import product
@@ -212,14 +231,11 @@ def main():
             t4 = time.perf_counter()
             sc = _classes_first(y[core])
             t5 = time.perf_counter()
-        s16 = sc.astype(np.float16)
-        t6 = time.perf_counter()
         region = tuple(slice(a, b) for a, b in zip(lo, hi))
-        s_out[(slice(None),) + region] = s16
-        c_out[region] = np.argmax(sc, axis=0).astype(np.uint8)
+        _write_block(sc, out, region, 3, np.dtype("float16"), ".".join(map(str, ids)))
         t7 = time.perf_counter()
-        for k, (a, b) in zip(("read", "norm_apply", "pad", "network", "crop", "f16", "write"),
-                             ((t0, t1), (t1, t2), (t2, t3p), (t3, t4), (t4, t5), (t5, t6), (t6, t7))):
+        for k, (a, b) in zip(("read", "norm_apply", "pad", "network", "crop", "write"),
+                             ((t0, t1), (t1, t2), (t2, t3p), (t3, t4), (t4, t5), (t5, t7))):
             st[k] += b - a
         if first and args.layers:
             lt = layer_times(net, x[None, ..., None])
@@ -229,7 +245,7 @@ def main():
     names = {"read": "read (Zarr, block + halo)", "norm_stats": "normalisation: global mean/std (once per volume)",
              "norm_apply": "normalisation: apply to the block", "pad": "padding (lead zeros, multiple of 4)",
              "network": "network (predict_on_batch, all blocks)", "crop": "crop halo + class axis first",
-             "f16": "float16 cast", "write": "Zarr write (scores + labels)"}
+             "write": "float16 cast + label levels + Zarr write (write_segmentation's region writer)"}
     rows = [(names[k], v) for k, v in st.items()]
     rows.append(("Dask/graph overhead (end to end - stages)", e2e - total))
     print(f"\n| stage | seconds | share of end to end ({e2e:.2f} s) |\n|---|---:|---:|")
