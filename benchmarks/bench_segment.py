@@ -25,10 +25,13 @@ against DeepFinder's float32 scores is printed too.
 
 ``--repeat 2`` (the default) runs each side twice in the same processes: DeepFinder's
 ``Segment.launch`` twice in its one process, each of our runs twice on the same workers. The
-first is cold (this VM charges ~2 s of system time per GB that a process touches first,
-and one block window touches ~5 GB at once, where DeepFinder's 160^3 patches touch ~2 GB
-and repeat it 18 times); the last is the steady state of a batch that segments one
-tomogram after another. The ratios are against DeepFinder's fastest launch. ``--malloc
+first is cold (the first trace of each window shape, and memory the process faults in for
+the first time: one block window touches ~5 GB at once, where DeepFinder's 160^3 patches
+touch ~2 GB and repeat it 18 times); the last is the steady state of a batch that segments one
+tomogram after another. The ratios are against DeepFinder's fastest launch. ``--prefault 16``
+(the default) first touches 16 GB in a throwaway process: this VM backs guest memory lazily, so
+without it a cold run pays ~2.4 s per GB of guest pages that no process had used since boot, a
+cost of the machine's history rather than of either tool (0: keep it). ``--malloc
 glibc`` keeps glibc's malloc defaults in our workers (``tomochunk.parallel.malloc_env``
 off), ``--df-malloc tomochunk`` gives DeepFinder's process our settings: the A/B of that lever.
 """
@@ -137,6 +140,26 @@ def synthetic(shape, seed=0):
     return v * 20 + 100
 
 
+PREFAULT = r"""
+import sys, time, numpy as np
+t = time.perf_counter()
+a = np.ones(int(float(sys.argv[1]) * 1e9) // 8)
+print(f"{time.perf_counter() - t:.2f}")
+"""
+
+
+def prefault(gb):
+    """Touch ``gb`` GB (at most what is available less 2 GB) in a subprocess that then exits, so
+    that the guest pages both sides later receive are already backed by the host."""
+    import psutil
+
+    gb = min(gb, psutil.virtual_memory().available / 1e9 - 2)
+    if gb <= 0:
+        return
+    r = subprocess.run([sys.executable, "-c", PREFAULT, str(gb)], capture_output=True, text=True)
+    print(f"prefault: {gb:.1f} GB touched once in {r.stdout.strip() or '?'} s (a throwaway process)", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--shape", default="200,256,256")
@@ -162,15 +185,22 @@ def main():
                     help="the volume to segment (.h5 'dataset' or .npy, e.g. bench_accuracy.py's test.h5) "
                          "instead of the synthetic one; --shape is then its shape")
     ap.add_argument("--repeat", type=int, default=2,
-                    help="runs of each side in the same processes: the first is cold (this VM charges ~2 s/GB "
-                         "for memory a process touches first), the last is the steady state of a worker (or a "
+                    help="runs of each side in the same processes: the first is cold (first traces, memory "
+                         "faulted in for the first time), the last is the steady state of a worker (or a "
                          "DeepFinder process) that segments one tomogram after another")
     ap.add_argument("--malloc", default="tomochunk", choices=("tomochunk", "glibc"),
                     help="glibc: the workers keep glibc's malloc defaults (tomochunk.parallel.malloc_env off)")
     ap.add_argument("--df-malloc", default="glibc", choices=("tomochunk", "glibc"),
                     help="tomochunk: DeepFinder's process gets the workers' malloc settings too")
+    ap.add_argument("--prefault", type=float, default=16,
+                    help="GB of memory touched once, in a throwaway process, before either side runs (0: none). "
+                         "This VM backs guest memory lazily: a page the guest has never used costs ~2.4 s/GB "
+                         "the first time any process touches it, ~0.15 s/GB later, in any process. Without "
+                         "this, the side that needs more fresh pages pays for the VM's history")
     ap.add_argument("--dir", default=None)
     args = ap.parse_args()
+    if args.prefault > 0:
+        prefault(args.prefault)
     if args.malloc == "glibc":  # dask's own setting switches tomochunk's off (malloc_env)
         import dask
 
