@@ -29,9 +29,11 @@ first is cold (the first trace of each window shape, and memory the process faul
 the first time: one block window touches ~5 GB at once, where DeepFinder's 160^3 patches
 touch ~2 GB and repeat it 18 times); the last is the steady state of a batch that segments one
 tomogram after another. The ratios are against DeepFinder's fastest launch. ``--prefault 16``
-(the default) first touches 16 GB in a throwaway process: this VM backs guest memory lazily, so
-without it a cold run pays ~2.4 s per GB of guest pages that no process had used since boot, a
-cost of the machine's history rather than of either tool (0: keep it). ``--malloc
+(the default) first touches 16 GB in a throwaway process: this VM gives freed guest memory back
+to the host (virtio-balloon free page reporting), and touching such memory again costs ~2.4 s per
+GB. The pages stay backed only until the guest frees them again, so this helps DeepFinder's first
+launch, which starts right after it, and not our workers, started minutes later: it favours the
+baseline (0: no prefault). ``--malloc
 glibc`` keeps glibc's malloc defaults in our workers (``tomochunk.parallel.malloc_env``
 off), ``--df-malloc tomochunk`` gives DeepFinder's process our settings: the A/B of that lever.
 """
@@ -194,9 +196,8 @@ def main():
                     help="tomochunk: DeepFinder's process gets the workers' malloc settings too")
     ap.add_argument("--prefault", type=float, default=16,
                     help="GB of memory touched once, in a throwaway process, before either side runs (0: none). "
-                         "This VM backs guest memory lazily: a page the guest has never used costs ~2.4 s/GB "
-                         "the first time any process touches it, ~0.15 s/GB later, in any process. Without "
-                         "this, the side that needs more fresh pages pays for the VM's history")
+                         "This VM returns freed guest memory to the host (free page reporting), and touching it "
+                         "again costs ~2.4 s/GB: this helps DeepFinder's first launch, right after it")
     ap.add_argument("--dir", default=None)
     args = ap.parse_args()
     if args.prefault > 0:

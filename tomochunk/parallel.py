@@ -264,8 +264,9 @@ def malloc_env() -> dict:
     glibc serves every allocation over 32 MB with its own ``mmap`` and gives it back to
     the kernel on ``free`` (and distributed sets ``MALLOC_TRIM_THRESHOLD_=65536`` so that
     the heap is trimmed too), so the next window faults the same gigabytes in again. On
-    this project's 2-core VMs a page the guest has never used costs about 2 s per GB of
-    system time, and faulting in one it has used 0.1-0.2 s per GB:
+    this project's 2-core VMs freed memory goes back to the host (free page reporting) and
+    touching it again costs about 2 s per GB of system time (0.1-0.2 s per GB while the guest
+    still holds it):
     a steady bfloat16 window of 204x260x260 took 17.2 s, of which 2.8 s were system time;
     with these settings, 14.5 s and 0.1 s. End to end the gain is smaller (float32
     200x256x256 cold 41.3 -> 39.0 s, steady within the noise:
