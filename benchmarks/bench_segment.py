@@ -151,8 +151,9 @@ print(f"{time.perf_counter() - t:.2f}")
 
 
 def prefault(gb):
-    """Touch ``gb`` GB (at most what is available less 2 GB) in a subprocess that then exits, so
-    that the guest pages both sides later receive are already backed by the host."""
+    """Touch ``gb`` GB (at most what is available less 2 GB) in a subprocess that then exits. The
+    guest gives those pages back to the host within seconds (free page reporting), so only the
+    run that starts right after (DeepFinder's first launch) finds them backed."""
     import psutil
 
     gb = min(gb, psutil.virtual_memory().available / 1e9 - 2)

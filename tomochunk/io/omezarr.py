@@ -8,7 +8,8 @@ Layout of a store written here::
 
 There is one writer for images and labels: :func:`open_output` creates a group
 (or resumes it), :class:`PyramidWriter` streams a pyramid into it chunk by
-chunk, and :func:`store_regions` writes regions from Dask workers.
+chunk, and :func:`write_regions` writes regions from Dask workers (which then record
+them in the group's :class:`Progress`).
 
 One resume mechanism: each finished chunk (or region) leaves a marker file in
 ``<group>/.tomochunk_progress/``, written after its data and renamed into place,
@@ -52,7 +53,7 @@ from ._store import (_EMPTY_TOO, PROGRESS_FILE, Progress, _chunk_key, _cleanup_t
 
 log = get_logger(__name__)
 
-__all__ = ["PyramidWriter", "open_output", "store_regions", "read_multiscale", "is_complete", "check_complete",
+__all__ = ["PyramidWriter", "open_output", "write_regions", "read_multiscale", "is_complete", "check_complete",
            "label_names", "mark_complete", "store_version", "default_chunks", "default_compressor", "factors_for",
            "level_shapes", "multiscales_metadata", "group_attrs", "labels_attrs", "jsonable", "Progress",
            "source_identity", "graph_paths", "check_alias", "check_chunks", "VERSIONS", "PROGRESS_FILE"]
@@ -371,15 +372,12 @@ def open_output(path, arrays, *, attrs, layout, source=None, params=None, overwr
     return Output(path, g, out, progress, record=rec, done=done)
 
 
-def store_regions(root, writes, key) -> None:
-    """Write ``(array path, region, data)`` items under the group ``root``, then record ``key``
-    in its progress (for writers running on Dask workers: each owns whole storage chunks; ``data``
-    may be a function that returns the array; ``key=None`` records nothing)."""
+def write_regions(root, writes) -> None:
+    """Write ``(array path, region, data)`` items under the group ``root`` (for writers running on
+    Dask workers: each owns whole storage chunks)."""
     root = Path(root)
     for name, region, data in writes:
-        open_for_write(root / name)[tuple(region)] = data() if callable(data) else data
-    if key is not None:
-        Progress(root).record(key)
+        open_for_write(root / name)[tuple(region)] = data
 
 
 # --- streaming a pyramid ---------------------------------------------------------

@@ -24,7 +24,7 @@ from .._log import get_logger
 from ..errors import ExistsError, ShapeError, ValueProblem
 from ..io.omezarr import (PROGRESS_FILE, VERSIONS, Progress, graph_paths, group_attrs, jsonable, labels_attrs,
                           mark_complete, multiscales_metadata, open_output, read_multiscale, source_identity,
-                          store_regions, store_version)
+                          store_version, write_regions)
 from ..nn.segment import class_argmax
 from ..parallel import current_client
 
@@ -43,21 +43,28 @@ def _write_block(block, labels_path, region, levels, dtype, key):
     """
     block = np.asarray(block, dtype=np.float32)
     region = tuple(region)
-    scores = [("scores/0", (slice(None),) + region, lambda: block.astype(dtype, copy=False))]
+
+    def scores():
+        write_regions(labels_path, [("scores/0", (slice(None),) + region, block.astype(dtype, copy=False))])
+
     with ThreadPoolExecutor(1, thread_name_prefix="tomochunk-write") as pool:
-        done = pool.submit(store_regions, labels_path, scores, None)
+        done = pool.submit(scores)
         if levels:
-            lab = class_argmax(block)
-            writes = []
-            for k in range(levels):
-                f = 2 ** k
-                sub = lab[::f, ::f, ::f]  # region starts are multiples of the chunk, itself of 2**(levels-1)
-                writes.append((f"classes/{k}", tuple(slice(r.start // f, r.start // f + n) for r, n in
-                                                     zip(region, sub.shape)), sub))
-            store_regions(labels_path, writes, None)
+            write_regions(labels_path, _label_levels(class_argmax(block), region, levels))
         done.result()
-    store_regions(labels_path, [], key)  # recorded once both are written
+    Progress(labels_path).record(key)  # once both are written
     return np.zeros((1, 1, 1, 1), np.uint8)
+
+
+def _label_levels(lab, region, levels):
+    """``(array path, region, data)`` of a region's label map at levels 1x, 2x, 4x... (striding)."""
+    out = []
+    for k in range(levels):
+        f = 2 ** k
+        sub = lab[::f, ::f, ::f]  # region starts are multiples of the chunk, itself of 2**(levels-1)
+        out.append((f"classes/{k}", tuple(slice(r.start // f, r.start // f + n) for r, n in zip(region, sub.shape)),
+                    sub))
+    return out
 
 
 def _even_chunks(n, c):
